@@ -1,0 +1,56 @@
+"""Command line: ``obdsnap serve [--config PATH] [--root DIR] [--address SOCK] [--log-level L]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvloop
+
+from obdsnap import __version__
+from obdsnap.config import ConfigError, load_config
+from obdsnap.server import StartupError, serve
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    _configure_logging(logging.INFO, report_caller=False)
+    try:
+        config = load_config(
+            args.config,
+            {"root": args.root, "address": args.address, "log_level": args.log_level},
+        )
+    except ConfigError as exc:
+        sys.exit(f"obdsnap: {exc}")
+    _configure_logging(config.python_log_level, report_caller=config.log_report_caller)
+    try:
+        uvloop.run(serve(config))
+    except (StartupError, OSError) as exc:
+        sys.exit(f"obdsnap: {exc}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="obdsnap", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"obdsnap {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="serve the snapshots API on a unix socket")
+    serve_cmd.add_argument("--config", type=Path, help="boot config (JSON)")
+    serve_cmd.add_argument("--root", help="root directory (overrides the config)")
+    serve_cmd.add_argument("--address", help="unix socket path (overrides the config)")
+    serve_cmd.add_argument("--log-level", help="trace|debug|info|warn|error (overrides 'verbose')")
+    return parser
+
+
+def _configure_logging(level: int, *, report_caller: bool) -> None:
+    caller = " %(pathname)s:%(lineno)d" if report_caller else ""
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s %(name)s{caller}: %(message)s",
+        force=True,
+    )
+
+

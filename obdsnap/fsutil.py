@@ -1,0 +1,43 @@
+"""Blocking filesystem helpers; callers run them in an executor, never on the event loop."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from obdsnap.storage import Usage
+
+
+def disk_usage(path: Path) -> Usage:
+    """Blocks used and inodes of a tree, the tree's root included; hard links count once."""
+    seen: set[tuple[int, int]] = set()
+    size = 0
+    pending = [str(path)]
+    while pending:
+        current = pending.pop()
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            continue
+        identity = (st.st_dev, st.st_ino)
+        if identity in seen:
+            continue
+        seen.add(identity)
+        size += st.st_blocks * 512
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                with os.scandir(current) as entries:
+                    pending.extend(entry.path for entry in entries)
+            except FileNotFoundError:
+                continue
+    return Usage(size=size, inodes=len(seen))
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree; a tree that is already gone is fine."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,48 @@
+"""Snapshot labels obdsnap reads or writes, and the limits containerd puts on labels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from obdsnap.errors import InvalidArgument
+
+# containerd's labels.Validate: key and value together may not exceed this many bytes.
+MAX_LABEL_BYTES = 4096
+MAX_KEY_BYTES = 4096
+
+TARGET_SNAPSHOT_REF = "containerd.io/snapshot.ref"
+IMAGE_REF = "containerd.io/snapshot/image-ref"
+CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
+BLOB_DIGEST = "containerd.io/snapshot/overlaybd/blob-digest"
+BLOB_SIZE = "containerd.io/snapshot/overlaybd/blob-size"
+BLOB_FS_TYPE = "containerd.io/snapshot/overlaybd/blob-fs-type"
+ACCELERATION_LAYER = "containerd.io/snapshot/overlaybd/acceleration-layer"
+RECORD_TRACE = "containerd.io/snapshot/overlaybd/record-trace"
+RECORD_TRACE_PATH = "containerd.io/snapshot/overlaybd/record-trace-path"
+ZFILE_CONFIG = "containerd.io/snapshot/overlaybd/zfile-config"
+WRITABLE = "containerd.io/snapshot/overlaybd.writable"
+LOCAL_COMMIT_PATH = "containerd.io/snapshot/overlaybd.localcommitpath"
+REMOTE = "containerd.io/snapshot/remote"
+REMOTE_VALUE = "remote snapshot"
+
+
+def validate_labels(labels: Mapping[str, str]) -> None:
+    for key, value in labels.items():
+        size = len(key.encode()) + len(value.encode())
+        if size > MAX_LABEL_BYTES:
+            raise InvalidArgument(
+                f"label key and value length ({size} bytes) greater than maximum size "
+                f"({MAX_LABEL_BYTES} bytes), key: {key[:64]!r}"
+            )
+        if not key:
+            raise InvalidArgument("label key must not be empty")
+
+
+def validate_key(key: str, what: str = "key") -> None:
+    """Snapshot keys and names: non-empty, no NUL, at most 4096 bytes."""
+    if not key:
+        raise InvalidArgument(f"snapshot {what} must not be empty")
+    if "\x00" in key:
+        raise InvalidArgument(f"snapshot {what} must not contain NUL")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise InvalidArgument(f"snapshot {what} is longer than {MAX_KEY_BYTES} bytes")

@@ -1,0 +1,83 @@
+"""Where a snapshot lives under the root, and how its directory is built.
+
+    root/metadata.db
+    root/snapshots/<ID>/{fs, work, block/{mountpoint, init-debug.log, ...}}
+
+A new directory is built as ``snapshots/new-XXXX`` and renamed to its ID only
+after the metadata row exists, so a crash leaves either no directory or one
+that no row names, which Cleanup reclaims.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from obdsnap.fsutil import remove_tree
+
+NEW_DIR_PREFIX = "new-"
+FS_MODE = 0o755
+PRIVATE_DIR_MODE = 0o711
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def metadata_db(self) -> Path:
+        return self.root / "metadata.db"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
+
+    def snapshot_dir(self, snapshot_id: int) -> Path:
+        return self.snapshots / str(snapshot_id)
+
+    def fs_dir(self, snapshot_id: int) -> Path:
+        return self.snapshot_dir(snapshot_id) / "fs"
+
+    def work_dir(self, snapshot_id: int) -> Path:
+        return self.snapshot_dir(snapshot_id) / "work"
+
+    def block_dir(self, snapshot_id: int) -> Path:
+        return self.snapshot_dir(snapshot_id) / "block"
+
+    def create_root(self) -> None:
+        for directory in (self.root, self.snapshots):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)
+
+    def build_new_snapshot_dir(
+        self, new_dir: Path, *, active: bool, parent_id: int | None
+    ) -> None:
+        """Blocking: make ``new_dir`` (a ``snapshots/new-XXXX``) with what a snapshot starts with."""
+        new_dir.mkdir(mode=0o700)
+        try:
+            fs = new_dir / "fs"
+            fs.mkdir()
+            os.chmod(fs, FS_MODE)
+            if parent_id is not None:
+                parent_fs = os.stat(self.fs_dir(parent_id))
+                os.lchown(fs, parent_fs.st_uid, parent_fs.st_gid)
+            if active:
+                (new_dir / "work").mkdir(mode=PRIVATE_DIR_MODE)
+            block = new_dir / "block"
+            block.mkdir(mode=PRIVATE_DIR_MODE)
+            (block / "mountpoint").mkdir(mode=PRIVATE_DIR_MODE)
+            (block / "init-debug.log").touch(mode=0o644)
+        except BaseException:
+            remove_tree(new_dir)
+            raise
+
+    def unknown_entries(self, known_ids: set[int], busy: set[Path]) -> list[Path]:
+        """Blocking: entries of ``snapshots/`` that no metadata row and no running call owns."""
+        known = {str(snapshot_id) for snapshot_id in known_ids}
+        return [
+            entry
+            for entry in self.snapshots.iterdir()
+            if entry.name not in known and entry not in busy
+        ]
+

@@ -1,0 +1,149 @@
+"""The obdsnap process: start-up, the listening socket, signals and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+from grpclib.server import Server
+
+from obdsnap.blocking import BlockingRunner
+from obdsnap.config import BootConfig
+from obdsnap.layout import Layout
+from obdsnap.metrics import Exporter, Metrics
+from obdsnap.mounts import overlay_has_index_param
+from obdsnap.service import CallGate, SnapshotsService
+from obdsnap.snapshotter import Snapshotter
+from obdsnap.storage import MetaStore
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S = 10.0
+LISTEN_BACKLOG = 1024
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message says why."""
+
+
+async def serve(config: BootConfig) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    blocking = BlockingRunner()
+    layout = Layout(Path(config.root))
+    await blocking(layout.create_root)
+    store = MetaStore(layout.metadata_db)
+    await store.open()
+    try:
+        snapshotter = Snapshotter(
+            layout, store, index_off=overlay_has_index_param(), blocking=blocking
+        )
+        await snapshotter.start()
+        try:
+            await _serve_snapshotter(config, snapshotter, blocking)
+        finally:
+            await snapshotter.close()
+    finally:
+        await store.close()
+    log.info("obdsnap stopped")
+
+
+async def _serve_snapshotter(
+    config: BootConfig, snapshotter: Snapshotter, blocking: BlockingRunner
+) -> None:
+    metrics = Metrics()
+    exporter = None
+    if config.exporter.enable:
+        exporter = Exporter(
+            metrics, config.exporter.host, config.exporter.port, config.exporter.uri_prefix
+        )
+        await exporter.start()
+    gate = CallGate()
+    server = Server([SnapshotsService(snapshotter, metrics, gate)])
+    socket_path = Path(config.address)
+    listener = await blocking(open_unix_socket, socket_path)
+    try:
+        await server.start(sock=listener, backlog=LISTEN_BACKLOG)
+        stopping = _install_signal_handlers()
+        metrics.is_alive.set({}, 1)
+        log.info("obdsnap serving on %s (root %s)", config.address, config.root)
+        await stopping.wait()
+        log.info("shutting down: finishing calls in flight")
+        metrics.is_alive.set({}, 0)
+        _remove_socket(socket_path)
+        if not await gate.close(DRAIN_TIMEOUT_S):
+            log.warning("calls still running after %.0fs; cancelling them", DRAIN_TIMEOUT_S)
+    finally:
+        _remove_socket(socket_path)
+        server.close()
+        await server.wait_closed()
+        if exporter is not None:
+            await exporter.stop()
+
+
+def open_unix_socket(path: Path) -> socket.socket:
+    """Blocking: a listening unix socket at ``path`` (mode 0600, its directory 0700).
+
+    A stale socket from an earlier run is replaced; any other kind of file in
+    the way is an error, never removed.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        existing = path.lstat()
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(existing.st_mode):
+            raise StartupError(f"{path} exists and is not a socket; not removing it")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous_umask = os.umask(0o177)  # the socket file is born 0600, with no window
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {path}: {exc.strerror}") from exc
+    finally:
+        os.umask(previous_umask)
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def _remove_socket(path: Path) -> None:
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _install_signal_handlers() -> asyncio.Event:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump_stacks)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    return stopping
+
+
+def dump_stacks() -> None:
+    """Log the stack of every thread and every asyncio task (SIGUSR1)."""
+    out = io.StringIO()
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        out.write(f"--- thread {names.get(ident, '?')} ({ident})\n")
+        out.write("".join(traceback.format_stack(frame)))
+    for task in asyncio.all_tasks():
+        out.write(f"--- task {task.get_name()}: {task.get_coro()!r}\n")
+        task.print_stack(file=out)
+    log.warning("stack dump (SIGUSR1):\n%s", out.getvalue())

@@ -1,0 +1,422 @@
+"""Durable snapshot metadata: SQLite on disk, an index in memory, writes in group commits.
+
+Semantics are those of containerd's snapshots/storage (one key namespace for
+active, view and committed snapshots; IDs from a sequence that is never
+reused; parent links), with two differences that the snapshotter relies on:
+
+* Reads (``get``, ``walk``, ``ancestors``) are answered from memory and see
+  only durable state: a change becomes visible after its transaction has been
+  fsync'ed, never before.
+* Writes are queued and applied by one writer task. Every write queued while
+  the previous transaction was being fsync'ed goes into the next transaction,
+  so N concurrent RPCs cost one fsync, not N. Each write is validated against
+  the state left by the writes before it in the same batch; a write that fails
+  validation is rolled back alone and the others still commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import aiosqlite
+
+from obdsnap.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SnapshotError,
+    Unavailable,
+)
+from obdsnap.storage.model import Info, Kind, Record, Usage, utc_now
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshots (
+    key        TEXT PRIMARY KEY,
+    id         INTEGER NOT NULL UNIQUE,
+    parent     TEXT NOT NULL,
+    kind       INTEGER NOT NULL,
+    labels     TEXT NOT NULL,
+    created_us INTEGER NOT NULL,
+    updated_us INTEGER NOT NULL,
+    size       INTEGER NOT NULL,
+    inodes     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sequence (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+_ID_SEQUENCE = "snapshot_id"
+_UPSERT = "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_DELETE = "DELETE FROM snapshots WHERE key = ?"
+_SET_SEQUENCE = "INSERT OR REPLACE INTO sequence (name, value) VALUES (?, ?)"
+
+
+class _Batch:
+    """The changes of one transaction, layered over the durable state."""
+
+    def __init__(
+        self, records: Mapping[str, Record], children: Mapping[str, frozenset[str]], last_id: int
+    ) -> None:
+        self._durable_records = records
+        self._durable_children = children
+        self.records: dict[str, Record | None] = {}
+        self.children: dict[str, frozenset[str]] = {}
+        self.last_id = last_id
+
+    def get(self, key: str) -> Record | None:
+        if key in self.records:
+            return self.records[key]
+        return self._durable_records.get(key)
+
+    def children_of(self, key: str) -> frozenset[str]:
+        found = self.children.get(key)
+        return self._durable_children.get(key, frozenset()) if found is None else found
+
+    def put(self, record: Record) -> None:
+        self.records[record.key] = record
+
+    def delete(self, key: str) -> None:
+        self.records[key] = None
+
+    def link(self, parent: str, child: str) -> None:
+        if parent:
+            self.children[parent] = self.children_of(parent) | {child}
+
+    def unlink(self, parent: str, child: str) -> None:
+        if parent:
+            self.children[parent] = self.children_of(parent) - {child}
+
+    def next_id(self) -> int:
+        self.last_id += 1
+        return self.last_id
+
+    def checkpoint(self) -> tuple[dict[str, Record | None], dict[str, frozenset[str]], int]:
+        return dict(self.records), dict(self.children), self.last_id
+
+    def restore(
+        self, mark: tuple[dict[str, Record | None], dict[str, frozenset[str]], int]
+    ) -> None:
+        self.records, self.children, self.last_id = dict(mark[0]), dict(mark[1]), mark[2]
+
+
+@dataclass
+class _Write(Generic[T]):
+    apply: Callable[[_Batch], T]
+    done: asyncio.Future[T]
+
+
+class MetaStore:
+    """Snapshot metadata in ``metadata.db``; see the module docstring for the model."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+        self._records: dict[str, Record] = {}
+        self._children: dict[str, frozenset[str]] = {}
+        self._last_id = 0
+        self._queue: list[_Write[Any]] = []
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsync'ed at every commit, so an acknowledged write survives a crash.
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.executescript(_SCHEMA)
+        self._db = db
+        await self._load()
+        self._writer = asyncio.create_task(self._write_loop(), name="metastore-writer")
+
+    async def close(self) -> None:
+        """Commit what is queued, then close the database."""
+        self._closing = True
+        self._wakeup.set()
+        if self._writer is not None:
+            await self._writer
+            self._writer = None
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def _load(self) -> None:
+        assert self._db is not None
+        async with self._db.execute("SELECT value FROM sequence WHERE name = ?", (_ID_SEQUENCE,)) as c:
+            row = await c.fetchone()
+            self._last_id = int(row[0]) if row else 0
+        async with self._db.execute("SELECT * FROM snapshots") as cursor:
+            async for row in cursor:
+                record = _record_from_row(row)
+                self._records[record.key] = record
+        children: dict[str, set[str]] = {}
+        for record in self._records.values():
+            if record.parent:
+                children.setdefault(record.parent, set()).add(record.key)
+        self._children = {parent: frozenset(keys) for parent, keys in children.items()}
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, key: str) -> Record:
+        record = self._records.get(key)
+        if record is None:
+            raise NotFound(f"snapshot {key!r} does not exist")
+        return record
+
+    def find(self, key: str) -> Record | None:
+        return self._records.get(key)
+
+    def ancestors(self, record: Record) -> list[Record]:
+        """The parent chain of a snapshot, nearest parent first."""
+        chain: list[Record] = []
+        parent = record.parent
+        while parent:
+            found = self._records.get(parent)
+            if found is None:
+                raise NotFound(f"parent {parent!r} of snapshot {record.key!r} does not exist")
+            chain.append(found)
+            parent = found.parent
+        return chain
+
+    def has_children(self, key: str) -> bool:
+        return bool(self._children.get(key))
+
+    def records(self) -> list[Record]:
+        """A point-in-time list of every record (records are immutable)."""
+        return list(self._records.values())
+
+    def ids(self) -> set[int]:
+        return {record.id for record in self._records.values()}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    # ------------------------------------------------------------------ writes
+
+    async def create(
+        self, kind: Kind, key: str, parent: str, labels: Mapping[str, str]
+    ) -> Record:
+        return await self._write(lambda batch: _create(batch, kind, key, parent, labels))
+
+    async def commit(
+        self, key: str, name: str, usage: Usage, labels: Mapping[str, str]
+    ) -> Record:
+        return await self._write(lambda batch: _commit(batch, key, name, usage, labels))
+
+    async def remove(self, key: str) -> Record:
+        return await self._write(lambda batch: _remove(batch, key))
+
+    async def update(self, key: str, labels: Mapping[str, str], paths: Sequence[str]) -> Info:
+        return await self._write(lambda batch: _update(batch, key, labels, paths))
+
+    async def _write(self, apply: Callable[[_Batch], T]) -> T:
+        if self._closing:
+            raise Unavailable("metadata store is closing")
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Write(apply, done))
+        self._wakeup.set()
+        return await asyncio.shield(done)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                writes, self._queue = self._queue, []
+                await self._commit_batch(writes)
+            if self._closing:
+                return
+
+    async def _commit_batch(self, writes: list[_Write[Any]]) -> None:
+        batch = _Batch(self._records, self._children, self._last_id)
+        outcomes: list[tuple[_Write[Any], Any, BaseException | None]] = []
+        for write in writes:
+            mark = batch.checkpoint()
+            try:
+                outcomes.append((write, write.apply(batch), None))
+            except SnapshotError as exc:
+                batch.restore(mark)
+                outcomes.append((write, None, exc))
+        try:
+            await self._persist(batch)
+        except Exception as exc:  # disk full, I/O error: nothing of this batch happened
+            log.exception("metadata transaction failed")
+            failure = SnapshotError(f"metadata write failed: {exc}")
+            outcomes = [(write, None, error or failure) for write, _, error in outcomes]
+        else:
+            self._apply(batch)
+        for write, result, error in outcomes:
+            if write.done.done():
+                continue
+            if error is None:
+                write.done.set_result(result)
+            else:
+                write.done.set_exception(error)
+
+    async def _persist(self, batch: _Batch) -> None:
+        if not batch.records and batch.last_id == self._last_id:
+            return
+        assert self._db is not None
+        deleted = [(key,) for key, record in batch.records.items() if record is None]
+        stored = [_row_from_record(r) for r in batch.records.values() if r is not None]
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            # Deletes first: a commit moves an ID from the active key to the new name.
+            if deleted:
+                await self._db.executemany(_DELETE, deleted)
+            if stored:
+                await self._db.executemany(_UPSERT, stored)
+            if batch.last_id != self._last_id:
+                await self._db.execute(_SET_SEQUENCE, (_ID_SEQUENCE, batch.last_id))
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
+
+    def _apply(self, batch: _Batch) -> None:
+        for key, record in batch.records.items():
+            if record is None:
+                self._records.pop(key, None)
+            else:
+                self._records[key] = record
+        for parent, keys in batch.children.items():
+            if keys:
+                self._children[parent] = keys
+            else:
+                self._children.pop(parent, None)
+        self._last_id = batch.last_id
+
+
+# ---------------------------------------------------------------------- operations
+
+
+def _create(
+    batch: _Batch, kind: Kind, key: str, parent: str, labels: Mapping[str, str]
+) -> Record:
+    if kind not in (Kind.ACTIVE, Kind.VIEW):
+        raise InvalidArgument(f"snapshot type {kind.name} invalid; only active or view")
+    if parent:
+        found = batch.get(parent)
+        if found is None:
+            raise NotFound(f"missing parent {parent!r}")
+        if found.kind != Kind.COMMITTED:
+            raise InvalidArgument(f"parent {parent!r} is not a committed snapshot")
+    if batch.get(key) is not None:
+        raise AlreadyExists(f"snapshot {key!r} already exists")
+    now = utc_now()
+    info = Info(key, parent, kind, _stored_labels(labels), now, now)
+    record = Record(batch.next_id(), info)
+    batch.put(record)
+    batch.link(parent, key)
+    return record
+
+
+def _commit(
+    batch: _Batch, key: str, name: str, usage: Usage, labels: Mapping[str, str]
+) -> Record:
+    active = batch.get(key)
+    if active is None:
+        raise NotFound(f"active snapshot {key!r} does not exist")
+    if batch.get(name) is not None:
+        raise AlreadyExists(f"snapshot {name!r} already exists")
+    if active.kind != Kind.ACTIVE:
+        raise FailedPrecondition(f"snapshot {key!r} is not active")
+    now = utc_now()
+    info = Info(name, active.parent, Kind.COMMITTED, _stored_labels(labels), now, now)
+    committed = Record(active.id, info, usage)
+    batch.delete(key)
+    batch.put(committed)
+    batch.unlink(active.parent, key)
+    batch.link(active.parent, name)
+    return committed
+
+
+def _remove(batch: _Batch, key: str) -> Record:
+    record = batch.get(key)
+    if record is None:
+        raise NotFound(f"snapshot {key!r} does not exist")
+    if batch.children_of(key):
+        raise FailedPrecondition(f"cannot remove snapshot {key!r}: it has children")
+    batch.delete(key)
+    batch.unlink(record.parent, key)
+    return record
+
+
+def _update(batch: _Batch, key: str, labels: Mapping[str, str], paths: Sequence[str]) -> Info:
+    record = batch.get(key)
+    if record is None:
+        raise NotFound(f"snapshot {key!r} does not exist")
+    updated = dict(record.info.labels)
+    if not paths:
+        updated = dict(labels)
+    for path in paths:
+        if path == "labels":
+            updated = dict(labels)
+        elif path.startswith("labels."):
+            label = path[len("labels.") :]
+            if label in labels:
+                updated[label] = labels[label]
+            else:
+                updated.pop(label, None)
+        else:
+            raise InvalidArgument(f"cannot update {path!r} field on snapshot {key!r}")
+    info = replace(record.info, labels=_stored_labels(updated), updated_at=utc_now())
+    batch.put(replace(record, info=info))
+    return info
+
+
+def _stored_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """A label with an empty value is never stored (containerd's boltutil does the same)."""
+    return {key: value for key, value in labels.items() if value}
+
+
+# ---------------------------------------------------------------------- rows
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _from_micros(micros: int) -> datetime:
+    return _EPOCH + micros * _MICROSECOND
+
+
+def _row_from_record(record: Record) -> tuple[Any, ...]:
+    info = record.info
+    return (
+        info.name,
+        record.id,
+        info.parent,
+        int(info.kind),
+        json.dumps(dict(info.labels), separators=(",", ":")),
+        _micros(info.created_at),
+        _micros(info.updated_at),
+        record.usage.size,
+        record.usage.inodes,
+    )
+
+
+def _record_from_row(row: Any) -> Record:
+    key, record_id, parent, kind, labels, created, updated, size, inodes = row
+    info = Info(key, parent, Kind(kind), json.loads(labels), _from_micros(created), _from_micros(updated))
+    return Record(record_id, info, Usage(size, inodes))
+

@@ -1,0 +1,65 @@
+"""The metadata records of snapshots, as containerd's snapshots package defines them."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+
+class Kind(enum.IntEnum):
+    """Values match the wire enum containerd.services.snapshots.v1.Kind."""
+
+    UNKNOWN = 0
+    VIEW = 1
+    ACTIVE = 2
+    COMMITTED = 3
+
+    @property
+    def label(self) -> str:
+        """The word containerd's filters use for this kind."""
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    size: int = 0
+    inodes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    """What Stat, List and Update answer about a snapshot."""
+
+    name: str
+    parent: str
+    kind: Kind
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=lambda: utc_now())
+    updated_at: datetime = field(default_factory=lambda: utc_now())
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One snapshot as stored: its info plus the internal ID and recorded usage."""
+
+    id: int
+    info: Info
+    usage: Usage = Usage()
+
+    @property
+    def key(self) -> str:
+        return self.info.name
+
+    @property
+    def kind(self) -> Kind:
+        return self.info.kind
+
+    @property
+    def parent(self) -> str:
+        return self.info.parent
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,164 @@
+package conformance
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/defaults"
+	"github.com/containerd/containerd/pkg/dialer"
+	"github.com/containerd/containerd/snapshots"
+	"github.com/containerd/containerd/snapshots/proxy"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+)
+
+// maxSocketPath is the usable length of sockaddr_un.sun_path on Linux,
+// including the terminating NUL byte.
+const maxSocketPath = 108
+
+// serverProcess is one snapshotter server started from a command template.
+type serverProcess struct {
+	command string
+	logPath string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	waitErr error
+}
+
+// expandTemplate fills the {root} and {address} placeholders of a server
+// command template.
+func expandTemplate(template, root, address string) string {
+	return strings.NewReplacer("{root}", root, "{address}", address).Replace(template)
+}
+
+// startServer runs the command with `bash -c` in its own process group,
+// appending its output to logPath, and returns once the unix socket accepts
+// connections.
+func startServer(template, root, address, logPath string, startTimeout time.Duration) (*serverProcess, error) {
+	if len(address) >= maxSocketPath {
+		return nil, fmt.Errorf("socket path is %d bytes, the limit is %d: %s", len(address), maxSocketPath-1, address)
+	}
+	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+
+	command := expandTemplate(template, root, address)
+	// "exec" makes the server itself our child, not a wrapping shell.
+	cmd := exec.Command("bash", "-c", "exec "+command)
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	// Own process group: teardown signals reach any helpers the server
+	// spawned. Pdeathsig: no orphaned server if the test binary dies.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %q: %w", command, err)
+	}
+	srv := &serverProcess{command: command, logPath: logPath, cmd: cmd, exited: make(chan struct{})}
+	go func() {
+		srv.waitErr = cmd.Wait()
+		close(srv.exited)
+	}()
+
+	deadline := time.Now().Add(startTimeout)
+	for {
+		conn, err := net.DialTimeout("unix", address, 250*time.Millisecond)
+		if err == nil {
+			conn.Close()
+			return srv, nil
+		}
+		if time.Now().After(deadline) {
+			_ = srv.stop(2 * time.Second)
+			return nil, fmt.Errorf("server not listening on %s after %v\ncommand: %s\n%s",
+				address, startTimeout, command, srv.logTail())
+		}
+		select {
+		case <-srv.exited:
+			return nil, fmt.Errorf("server exited (%v) before listening on %s\ncommand: %s\n%s",
+				srv.waitErr, address, command, srv.logTail())
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
+}
+
+func (s *serverProcess) hasExited() bool {
+	select {
+	case <-s.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM to the process group and SIGKILL after grace. It reports
+// an error when the server had already died by itself or ignored SIGTERM.
+func (s *serverProcess) stop(grace time.Duration) error {
+	if s.hasExited() {
+		return fmt.Errorf("server died during the test (%v)\ncommand: %s\n%s", s.waitErr, s.command, s.logTail())
+	}
+	pgid := s.cmd.Process.Pid
+	_ = syscall.Kill(-pgid, syscall.SIGTERM)
+	select {
+	case <-s.exited:
+		// Reap helpers that may have outlived the leader.
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		return nil
+	case <-time.After(grace):
+	}
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	<-s.exited
+	return fmt.Errorf("server did not exit within %v of SIGTERM and was killed\ncommand: %s\n%s", grace, s.command, s.logTail())
+}
+
+// logTail returns the end of the server's output for error messages.
+func (s *serverProcess) logTail() string {
+	const tailBytes = 4096
+	f, err := os.Open(s.logPath)
+	if err != nil {
+		return fmt.Sprintf("(no server log: %v)", err)
+	}
+	defer f.Close()
+	if info, err := f.Stat(); err == nil && info.Size() > tailBytes {
+		if _, err := f.Seek(-tailBytes, io.SeekEnd); err != nil {
+			return fmt.Sprintf("(cannot read server log: %v)", err)
+		}
+	}
+	data, err := io.ReadAll(f)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Sprintf("(cannot read server log: %v)", err)
+	}
+	return fmt.Sprintf("--- server log %s (tail) ---\n%s", s.logPath, data)
+}
+
+// dialLikeContainerd connects the way containerd 1.6 connects to a
+// proxy_plugins entry (services/server/server.go, proxyClients.getClient).
+func dialLikeContainerd(address string) (*grpc.ClientConn, error) {
+	backoffConfig := backoff.DefaultConfig
+	backoffConfig.MaxDelay = 3 * time.Second
+	options := []grpc.DialOption{
+		grpc.WithInsecure(),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoffConfig}),
+		grpc.WithContextDialer(dialer.ContextDialer),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(defaults.DefaultMaxRecvMsgSize)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(defaults.DefaultMaxSendMsgSize)),
+	}
+	conn, err := grpc.Dial(dialer.DialAddress(address), options...)
+	if err != nil {
+		return nil, fmt.Errorf("failed to dial %q: %w", address, err)
+	}
+	return conn, nil
+}
+
+// proxySnapshotter wraps a connection in containerd's own proxy client.
+func proxySnapshotter(conn *grpc.ClientConn, name string) snapshots.Snapshotter {
+	return proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), name)
+}
