@@ -13,10 +13,13 @@ A filter string is a comma separated list of selectors, all of which must match:
 Several filter strings are OR'ed. Objects are matched through a ``Lookup`` that maps a
 field path to the field's value, or to None when the object has no such field.
 
-The scanner and parser follow the Go code closely, so that filters containerd accepts
-are accepted here, with the same meaning and the same error messages. Known differences:
-error positions count code points instead of UTF-8 bytes, and regular expressions use
-Python's ``re`` instead of RE2 (they agree on the common syntax).
+The scanner and parser follow the Go code closely, so that the filters containerd
+accepts are accepted here, with the same error messages. Known differences:
+
+* error positions count code points instead of UTF-8 bytes;
+* regular expressions use Python's ``re`` instead of RE2 (they agree on common syntax);
+* an absent field always matches ``!=`` and never matches ``~=``; Go compares and
+  searches the empty string instead, so ``f!=""`` fails and ``f~=^$`` holds there.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ class Equal(Filter):
 
 @dataclass(frozen=True, slots=True)
 class NotEqual(Filter):
+    """Matches a field that is absent or differs from ``value``."""
+
     fieldpath: FieldPath
     value: str
 
@@ -101,6 +106,8 @@ class NotEqual(Filter):
 
 @dataclass(frozen=True, slots=True)
 class Matches(Filter):
+    """Matches a present field in which ``pattern`` is found (anywhere, like Go's MatchString)."""
+
     fieldpath: FieldPath
     pattern: str
     regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)

@@ -24,6 +24,7 @@ from obdsnap.mounts import overlay_has_index_param
 from obdsnap.service import CallGate, SnapshotsService
 from obdsnap.snapshotter import Snapshotter
 from obdsnap.storage import MetaStore
+from obdsnap.wire import ReplyCodec
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ async def _serve_snapshotter(
         )
         await exporter.start()
     gate = CallGate()
-    server = Server([SnapshotsService(snapshotter, metrics, gate)])
+    server = Server([SnapshotsService(snapshotter, metrics, gate)], codec=ReplyCodec())
     socket_path = Path(config.address)
     listener = await blocking(open_unix_socket, socket_path)
     try:

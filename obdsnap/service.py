@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import betterproto.lib.google.protobuf as pb
+from betterproto import Message
 from grpclib import GRPCError
-from grpclib.const import Status
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.server import Stream
 
 from obdsnap.errors import SnapshotError
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
@@ -23,6 +26,7 @@ from obdsnap.metrics import Metrics
 from obdsnap.mounts import Mount
 from obdsnap.snapshotter import Snapshotter
 from obdsnap.storage import Info, Kind
+from obdsnap.wire import Encoded, InfoEncoder
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +61,60 @@ class CallGate:
         return True
 
 
-class SnapshotsService(api.SnapshotsBase):
+SERVICE = "containerd.services.snapshots.v1.Snapshots"
+Reply = Message | Encoded
+UnaryCall = Callable[[Any], Awaitable[Reply]]
+
+
+class SnapshotsService:
+    """grpclib handlers of every Snapshots RPC (grpclib finds them through ``__mapping__``)."""
+
     def __init__(self, snapshotter: Snapshotter, metrics: Metrics, gate: CallGate) -> None:
         self._snapshotter = snapshotter
         self._metrics = metrics
         self._gate = gate
+        self._infos = InfoEncoder()
+
+    def __mapping__(self) -> dict[str, Handler]:
+        unary: dict[str, tuple[type[Message], type[Message], UnaryCall]] = {
+            "Prepare": (api.PrepareSnapshotRequest, api.PrepareSnapshotResponse, self.prepare),
+            "View": (api.ViewSnapshotRequest, api.ViewSnapshotResponse, self.view),
+            "Mounts": (api.MountsRequest, api.MountsResponse, self.mounts),
+            "Commit": (api.CommitSnapshotRequest, pb.Empty, self.commit),
+            "Remove": (api.RemoveSnapshotRequest, pb.Empty, self.remove),
+            "Stat": (api.StatSnapshotRequest, api.StatSnapshotResponse, self.stat),
+            "Update": (api.UpdateSnapshotRequest, api.UpdateSnapshotResponse, self.update),
+            "Usage": (api.UsageRequest, api.UsageResponse, self.usage),
+            "Cleanup": (api.CleanupRequest, pb.Empty, self.cleanup),
+        }
+        mapping = {
+            f"/{SERVICE}/{name}": Handler(
+                self._unary_handler(name, call), Cardinality.UNARY_UNARY, request, reply
+            )
+            for name, (request, reply, call) in unary.items()
+        }
+        mapping[f"/{SERVICE}/List"] = Handler(
+            self._list_handler,
+            Cardinality.UNARY_STREAM,
+            api.ListSnapshotsRequest,
+            api.ListSnapshotsResponse,
+        )
+        return mapping
+
+    def _unary_handler(self, name: str, call: UnaryCall) -> Callable[[Stream[Any, Any]], Awaitable[None]]:
+        async def handle(stream: Stream[Any, Any]) -> None:
+            request = await stream.recv_message()
+            async with self._call(name):
+                reply = await call(request)
+            await stream.send_message(reply)
+
+        return handle
+
+    async def _list_handler(self, stream: Stream[Any, Any]) -> None:
+        request: api.ListSnapshotsRequest = await stream.recv_message()
+        async with self._call("Walk"):  # the Go snapshotter's name for List
+            for chunk in self._snapshotter.walk(request.filters):
+                await stream.send_message(self._infos.reply(chunk))
 
     @asynccontextmanager
     async def _call(self, function: str) -> AsyncIterator[None]:
@@ -81,58 +134,42 @@ class SnapshotsService(api.SnapshotsBase):
         finally:
             self._gate.leave()
 
-    async def prepare(self, request: api.PrepareSnapshotRequest) -> api.PrepareSnapshotResponse:
-        async with self._call("Prepare"):
-            mounts = await self._snapshotter.prepare(request.key, request.parent, request.labels)
+    async def prepare(self, request: api.PrepareSnapshotRequest) -> Reply:
+        mounts = await self._snapshotter.prepare(request.key, request.parent, request.labels)
         return api.PrepareSnapshotResponse(mounts=_mount_messages(mounts))
 
-    async def view(self, request: api.ViewSnapshotRequest) -> api.ViewSnapshotResponse:
-        async with self._call("View"):
-            mounts = await self._snapshotter.view(request.key, request.parent, request.labels)
+    async def view(self, request: api.ViewSnapshotRequest) -> Reply:
+        mounts = await self._snapshotter.view(request.key, request.parent, request.labels)
         return api.ViewSnapshotResponse(mounts=_mount_messages(mounts))
 
-    async def mounts(self, request: api.MountsRequest) -> api.MountsResponse:
-        async with self._call("Mounts"):
-            mounts = await self._snapshotter.mounts(request.key)
+    async def mounts(self, request: api.MountsRequest) -> Reply:
+        mounts = await self._snapshotter.mounts(request.key)
         return api.MountsResponse(mounts=_mount_messages(mounts))
 
-    async def commit(self, request: api.CommitSnapshotRequest) -> pb.Empty:
-        async with self._call("Commit"):
-            await self._snapshotter.commit(request.name, request.key, request.labels)
+    async def commit(self, request: api.CommitSnapshotRequest) -> Reply:
+        await self._snapshotter.commit(request.name, request.key, request.labels)
+        self._infos.forget(request.key)
         return pb.Empty()
 
-    async def remove(self, request: api.RemoveSnapshotRequest) -> pb.Empty:
-        async with self._call("Remove"):
-            await self._snapshotter.remove(request.key)
+    async def remove(self, request: api.RemoveSnapshotRequest) -> Reply:
+        await self._snapshotter.remove(request.key)
+        self._infos.forget(request.key)
         return pb.Empty()
 
-    async def stat(self, request: api.StatSnapshotRequest) -> api.StatSnapshotResponse:
-        async with self._call("Stat"):
-            info = self._snapshotter.stat(request.key)
-        return api.StatSnapshotResponse(info=_info_message(info))
+    async def stat(self, request: api.StatSnapshotRequest) -> Reply:
+        return self._infos.reply([self._snapshotter.stat(request.key)])
 
-    async def update(self, request: api.UpdateSnapshotRequest) -> api.UpdateSnapshotResponse:
-        async with self._call("Update"):
-            wanted = Info(request.info.name, "", Kind.UNKNOWN, dict(request.info.labels))
-            paths = list(request.update_mask.paths) if request.update_mask else []
-            info = await self._snapshotter.update(wanted, paths)
-        return api.UpdateSnapshotResponse(info=_info_message(info))
+    async def update(self, request: api.UpdateSnapshotRequest) -> Reply:
+        wanted = Info(request.info.name, "", Kind.UNKNOWN, dict(request.info.labels))
+        paths = list(request.update_mask.paths) if request.update_mask else []
+        return self._infos.reply([await self._snapshotter.update(wanted, paths)])
 
-    async def list(
-        self, request: api.ListSnapshotsRequest
-    ) -> AsyncIterator[api.ListSnapshotsResponse]:
-        async with self._call("Walk"):
-            for chunk in self._snapshotter.walk(request.filters):
-                yield api.ListSnapshotsResponse(info=[_info_message(info) for info in chunk])
-
-    async def usage(self, request: api.UsageRequest) -> api.UsageResponse:
-        async with self._call("Usage"):
-            usage = await self._snapshotter.usage(request.key)
+    async def usage(self, request: api.UsageRequest) -> Reply:
+        usage = await self._snapshotter.usage(request.key)
         return api.UsageResponse(size=usage.size, inodes=usage.inodes)
 
-    async def cleanup(self, request: api.CleanupRequest) -> pb.Empty:
-        async with self._call("Cleanup"):
-            await self._snapshotter.cleanup()
+    async def cleanup(self, request: api.CleanupRequest) -> Reply:
+        await self._snapshotter.cleanup()
         return pb.Empty()
 
 
@@ -141,14 +178,3 @@ def _mount_messages(mounts: Iterable[Mount]) -> list[MountMessage]:
         MountMessage(type=m.type, source=m.source, target=m.target, options=list(m.options))
         for m in mounts
     ]
-
-
-def _info_message(info: Info) -> api.Info:
-    return api.Info(
-        name=info.name,
-        parent=info.parent,
-        kind=api.Kind(int(info.kind)),
-        created_at=info.created_at,
-        updated_at=info.updated_at,
-        labels=dict(info.labels),
-    )

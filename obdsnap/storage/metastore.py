@@ -43,8 +43,8 @@ T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
-    key        TEXT PRIMARY KEY,
-    id         INTEGER NOT NULL UNIQUE,
+    id         INTEGER PRIMARY KEY,
+    key        TEXT NOT NULL UNIQUE,
     parent     TEXT NOT NULL,
     kind       INTEGER NOT NULL,
     labels     TEXT NOT NULL,
@@ -57,11 +57,17 @@ CREATE TABLE IF NOT EXISTS sequence (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+INSERT OR IGNORE INTO sequence (name, value) VALUES ('snapshot_id', 0);
+-- The ID sequence follows every insert, so it never goes back, even after deletes.
+CREATE TRIGGER IF NOT EXISTS snapshot_id_sequence AFTER INSERT ON snapshots BEGIN
+    UPDATE sequence SET value = NEW.id WHERE name = 'snapshot_id' AND value < NEW.id;
+END;
 """
 _ID_SEQUENCE = "snapshot_id"
+# REPLACE drops the row holding the same ID or key: a commit renames its row this way.
 _UPSERT = "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_DELETE = "DELETE FROM snapshots WHERE key = ?"
-_SET_SEQUENCE = "INSERT OR REPLACE INTO sequence (name, value) VALUES (?, ?)"
+_DELETE = "DELETE FROM snapshots WHERE id = ?"
+_ADVANCE_SEQUENCE = "UPDATE sequence SET value = ? WHERE name = ? AND value < ?"
 
 
 class _Batch:
@@ -135,11 +141,12 @@ class MetaStore:
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        db = await aiosqlite.connect(self.path, isolation_level=None)
+        db = await aiosqlite.connect(self.path)
         await db.execute("PRAGMA journal_mode=WAL")
         # FULL: the WAL is fsync'ed at every commit, so an acknowledged write survives a crash.
         await db.execute("PRAGMA synchronous=FULL")
         await db.executescript(_SCHEMA)
+        await db.commit()
         self._db = db
         await self._load()
         self._writer = asyncio.create_task(self._write_loop(), name="metastore-writer")
@@ -269,24 +276,37 @@ class MetaStore:
                 write.done.set_exception(error)
 
     async def _persist(self, batch: _Batch) -> None:
-        if not batch.records and batch.last_id == self._last_id:
+        if not batch.records:
             return
         assert self._db is not None
-        deleted = [(key,) for key, record in batch.records.items() if record is None]
+        deleted = [(record.id,) for record in self._deleted_records(batch)]
         stored = [_row_from_record(r) for r in batch.records.values() if r is not None]
-        await self._db.execute("BEGIN IMMEDIATE")
+        # sqlite3 opens the transaction at the first write; commit() fsyncs the WAL.
         try:
-            # Deletes first: a commit moves an ID from the active key to the new name.
-            if deleted:
-                await self._db.executemany(_DELETE, deleted)
             if stored:
                 await self._db.executemany(_UPSERT, stored)
-            if batch.last_id != self._last_id:
-                await self._db.execute(_SET_SEQUENCE, (_ID_SEQUENCE, batch.last_id))
-            await self._db.execute("COMMIT")
+            if deleted:
+                await self._db.executemany(_DELETE, deleted)
+            if batch.last_id > max((row[0] for row in stored), default=0):
+                # An ID was handed out to a row this batch also deleted: keep it used up.
+                await self._db.execute(
+                    _ADVANCE_SEQUENCE, (batch.last_id, _ID_SEQUENCE, batch.last_id)
+                )
+            await self._db.commit()
         except BaseException:
-            await self._db.execute("ROLLBACK")
+            await self._db.rollback()
             raise
+
+    def _deleted_records(self, batch: _Batch) -> list[Record]:
+        """Durable records the batch deletes and does not store again under another key."""
+        kept_ids = {record.id for record in batch.records.values() if record is not None}
+        return [
+            record
+            for key, change in batch.records.items()
+            if change is None
+            and (record := self._records.get(key)) is not None
+            and record.id not in kept_ids
+        ]
 
     def _apply(self, batch: _Batch) -> None:
         for key, record in batch.records.items():
@@ -403,8 +423,8 @@ def _from_micros(micros: int) -> datetime:
 def _row_from_record(record: Record) -> tuple[Any, ...]:
     info = record.info
     return (
-        info.name,
         record.id,
+        info.name,
         info.parent,
         int(info.kind),
         json.dumps(dict(info.labels), separators=(",", ":")),
@@ -416,7 +436,7 @@ def _row_from_record(record: Record) -> tuple[Any, ...]:
 
 
 def _record_from_row(row: Any) -> Record:
-    key, record_id, parent, kind, labels, created, updated, size, inodes = row
+    record_id, key, parent, kind, labels, created, updated, size, inodes = row
     info = Info(key, parent, Kind(kind), json.loads(labels), _from_micros(created), _from_micros(updated))
     return Record(record_id, info, Usage(size, inodes))
 

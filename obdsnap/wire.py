@@ -1,0 +1,80 @@
+"""Protobuf encoding of replies, with snapshot infos encoded once and reused.
+
+Snapshot records are immutable, so the wire bytes of an Info only change when
+the record does. List of N snapshots then costs N dictionary lookups and one
+join instead of building and encoding N betterproto messages (about 40 us
+each), and Stat the same for one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpclib.encoding.proto import ProtoCodec
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
+from obdsnap.storage import Info
+
+_LENGTH_DELIMITED_FIELD_1 = b"\x0a"  # field 1, wire type 2: `info` in every reply that has one
+
+
+class Encoded:
+    """A reply already in wire format; the codec sends its bytes as they are."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class ReplyCodec(ProtoCodec):
+    """grpclib's protobuf codec, passing pre-encoded replies through."""
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        if isinstance(message, Encoded):
+            return message.data
+        return super().encode(message, message_type)
+
+
+class InfoEncoder:
+    """Wire bytes of Info messages, cached per snapshot key until its Info changes."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[Info, bytes]] = {}
+
+    def field(self, info: Info) -> bytes:
+        """The Info as field 1 of a reply (StatSnapshotResponse, ListSnapshotsResponse...)."""
+        cached = self._cache.get(info.name)
+        if cached is not None and cached[0] is info:
+            return cached[1]
+        encoded = bytes(info_message(info))
+        data = _LENGTH_DELIMITED_FIELD_1 + _varint(len(encoded)) + encoded
+        self._cache[info.name] = (info, data)
+        return data
+
+    def forget(self, key: str) -> None:
+        self._cache.pop(key, None)
+
+    def reply(self, infos: list[Info]) -> Encoded:
+        """A reply whose field 1 holds these infos (repeated for List, one for Stat/Update)."""
+        return Encoded(b"".join(self.field(info) for info in infos))
+
+
+def info_message(info: Info) -> api.Info:
+    return api.Info(
+        name=info.name,
+        parent=info.parent,
+        kind=api.Kind(int(info.kind)),
+        created_at=info.created_at,
+        updated_at=info.updated_at,
+        labels=dict(info.labels),
+    )
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
