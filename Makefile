@@ -36,13 +36,16 @@ apt-deps: $(STAMP)/apt
 py-deps: $(STAMP)/py
 deps: apt-deps py-deps
 
-run: py-deps
+run: deps
 	@mkdir -p $(RUN_DIR)
 	@[ -f $(RUN_DIR)/config.json ] || sed 's|@RUN_DIR@|$(RUN_DIR)|g' deploy/config.local.json > $(RUN_DIR)/config.json
-	$(PYTHON) -m obdsnap serve --config $(RUN_DIR)/config.json
+	@echo "obdsnap config: $(RUN_DIR)/config.json"
+	@echo "obdsnap socket: $(RUN_DIR)/obdsnap.sock"
+	@$(PYTHON) -m obdsnap containerd-config --config $(RUN_DIR)/config.json
+	exec $(PYTHON) -m obdsnap serve --config $(RUN_DIR)/config.json
 
-test: deps
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+test: deps lint
+	$(PYTHON) -m pytest -p no:cacheprovider -ra tests
 
 unit-test: py-deps
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit

@@ -1,8 +1,13 @@
-"""Command line: ``obdsnap serve [--config PATH] [--root DIR] [--address SOCK] [--log-level L]``."""
+"""Command line.
+
+obdsnap serve [--config PATH] [--root DIR] [--address SOCK] [--log-level L]
+obdsnap containerd-config [--config PATH] [--address SOCK] [--name NAME]
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -21,10 +26,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         config = load_config(
             args.config,
-            {"root": args.root, "address": args.address, "log_level": args.log_level},
+            root=getattr(args, "root", None),
+            address=args.address,
+            log_level=getattr(args, "log_level", None),
         )
     except ConfigError as exc:
         sys.exit(f"obdsnap: {exc}")
+    if args.command == "containerd-config":
+        print(containerd_config_snippet(args.name, config.address))
+        return
     _configure_logging(config.python_log_level, report_caller=config.log_report_caller)
     try:
         uvloop.run(serve(config))
@@ -41,7 +51,22 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--root", help="root directory (overrides the config)")
     serve_cmd.add_argument("--address", help="unix socket path (overrides the config)")
     serve_cmd.add_argument("--log-level", help="trace|debug|info|warn|error (overrides 'verbose')")
+    snippet_cmd = commands.add_parser(
+        "containerd-config", help="print the containerd config that points at this snapshotter"
+    )
+    snippet_cmd.add_argument("--config", type=Path, help="boot config (JSON)")
+    snippet_cmd.add_argument("--address", help="unix socket path (overrides the config)")
+    snippet_cmd.add_argument("--name", default="overlaybd", help="snapshotter name in containerd")
     return parser
+
+
+def containerd_config_snippet(name: str, address: str) -> str:
+    return (
+        "# containerd config.toml (version 2):\n"
+        f"[proxy_plugins.{name}]\n"
+        '  type = "snapshot"\n'
+        f"  address = {json.dumps(address)}"
+    )
 
 
 def _configure_logging(level: int, *, report_caller: bool) -> None:
@@ -52,5 +77,3 @@ def _configure_logging(level: int, *, report_caller: bool) -> None:
         format=f"%(asctime)s %(levelname)s %(name)s{caller}: %(message)s",
         force=True,
     )
-
-

@@ -74,7 +74,13 @@ class BootConfig:
         return replace(self, address=address)
 
 
-def load_config(path: Path | None, overrides: Mapping[str, str | None]) -> BootConfig:
+def load_config(
+    path: Path | None,
+    *,
+    root: str | None = None,
+    address: str | None = None,
+    log_level: str | None = None,
+) -> BootConfig:
     """Read ``path`` (or the default path when it exists), then apply command-line overrides."""
     raw: Mapping[str, Any] = {}
     if path is None and DEFAULT_CONFIG_PATH.exists():
@@ -82,10 +88,14 @@ def load_config(path: Path | None, overrides: Mapping[str, str | None]) -> BootC
     if path is not None:
         raw = _read_json(path)
     config = parse_config(raw)
-    flags = {name: value for name, value in overrides.items() if value is not None}
-    if "log_level" in flags:
-        _check_choice("--log-level", flags["log_level"].lower(), tuple(LOG_LEVELS))
-    return replace(config, **flags).checked()
+    if root is not None:
+        config = replace(config, root=root)
+    if address is not None:
+        config = replace(config, address=address)
+    if log_level is not None:
+        _check_choice("--log-level", log_level.lower(), tuple(LOG_LEVELS))
+        config = replace(config, log_level=log_level)
+    return config.checked()
 
 
 def _read_json(path: Path) -> Mapping[str, Any]:
@@ -125,9 +135,7 @@ def parse_config(raw: Mapping[str, Any]) -> BootConfig:
         rw_mode=reader.get("rwMode", str, default.rw_mode),
         auto_remove_dev=reader.get("autoRemoveDev", bool, default.auto_remove_dev),
         exporter=exporter,
-        writable_layer_type=reader.get(
-            "writableLayerType", str, default.writable_layer_type
-        ),
+        writable_layer_type=reader.get("writableLayerType", str, default.writable_layer_type),
         overlaybd_util_bin_dir=reader.get(
             "overlaybd_util_bin_dir", str, default.overlaybd_util_bin_dir
         ),
@@ -172,5 +180,10 @@ class _Reader:
 
 
 def _json_type(kind: type) -> str:
-    names: dict[type, str] = {bool: "a boolean", int: "an integer", str: "a string", dict: "an object"}
+    names: dict[type, str] = {
+        bool: "a boolean",
+        int: "an integer",
+        str: "a string",
+        dict: "an object",
+    }
     return names.get(kind, "a value")

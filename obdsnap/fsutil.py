@@ -36,8 +36,12 @@ def disk_usage(path: Path) -> Usage:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a directory tree; a tree that is already gone is fine."""
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
+    """Remove a directory tree; parts of it (or all) that are already gone are fine."""
+    shutil.rmtree(path, onerror=_ignore_vanished)
+
+
+def _ignore_vanished(
+    function: object, path: str, exc_info: tuple[type, BaseException, object]
+) -> None:
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]

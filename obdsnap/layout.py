@@ -19,6 +19,8 @@ from obdsnap.fsutil import remove_tree
 NEW_DIR_PREFIX = "new-"
 FS_MODE = 0o755
 PRIVATE_DIR_MODE = 0o711
+PROCESS_UMASK = 0o022
+_NEW_FILE_FLAGS = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -50,24 +52,24 @@ class Layout:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(directory, 0o700)
 
-    def build_new_snapshot_dir(
-        self, new_dir: Path, *, active: bool, parent_id: int | None
-    ) -> None:
-        """Blocking: make ``new_dir`` (a ``snapshots/new-XXXX``) with what a snapshot starts with."""
-        new_dir.mkdir(mode=0o700)
+    def build_new_snapshot_dir(self, new_dir: Path, *, active: bool, parent_id: int | None) -> None:
+        """Blocking: make ``new_dir`` (a ``snapshots/new-XXXX``) with what a snapshot starts with.
+
+        Modes assume the process umask is 022 (set at start-up), so no chmod is needed.
+        """
+        os.mkdir(new_dir, 0o700)
         try:
-            fs = new_dir / "fs"
-            fs.mkdir()
-            os.chmod(fs, FS_MODE)
+            fs = os.path.join(new_dir, "fs")
+            os.mkdir(fs, FS_MODE)
             if parent_id is not None:
                 parent_fs = os.stat(self.fs_dir(parent_id))
                 os.lchown(fs, parent_fs.st_uid, parent_fs.st_gid)
             if active:
-                (new_dir / "work").mkdir(mode=PRIVATE_DIR_MODE)
-            block = new_dir / "block"
-            block.mkdir(mode=PRIVATE_DIR_MODE)
-            (block / "mountpoint").mkdir(mode=PRIVATE_DIR_MODE)
-            (block / "init-debug.log").touch(mode=0o644)
+                os.mkdir(os.path.join(new_dir, "work"), PRIVATE_DIR_MODE)
+            block = os.path.join(new_dir, "block")
+            os.mkdir(block, PRIVATE_DIR_MODE)
+            os.mkdir(os.path.join(block, "mountpoint"), PRIVATE_DIR_MODE)
+            os.close(os.open(os.path.join(block, "init-debug.log"), _NEW_FILE_FLAGS, 0o644))
         except BaseException:
             remove_tree(new_dir)
             raise
@@ -80,4 +82,3 @@ class Layout:
             for entry in self.snapshots.iterdir()
             if entry.name not in known and entry not in busy
         ]
-

@@ -7,13 +7,24 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from aioprometheus import Counter, Gauge, Histogram, Registry
+from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
 from aioprometheus.service import Service
 
 log = logging.getLogger(__name__)
 
 # The Go snapshotter's function names: List is reported as "Walk".
-FUNCTIONS = ("Stat", "Update", "Usage", "Prepare", "View", "Mounts", "Commit", "Remove", "Walk", "Cleanup")
+FUNCTIONS = (
+    "Stat",
+    "Update",
+    "Usage",
+    "Prepare",
+    "View",
+    "Mounts",
+    "Commit",
+    "Remove",
+    "Walk",
+    "Cleanup",
+)
 LATENCY_BUCKETS = tuple(0.0001 * 2**i for i in range(20))
 
 

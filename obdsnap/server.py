@@ -18,7 +18,7 @@ from grpclib.server import Server
 
 from obdsnap.blocking import BlockingRunner
 from obdsnap.config import BootConfig
-from obdsnap.layout import Layout
+from obdsnap.layout import PROCESS_UMASK, Layout
 from obdsnap.metrics import Exporter, Metrics
 from obdsnap.mounts import overlay_has_index_param
 from obdsnap.service import CallGate, SnapshotsService
@@ -38,6 +38,7 @@ class StartupError(Exception):
 
 async def serve(config: BootConfig) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    os.umask(PROCESS_UMASK)
     blocking = BlockingRunner()
     layout = Layout(Path(config.root))
     await blocking(layout.create_root)
@@ -80,7 +81,10 @@ async def _serve_snapshotter(
         log.info("shutting down: finishing calls in flight")
         metrics.is_alive.set({}, 0)
         _remove_socket(socket_path)
-        if not await gate.close(DRAIN_TIMEOUT_S):
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                await gate.close()
+        except TimeoutError:
             log.warning("calls still running after %.0fs; cancelling them", DRAIN_TIMEOUT_S)
     finally:
         _remove_socket(socket_path)

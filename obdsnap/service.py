@@ -51,14 +51,10 @@ class CallGate:
         if self._in_flight == 0:
             self._idle.set()
 
-    async def close(self, timeout: float) -> bool:
-        """Refuse new calls and wait for the running ones; False if some outlived timeout."""
+    async def close(self) -> None:
+        """Refuse new calls and wait for the running ones."""
         self._closed = True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        await self._idle.wait()
 
 
 SERVICE = "containerd.services.snapshots.v1.Snapshots"
@@ -101,9 +97,11 @@ class SnapshotsService:
         )
         return mapping
 
-    def _unary_handler(self, name: str, call: UnaryCall) -> Callable[[Stream[Any, Any]], Awaitable[None]]:
+    def _unary_handler(
+        self, name: str, call: UnaryCall
+    ) -> Callable[[Stream[Any, Any]], Awaitable[None]]:
         async def handle(stream: Stream[Any, Any]) -> None:
-            request = await stream.recv_message()
+            request = await _receive(stream)
             async with self._call(name):
                 reply = await call(request)
             await stream.send_message(reply)
@@ -111,7 +109,7 @@ class SnapshotsService:
         return handle
 
     async def _list_handler(self, stream: Stream[Any, Any]) -> None:
-        request: api.ListSnapshotsRequest = await stream.recv_message()
+        request: api.ListSnapshotsRequest = await _receive(stream)
         async with self._call("Walk"):  # the Go snapshotter's name for List
             for chunk in self._snapshotter.walk(request.filters):
                 await stream.send_message(self._infos.reply(chunk))
@@ -171,6 +169,13 @@ class SnapshotsService:
     async def cleanup(self, request: api.CleanupRequest) -> Reply:
         await self._snapshotter.cleanup()
         return pb.Empty()
+
+
+async def _receive(stream: Stream[Any, Any]) -> Any:
+    request = await stream.recv_message()
+    if request is None:
+        raise GRPCError(Status.INVALID_ARGUMENT, "request message missing")
+    return request
 
 
 def _mount_messages(mounts: Iterable[Mount]) -> list[MountMessage]:

@@ -112,7 +112,9 @@ class Snapshotter:
                 # The row goes again; its ID is never handed out a second time.
                 await self._store.remove(key)
                 await self._blocking(remove_tree, new_dir)
-                raise SnapshotError(f"failed to create snapshot directory of {key!r}: {exc}") from exc
+                raise SnapshotError(
+                    f"failed to create snapshot directory of {key!r}: {exc}"
+                ) from exc
             return record
         finally:
             self._building.discard(new_dir)
@@ -215,12 +217,12 @@ class Snapshotter:
         They were never acknowledged; drop them (their directories are
         ``new-*`` leftovers that Cleanup reclaims).
         """
+        present = set(await self._blocking(os.listdir, self._layout.snapshots))
         for record in self._store.records():
-            if self._store.has_children(record.key):
+            if str(record.id) in present or self._store.has_children(record.key):
                 continue
-            if not await self._blocking(self._layout.snapshot_dir(record.id).is_dir):
-                log.warning("dropping snapshot %r: its create never finished", record.key)
-                await self._store.remove(record.key)
+            log.warning("dropping snapshot %r: its create never finished", record.key)
+            await self._store.remove(record.key)
 
 
 def _info_fields(info: Info) -> filters.Lookup:

@@ -65,8 +65,11 @@ END;
 """
 _ID_SEQUENCE = "snapshot_id"
 # REPLACE drops the row holding the same ID or key: a commit renames its row this way.
-_UPSERT = "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_DELETE = "DELETE FROM snapshots WHERE id = ?"
+_UPSERT = "INSERT OR REPLACE INTO snapshots VALUES "
+_ROW_PLACEHOLDERS = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_DELETE = "DELETE FROM snapshots WHERE id IN ({})"
+# SQLite binds at most 32766 parameters per statement; 9 per row.
+_MAX_ROWS_PER_STATEMENT = 1000
 _ADVANCE_SEQUENCE = "UPDATE sequence SET value = ? WHERE name = ? AND value < ?"
 
 
@@ -141,12 +144,11 @@ class MetaStore:
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        db = await aiosqlite.connect(self.path)
+        db = await aiosqlite.connect(self.path, isolation_level=None)
         await db.execute("PRAGMA journal_mode=WAL")
         # FULL: the WAL is fsync'ed at every commit, so an acknowledged write survives a crash.
         await db.execute("PRAGMA synchronous=FULL")
         await db.executescript(_SCHEMA)
-        await db.commit()
         self._db = db
         await self._load()
         self._writer = asyncio.create_task(self._write_loop(), name="metastore-writer")
@@ -164,7 +166,9 @@ class MetaStore:
 
     async def _load(self) -> None:
         assert self._db is not None
-        async with self._db.execute("SELECT value FROM sequence WHERE name = ?", (_ID_SEQUENCE,)) as c:
+        async with self._db.execute(
+            "SELECT value FROM sequence WHERE name = ?", (_ID_SEQUENCE,)
+        ) as c:
             row = await c.fetchone()
             self._last_id = int(row[0]) if row else 0
         async with self._db.execute("SELECT * FROM snapshots") as cursor:
@@ -215,14 +219,10 @@ class MetaStore:
 
     # ------------------------------------------------------------------ writes
 
-    async def create(
-        self, kind: Kind, key: str, parent: str, labels: Mapping[str, str]
-    ) -> Record:
+    async def create(self, kind: Kind, key: str, parent: str, labels: Mapping[str, str]) -> Record:
         return await self._write(lambda batch: _create(batch, kind, key, parent, labels))
 
-    async def commit(
-        self, key: str, name: str, usage: Usage, labels: Mapping[str, str]
-    ) -> Record:
+    async def commit(self, key: str, name: str, usage: Usage, labels: Mapping[str, str]) -> Record:
         return await self._write(lambda batch: _commit(batch, key, name, usage, labels))
 
     async def remove(self, key: str) -> Record:
@@ -276,26 +276,37 @@ class MetaStore:
                 write.done.set_exception(error)
 
     async def _persist(self, batch: _Batch) -> None:
-        if not batch.records:
+        statements = self._statements(batch)
+        if not statements:
             return
         assert self._db is not None
-        deleted = [(record.id,) for record in self._deleted_records(batch)]
-        stored = [_row_from_record(r) for r in batch.records.values() if r is not None]
-        # sqlite3 opens the transaction at the first write; commit() fsyncs the WAL.
+        if len(statements) == 1:
+            # One statement is its own transaction (autocommit): one round trip, one fsync.
+            await self._db.execute(*statements[0])
+            return
+        await self._db.execute("BEGIN IMMEDIATE")
         try:
-            if stored:
-                await self._db.executemany(_UPSERT, stored)
-            if deleted:
-                await self._db.executemany(_DELETE, deleted)
-            if batch.last_id > max((row[0] for row in stored), default=0):
-                # An ID was handed out to a row this batch also deleted: keep it used up.
-                await self._db.execute(
-                    _ADVANCE_SEQUENCE, (batch.last_id, _ID_SEQUENCE, batch.last_id)
-                )
-            await self._db.commit()
+            for statement in statements:
+                await self._db.execute(*statement)
+            await self._db.execute("COMMIT")
         except BaseException:
-            await self._db.rollback()
+            await self._db.execute("ROLLBACK")
             raise
+
+    def _statements(self, batch: _Batch) -> list[tuple[str, tuple[Any, ...]]]:
+        """The SQL of a batch: multi-row statements, as few as the batch allows."""
+        stored = [_row_from_record(r) for r in batch.records.values() if r is not None]
+        deleted = [record.id for record in self._deleted_records(batch)]
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        for rows in _slices(stored, _MAX_ROWS_PER_STATEMENT):
+            values = ", ".join([_ROW_PLACEHOLDERS] * len(rows))
+            statements.append((_UPSERT + values, tuple(v for row in rows for v in row)))
+        for ids in _slices(deleted, _MAX_ROWS_PER_STATEMENT):
+            statements.append((_DELETE.format(", ".join("?" * len(ids))), tuple(ids)))
+        if batch.last_id > max((row[0] for row in stored), default=0):
+            # An ID went to a row this batch also deleted: keep it used up all the same.
+            statements.append((_ADVANCE_SEQUENCE, (batch.last_id, _ID_SEQUENCE, batch.last_id)))
+        return statements
 
     def _deleted_records(self, batch: _Batch) -> list[Record]:
         """Durable records the batch deletes and does not store again under another key."""
@@ -325,9 +336,7 @@ class MetaStore:
 # ---------------------------------------------------------------------- operations
 
 
-def _create(
-    batch: _Batch, kind: Kind, key: str, parent: str, labels: Mapping[str, str]
-) -> Record:
+def _create(batch: _Batch, kind: Kind, key: str, parent: str, labels: Mapping[str, str]) -> Record:
     if kind not in (Kind.ACTIVE, Kind.VIEW):
         raise InvalidArgument(f"snapshot type {kind.name} invalid; only active or view")
     if parent:
@@ -346,9 +355,7 @@ def _create(
     return record
 
 
-def _commit(
-    batch: _Batch, key: str, name: str, usage: Usage, labels: Mapping[str, str]
-) -> Record:
+def _commit(batch: _Batch, key: str, name: str, usage: Usage, labels: Mapping[str, str]) -> Record:
     active = batch.get(key)
     if active is None:
         raise NotFound(f"active snapshot {key!r} does not exist")
@@ -437,6 +444,11 @@ def _row_from_record(record: Record) -> tuple[Any, ...]:
 
 def _record_from_row(row: Any) -> Record:
     record_id, key, parent, kind, labels, created, updated, size, inodes = row
-    info = Info(key, parent, Kind(kind), json.loads(labels), _from_micros(created), _from_micros(updated))
+    info = Info(
+        key, parent, Kind(kind), json.loads(labels), _from_micros(created), _from_micros(updated)
+    )
     return Record(record_id, info, Usage(size, inodes))
 
+
+def _slices(items: list[T], size: int) -> list[list[T]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
