@@ -95,26 +95,32 @@ class Snapshotter:
         new_dir = self._layout.snapshots / f"{NEW_DIR_PREFIX}{secrets.token_hex(8)}"
         self._building.add(new_dir)
         try:
-            await self._blocking(
-                self._layout.build_new_snapshot_dir,
-                new_dir,
-                active=kind == Kind.ACTIVE,
-                parent_id=parent_id,
+            # The directory is built while the row is committed; it takes the row's ID after both.
+            built = asyncio.ensure_future(
+                self._blocking(
+                    self._layout.build_new_snapshot_dir,
+                    new_dir,
+                    active=kind == Kind.ACTIVE,
+                    parent_id=parent_id,
+                )
             )
-            try:
-                record = await self._store.create(kind, key, parent, labels)
-            except BaseException:
+            row = asyncio.ensure_future(self._store.create(kind, key, parent, labels))
+            await asyncio.wait([built, row])
+            build_error = built.exception()
+            row_error = row.exception()
+            if row_error is not None:
                 await self._blocking(remove_tree, new_dir)
-                raise
+                raise row_error
+            record = row.result()
             try:
+                if build_error is not None:
+                    raise build_error
                 await self._blocking(os.rename, new_dir, self._layout.snapshot_dir(record.id))
-            except OSError as exc:
+            except Exception as exc:
                 # The row goes again; its ID is never handed out a second time.
                 await self._store.remove(key)
                 await self._blocking(remove_tree, new_dir)
-                raise SnapshotError(
-                    f"failed to create snapshot directory of {key!r}: {exc}"
-                ) from exc
+                raise SnapshotError(f"failed to create the directory of {key!r}: {exc}") from exc
             return record
         finally:
             self._building.discard(new_dir)
