@@ -5,7 +5,8 @@
 #   tests/conformance/run.sh 'SERVER_CMD' [go test flags]
 #   tests/conformance/run.sh --build      # build only, print the test binary
 #
-# SERVER_CMD is run by bash with {root} and {address} substituted; '' means
+# SERVER_CMD is run by bash with {root} and {address} (and {config}, a JSON
+# file {"root": ..., "address": ...}) substituted; '' means
 # $OBDSNAP_SERVER_CMD, else 'python3 -m obdsnap serve --root {root} --address {address}'.
 # go test flags: -run, -count, -timeout (default 10m), -parallel, -failfast,
 # -short, -list (also accepted as -test.X). Servers run from the repository root.
@@ -22,7 +23,7 @@ build="${OBDSNAP_BUILD_DIR:-$repo/.build}/conformance"
 gocode="${GOCODE:-/usr/share/gocode}"
 pkg="obdsnaptests/conformance"
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 # Builds the test binary in GOPATH mode against the Debian-packaged containerd
 # sources, again only when the sources, Go or containerd changed.
@@ -59,7 +60,12 @@ case "$1" in
   -h|--help) usage ;;
   --build) build_test_binary; exit ;;
 esac
-export OBDSNAP_SERVER_CMD="${1:-${OBDSNAP_SERVER_CMD:-python3 -m obdsnap serve --root {root} --address {address}}}"
+default_cmd='python3 -m obdsnap serve --root {root} --address {address}'
+if [ -n "$1" ]; then
+  export OBDSNAP_SERVER_CMD="$1"
+else
+  export OBDSNAP_SERVER_CMD="${OBDSNAP_SERVER_CMD:-$default_cmd}"
+fi
 shift
 binary="$(build_test_binary)"
 

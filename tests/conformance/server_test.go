@@ -1,12 +1,14 @@
 package conformance
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -33,18 +35,27 @@ type serverProcess struct {
 	waitErr error
 }
 
-// expandTemplate fills the {root} and {address} placeholders of a server
-// command template.
-func expandTemplate(template, root, address string) string {
-	return strings.NewReplacer("{root}", root, "{address}", address).Replace(template)
+// expandTemplate fills the {root}, {address} and {config} placeholders of a
+// server command template.
+func expandTemplate(template, root, address, config string) string {
+	return strings.NewReplacer("{root}", root, "{address}", address, "{config}", config).Replace(template)
 }
 
 // startServer runs the command with `bash -c` in its own process group,
 // appending its output to logPath, and returns once the unix socket accepts
-// connections.
+// connections. {config} in the template names a JSON file with root and
+// address, written next to root.
 func startServer(template, root, address, logPath string, startTimeout time.Duration) (*serverProcess, error) {
 	if len(address) >= maxSocketPath {
 		return nil, fmt.Errorf("socket path is %d bytes, the limit is %d: %s", len(address), maxSocketPath-1, address)
+	}
+	configPath := filepath.Join(filepath.Dir(root), "server-config.json")
+	config, err := json.Marshal(map[string]string{"root": root, "address": address})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(configPath, config, 0o644); err != nil {
+		return nil, err
 	}
 	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -52,9 +63,9 @@ func startServer(template, root, address, logPath string, startTimeout time.Dura
 	}
 	defer logFile.Close()
 
-	command := expandTemplate(template, root, address)
-	// "exec" makes the server itself our child, not a wrapping shell.
-	cmd := exec.Command("bash", "-c", "exec "+command)
+	command := expandTemplate(template, root, address, configPath)
+	// bash execs a lone command, so then the server itself is our child.
+	cmd := exec.Command("bash", "-c", command)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	// Own process group: teardown signals reach any helpers the server

@@ -4,7 +4,8 @@
 //
 // Environment (tests/conformance/run.sh sets it):
 //
-//	OBDSNAP_SERVER_CMD     server command template with {root} and {address}
+//	OBDSNAP_SERVER_CMD     server command template with {root} and {address}, and
+//	                       optionally {config}, a JSON file {"root": ..., "address": ...}
 //	                       (default: python3 -m obdsnap serve --root {root} --address {address})
 //	OBDSNAP_START_TIMEOUT  how long to wait for the server's socket (default 20s)
 //	OBDSNAP_TEST_LOG_DIR   where each server's output goes (default: a new temp dir)

@@ -1,0 +1,1 @@
+"""containerd end-to-end tests of obdsnap, and their reusable helpers."""
