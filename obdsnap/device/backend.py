@@ -1,0 +1,38 @@
+"""What the snapshotter needs from a device backend, and how attaching can fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from grpclib.const import Status
+
+from obdsnap.errors import SnapshotError
+
+
+class AttachError(SnapshotError):
+    """The image could not be opened or the device set up; the message says why."""
+
+
+class DeviceTimeout(AttachError):
+    """The device did not appear in time; trying again may work."""
+
+    status = Status.UNAVAILABLE
+
+
+class DeviceBackend(Protocol):
+    async def attach(self, snapshot_id: int, config_path: Path, result_file: Path) -> Path:
+        """Set up the snapshot's device from its config; the device node. Undone on failure."""
+        ...
+
+    async def detach(self, snapshot_id: int) -> None:
+        """Tear the device down; a device that is not there is fine."""
+        ...
+
+    async def is_attached(self, snapshot_id: int) -> bool:
+        """Whether the snapshot's device is set up (false after a reboot or a detach)."""
+        ...
+
+    async def set_disk_timeout(self, device: Path) -> None:
+        """Give the mounted disk the command timeout overlaybd needs."""
+        ...

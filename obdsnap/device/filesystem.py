@@ -1,0 +1,83 @@
+"""The filesystem on an overlaybd device: which one, how to make it, how to mount it.
+
+The ``blob-fs-type`` label is ``fstype[;mount-options[;mkfs-options]]`` (default
+ext4). Its fields are parsed into an allow-listed form and handed to mkfs and
+mount as separate arguments, never to a shell.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from obdsnap import labels as L
+from obdsnap.commands import run_command
+from obdsnap.errors import InvalidArgument
+
+_OPTION = re.compile(r"^[A-Za-z0-9_.,:=/+^-]+$")
+
+
+@dataclass(frozen=True)
+class FsDefaults:
+    mkfs_options: tuple[str, ...]
+    mount_options: tuple[str, ...]
+
+
+FILESYSTEMS: dict[str, FsDefaults] = {
+    "ext4": FsDefaults(
+        ("-O", "^has_journal,sparse_super,flex_bg", "-G", "1", "-E", "discard", "-F"), ("discard",)
+    ),
+    "xfs": FsDefaults(("-f", "-l", "size=4m", "-m", "crc=0"), ("nouuid", "discard")),
+    "f2fs": FsDefaults(("-S", "-w", "4096"), ()),
+    "ntfs": FsDefaults(("-F", "-f"), ()),
+}
+
+
+@dataclass(frozen=True)
+class FsSpec:
+    fs_type: str = "ext4"
+    mount_options: tuple[str, ...] = FILESYSTEMS["ext4"].mount_options
+    mkfs_options: tuple[str, ...] = FILESYSTEMS["ext4"].mkfs_options
+
+
+def fs_spec(labels: Mapping[str, str]) -> FsSpec:
+    """The filesystem a layer's ``blob-fs-type`` label asks for (InvalidArgument if unusable)."""
+    value = labels.get(L.BLOB_FS_TYPE, "")
+    if not value:
+        return FsSpec()
+    fields = value.split(";")
+    if len(fields) > 3:
+        raise InvalidArgument(f"{L.BLOB_FS_TYPE}: at most 3 fields, got {value!r}")
+    fs_type = fields[0]
+    defaults = FILESYSTEMS.get(fs_type)
+    if defaults is None:
+        raise InvalidArgument(
+            f"{L.BLOB_FS_TYPE}: filesystem {fs_type!r} is not one of {', '.join(FILESYSTEMS)}"
+        )
+    mount_options = defaults.mount_options
+    if len(fields) > 1:
+        mount_options = tuple(option for option in fields[1].split(",") if option)
+    mkfs_options = defaults.mkfs_options
+    if len(fields) > 2:
+        mkfs_options = tuple(option for option in fields[2].split(" ") if option)
+    for option in (*mount_options, *mkfs_options):
+        if not _OPTION.match(option):
+            raise InvalidArgument(f"{L.BLOB_FS_TYPE}: option {option!r} is not allowed")
+    return FsSpec(fs_type, mount_options, mkfs_options)
+
+
+async def make_filesystem(device: Path, spec: FsSpec) -> None:
+    await run_command("mkfs", "-t", spec.fs_type, *spec.mkfs_options, str(device))
+
+
+async def mount_device(device: Path, mountpoint: Path, spec: FsSpec, *, readonly: bool) -> None:
+    options = [*spec.mount_options, "ro" if readonly else "rw"]
+    await run_command(
+        "mount", "-t", spec.fs_type, "-o", ",".join(options), str(device), str(mountpoint)
+    )
+
+
+async def unmount(mountpoint: Path) -> None:
+    await run_command("umount", str(mountpoint))

@@ -1,0 +1,112 @@
+"""A snapshot's block device from start to end: attach, mkfs, mount, mark; and back.
+
+Everything a failed attach did is undone before the error is raised: no
+configfs entry, mount or device is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+from pathlib import Path
+
+from obdsnap.blocking import BlockingRunner
+from obdsnap.device.backend import DeviceBackend
+from obdsnap.device.filesystem import FsSpec, make_filesystem, mount_device, unmount
+from obdsnap.mountinfo import is_mounted
+
+log = logging.getLogger(__name__)
+
+BACKSTORE_MARK = "backstore_mark"
+MOUNTPOINT = "mountpoint"
+CONFIG = "config.v1.json"
+RESULT_FILE = "init-debug.log"
+
+
+class MountMode(enum.Enum):
+    READ_ONLY = "ro"  # rwMode overlayfs: the lower of an overlay
+    READ_WRITE = "rw"  # rwMode dir: the container's rootfs itself
+    NONE = "none"  # rwMode dev: the device goes to a VM runtime unmounted
+
+
+class DeviceManager:
+    def __init__(self, backend: DeviceBackend, blocking: BlockingRunner) -> None:
+        self._backend = backend
+        self._blocking = blocking
+
+    async def attach(
+        self, snapshot_id: int, block_dir: Path, spec: FsSpec, *, mkfs: bool, mode: MountMode
+    ) -> Path:
+        """The device of a snapshot, attached (and mounted) if it is not already."""
+        existing = await self.attached_device(snapshot_id, block_dir, mode)
+        if existing is not None:
+            return existing
+        device = await self._backend.attach(
+            snapshot_id, block_dir / CONFIG, block_dir / RESULT_FILE
+        )
+        mountpoint = block_dir / MOUNTPOINT
+        try:
+            if mkfs:
+                await make_filesystem(device, spec)
+            if mode is not MountMode.NONE:
+                await mount_device(device, mountpoint, spec, readonly=mode is MountMode.READ_ONLY)
+                await self._backend.set_disk_timeout(device)
+            await self._blocking(_write_mark, block_dir / BACKSTORE_MARK, device)
+        except BaseException:
+            await asyncio.shield(self._undo_attach(snapshot_id, mountpoint))
+            raise
+        log.info("snapshot %d: device %s attached (%s)", snapshot_id, device, mode.value)
+        return device
+
+    async def detach(self, snapshot_id: int, block_dir: Path) -> None:
+        mountpoint = block_dir / MOUNTPOINT
+        if await self._blocking(is_mounted, mountpoint):
+            await unmount(mountpoint)
+        await self._backend.detach(snapshot_id)
+        await self._blocking(_remove_mark, block_dir / BACKSTORE_MARK)
+        log.info("snapshot %d: device detached", snapshot_id)
+
+    async def attached_device(
+        self, snapshot_id: int, block_dir: Path, mode: MountMode
+    ) -> Path | None:
+        """The device recorded in the mark, if it is really still there (and mounted).
+
+        After a reboot or a detach the mark may name a device node that is gone
+        or that now belongs to another disk; the backend knows which is true.
+        """
+        device = await self._blocking(_read_mark, block_dir / BACKSTORE_MARK)
+        if device is None or not await self._backend.is_attached(snapshot_id):
+            return None
+        if mode is not MountMode.NONE and not await self._blocking(
+            is_mounted, block_dir / MOUNTPOINT
+        ):
+            return None
+        return device
+
+    async def _undo_attach(self, snapshot_id: int, mountpoint: Path) -> None:
+        if await self._blocking(is_mounted, mountpoint):
+            with contextlib.suppress(Exception):
+                await unmount(mountpoint)
+        await self._backend.detach(snapshot_id)
+
+
+def _write_mark(path: Path, device: Path) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    with os.fdopen(descriptor, "w") as mark:
+        mark.write(str(device))
+
+
+def _read_mark(path: Path) -> Path | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return Path(text) if text else None
+
+
+def _remove_mark(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

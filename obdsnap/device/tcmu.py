@@ -1,0 +1,215 @@
+"""Block devices from overlaybd-tcmu, set up through the kernel's configfs (TCMU + tcm_loop).
+
+For snapshot N: a TCMU target ``core/user_999999999/dev_N`` whose ``dev_config``
+names the snapshot's ``config.v1.json``; overlaybd-tcmu opens the image when the
+target is enabled and reports in the result file. A tcm_loop LUN then turns the
+target into a SCSI disk that shows up in sysfs. Every blocking step runs in the
+executor; the result file is watched from the loop, so a failed open surfaces
+with overlaybd's reason as soon as overlaybd-tcmu writes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiofiles
+
+from obdsnap.blocking import BlockingRunner
+from obdsnap.device.backend import AttachError, DeviceTimeout
+
+log = logging.getLogger(__name__)
+
+HBA = 999999999
+# Neither overlaybd-tcmu nor the SCSI layer may time out a command of a lazily fetched image.
+COMMAND_TIMEOUT = "2147483"
+MAX_DATA_AREA_MB = 4
+
+
+@dataclass(frozen=True)
+class TcmuTimings:
+    enable_retry_interval_s: float = 0.05
+    enable_attempts: int = 100  # EAGAIN: the kernel is still busy with another target
+    result_poll_interval_s: float = 0.02
+    disk_poll_interval_s: float = 0.01
+    disk_timeout_s: float = 10.0
+
+
+class TcmuBackend:
+    """Attaches and detaches overlaybd devices under a configfs and a sysfs root."""
+
+    def __init__(
+        self,
+        configfs: Path,
+        sysfs: Path,
+        blocking: BlockingRunner,
+        timings: TcmuTimings = TcmuTimings(),
+    ) -> None:
+        self._core = configfs / "target" / "core" / f"user_{HBA}"
+        self._loopback = configfs / "target" / "loopback"
+        self._sysfs = sysfs
+        self._blocking = blocking
+        self._timings = timings
+
+    def target_dir(self, snapshot_id: int) -> Path:
+        return self._core / f"dev_{snapshot_id}"
+
+    def loopback_dir(self, snapshot_id: int) -> Path:
+        return self._loopback / wwn(snapshot_id)
+
+    async def attach(self, snapshot_id: int, config_path: Path, result_file: Path) -> Path:
+        """Set up the device of a snapshot; its path, e.g. ``/dev/sdc``. Undone on failure."""
+        try:
+            await self._blocking(self._create_target, snapshot_id, config_path, result_file)
+            await self._enable(snapshot_id, result_file)
+            address = await self._blocking(self._create_lun, snapshot_id)
+            return await self._wait_for_disk(address, result_file)
+        except BaseException:
+            await asyncio.shield(self.detach(snapshot_id))
+            raise
+
+    async def detach(self, snapshot_id: int) -> None:
+        await self._blocking(self._remove_configfs_entries, snapshot_id)
+
+    async def is_attached(self, snapshot_id: int) -> bool:
+        link = self.loopback_dir(snapshot_id) / "tpgt_1" / "lun" / "lun_0" / f"dev_{snapshot_id}"
+        return await self._blocking(link.is_symlink)
+
+    async def set_disk_timeout(self, device: Path) -> None:
+        timeout_file = self._sysfs / "block" / device.name / "device" / "timeout"
+        await self._blocking(_write_attribute, timeout_file, COMMAND_TIMEOUT)
+
+    # ------------------------------------------------------------------ steps
+
+    def _create_target(self, snapshot_id: int, config_path: Path, result_file: Path) -> None:
+        target = self.target_dir(snapshot_id)
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # A stale "success" from an earlier attach must not be taken for this one's.
+        result_file.write_bytes(b"")
+        _write_attribute(target / "control", f"dev_config=overlaybd/{config_path}")
+        _write_attribute(target / "control", f"max_data_area_mb={MAX_DATA_AREA_MB}")
+
+    async def _enable(self, snapshot_id: int, result_file: Path) -> None:
+        """Write ``enable`` in a thread while watching the result file from the loop."""
+        enabling = asyncio.ensure_future(self._blocking(self._write_enable, snapshot_id))
+        watching = asyncio.ensure_future(self._watch_result(result_file, enabling))
+        try:
+            await asyncio.wait([enabling, watching], return_when=asyncio.FIRST_COMPLETED)
+            if watching.done():
+                watching.result()  # raises as soon as overlaybd reported a failed open
+            await enabling
+        except OSError as exc:
+            reason = await self._blocking(_read_result, result_file)
+            raise AttachError(
+                f"failed to enable the target of snapshot {snapshot_id}: {exc.strerror}: {reason}"
+            ) from exc
+        except AttachError:
+            # The target can only be removed once the kernel has given up the enable.
+            await asyncio.gather(enabling, return_exceptions=True)
+            raise
+        finally:
+            watching.cancel()
+        target = self.target_dir(snapshot_id)
+        await self._blocking(_write_attribute, target / "attrib" / "cmd_time_out", COMMAND_TIMEOUT)
+
+    def _write_enable(self, snapshot_id: int) -> None:
+        enable = self.target_dir(snapshot_id) / "enable"
+        for attempt in range(self._timings.enable_attempts):
+            try:
+                _write_attribute(enable, "1")
+                return
+            except BlockingIOError:
+                if attempt + 1 == self._timings.enable_attempts:
+                    raise
+                time.sleep(self._timings.enable_retry_interval_s)
+
+    async def _watch_result(self, result_file: Path, enabling: asyncio.Future[None]) -> None:
+        """Raise AttachError as soon as the result file says ``failed:``."""
+        while True:
+            text = await _read_result_async(result_file)
+            if text.startswith("failed"):
+                raise AttachError(f"overlaybd could not open the image: {text}")
+            if text.startswith("success") or enabling.done():
+                return
+            await asyncio.sleep(self._timings.result_poll_interval_s)
+
+    def _create_lun(self, snapshot_id: int) -> str:
+        name = wwn(snapshot_id)
+        tpg = self._loopback / name / "tpgt_1"
+        lun = tpg / "lun" / "lun_0"
+        lun.mkdir(parents=True, exist_ok=True)
+        _write_attribute(tpg / "nexus", name)
+        link = lun / f"dev_{snapshot_id}"
+        if not link.is_symlink():
+            link.symlink_to(self.target_dir(snapshot_id))
+        return (tpg / "address").read_text().strip()
+
+    async def _wait_for_disk(self, address: str, result_file: Path) -> Path:
+        disks = self._sysfs / "class" / "scsi_device" / f"{address}:0" / "device" / "block"
+        deadline = time.monotonic() + self._timings.disk_timeout_s
+        while True:
+            names = await self._blocking(_list_dir, disks)
+            if names:
+                return Path("/dev") / sorted(names)[0]
+            text = await _read_result_async(result_file)
+            if text.startswith("failed"):
+                raise AttachError(f"overlaybd could not open the image: {text}")
+            if time.monotonic() > deadline:
+                raise DeviceTimeout(
+                    f"disk of SCSI address {address} did not appear in {disks} "
+                    f"within {self._timings.disk_timeout_s:.1f}s"
+                )
+            await asyncio.sleep(self._timings.disk_poll_interval_s)
+
+    def _remove_configfs_entries(self, snapshot_id: int) -> None:
+        """Blocking: the loopback LUN, then the target, each step tolerating "already gone"."""
+        tpg = self.loopback_dir(snapshot_id) / "tpgt_1"
+        lun = tpg / "lun" / "lun_0"
+        with contextlib.suppress(FileNotFoundError):
+            (lun / f"dev_{snapshot_id}").unlink()
+        for directory in (lun, tpg, self.loopback_dir(snapshot_id), self.target_dir(snapshot_id)):
+            with contextlib.suppress(FileNotFoundError):
+                directory.rmdir()
+
+
+def wwn(snapshot_id: int) -> str:
+    return f"naa.199{snapshot_id:013d}"
+
+
+def _write_attribute(path: Path, value: str) -> None:
+    """One write() of the whole value, as configfs attributes need."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        written = os.write(descriptor, value.encode())
+        if written != len(value):
+            raise OSError(errno.EIO, f"short write to {path}")
+    finally:
+        os.close(descriptor)
+
+
+def _read_result(result_file: Path) -> str:
+    try:
+        return result_file.read_text(errors="replace").strip()
+    except FileNotFoundError:
+        return ""
+
+
+async def _read_result_async(result_file: Path) -> str:
+    try:
+        async with aiofiles.open(result_file, errors="replace") as result:
+            return (await result.read()).strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _list_dir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []

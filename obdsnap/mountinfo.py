@@ -1,0 +1,55 @@
+"""Reading /proc/self/mountinfo: is a path mounted, and does an overlay use it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    mount_point: str
+    fs_type: str
+    source: str
+    super_options: str
+
+
+def read_mounts(mountinfo: Path = MOUNTINFO) -> list[MountEntry]:
+    """Blocking: the current mount table."""
+    return [entry for line in mountinfo.read_text().splitlines() if (entry := _parse(line))]
+
+
+def is_mounted(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
+    """Blocking: whether something is mounted exactly on ``path``."""
+    target = str(path)
+    return any(entry.mount_point == target for entry in read_mounts(mountinfo))
+
+
+def overlay_uses(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
+    """Blocking: whether an overlay mount has ``path`` in its options (e.g. as a lowerdir)."""
+    target = str(path)
+    return any(
+        entry.fs_type == "overlay" and target in entry.super_options
+        for entry in read_mounts(mountinfo)
+    )
+
+
+def _parse(line: str) -> MountEntry | None:
+    fields = line.split()
+    try:
+        separator = fields.index("-", 6)
+    except ValueError:
+        return None
+    if len(fields) < separator + 3:
+        return None
+    fs_type, source = fields[separator + 1], fields[separator + 2]
+    super_options = fields[separator + 3] if len(fields) > separator + 3 else ""
+    return MountEntry(_unescape(fields[4]), fs_type, _unescape(source), _unescape(super_options))
+
+
+def _unescape(field: str) -> str:
+    return _OCTAL_ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), field)
