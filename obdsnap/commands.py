@@ -15,7 +15,7 @@ class CommandError(SnapshotError):
     """A command failed; the message holds its output."""
 
 
-async def run_command(*argv: str, timeout: float = 300.0) -> str:
+async def run_command(*argv: str, time_limit_s: float = 300.0) -> str:
     """Run ``argv``; its stdout, or CommandError with its status and output."""
     start = time.monotonic()
     try:
@@ -28,12 +28,12 @@ async def run_command(*argv: str, timeout: float = 300.0) -> str:
     except OSError as exc:
         raise CommandError(f"cannot run {argv[0]}: {exc.strerror}") from exc
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(time_limit_s):
             stdout, stderr = await process.communicate()
     except TimeoutError:
         process.kill()
         await process.wait()
-        raise CommandError(f"{argv[0]} did not finish within {timeout:.0f}s") from None
+        raise CommandError(f"{argv[0]} did not finish within {time_limit_s:.0f}s") from None
     except asyncio.CancelledError:
         process.kill()
         await process.wait()
