@@ -59,6 +59,9 @@ class BootConfig:
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     writable_layer_type: str = "append"
     overlaybd_util_bin_dir: str = "/opt/overlaybd/bin"
+    # obdsnap's own keys: where the kernel interfaces of the TCMU backend live.
+    configfs_root: str = "/sys/kernel/config"
+    sysfs_root: str = "/sys"
 
     @property
     def python_log_level(self) -> int:
@@ -139,6 +142,8 @@ def parse_config(raw: Mapping[str, Any]) -> BootConfig:
         overlaybd_util_bin_dir=reader.get(
             "overlaybd_util_bin_dir", str, default.overlaybd_util_bin_dir
         ),
+        configfs_root=reader.get("configfsRoot", str, default.configfs_root),
+        sysfs_root=reader.get("sysfsRoot", str, default.sysfs_root),
     )
     _check_choice('"verbose"', config.log_level.lower(), tuple(LOG_LEVELS))
     _check_choice('"rwMode"', config.rw_mode, RW_MODES)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
 from pathlib import Path
 
+from obdsnap.mountinfo import mounts_under
 from obdsnap.storage import Usage
 
 
@@ -36,7 +38,14 @@ def disk_usage(path: Path) -> Usage:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a directory tree; parts of it (or all) that are already gone are fine."""
+    """Remove a directory tree; parts of it (or all) that are already gone are fine.
+
+    A tree with something mounted inside is refused (EBUSY): deleting through a
+    mount would destroy the mounted filesystem's contents, e.g. a device's.
+    """
+    busy = mounts_under(path)
+    if busy:
+        raise OSError(errno.EBUSY, f"{busy[0]} is mounted", str(path))
     shutil.rmtree(path, onerror=_ignore_vanished)
 
 

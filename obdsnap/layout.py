@@ -47,6 +47,10 @@ class Layout:
     def block_dir(self, snapshot_id: int) -> Path:
         return self.snapshot_dir(snapshot_id) / "block"
 
+    def mountpoint(self, snapshot_id: int) -> Path:
+        """Where the snapshot's block device is mounted."""
+        return self.block_dir(snapshot_id) / "mountpoint"
+
     def create_root(self) -> None:
         for directory in (self.root, self.snapshots):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)

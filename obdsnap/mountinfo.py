@@ -29,6 +29,16 @@ def is_mounted(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
     return any(entry.mount_point == target for entry in read_mounts(mountinfo))
 
 
+def mounts_under(path: Path, mountinfo: Path = MOUNTINFO) -> list[str]:
+    """Blocking: mount points at or below ``path``."""
+    top = str(path).rstrip("/")
+    return [
+        entry.mount_point
+        for entry in read_mounts(mountinfo)
+        if entry.mount_point == top or entry.mount_point.startswith(top + "/")
+    ]
+
+
 def overlay_uses(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
     """Blocking: whether an overlay mount has ``path`` in its options (e.g. as a lowerdir)."""
     target = str(path)

@@ -18,11 +18,15 @@ from grpclib.server import Server
 
 from obdsnap.blocking import BlockingRunner
 from obdsnap.config import BootConfig
+from obdsnap.device.manager import DeviceManager
+from obdsnap.device.tcmu import TcmuBackend
 from obdsnap.layout import PROCESS_UMASK, Layout
 from obdsnap.metrics import Exporter, Metrics
 from obdsnap.mounts import overlay_has_index_param
+from obdsnap.overlaybd.layers import BlockLayers
+from obdsnap.overlaybd.tools import OverlaybdTools
 from obdsnap.service import CallGate, SnapshotsService
-from obdsnap.snapshotter import Snapshotter
+from obdsnap.snapshotter import Snapshotter, SnapshotterOptions
 from obdsnap.storage import MetaStore
 from obdsnap.wire import ReplyCodec
 
@@ -45,9 +49,7 @@ async def serve(config: BootConfig) -> None:
     store = MetaStore(layout.metadata_db)
     await store.open()
     try:
-        snapshotter = Snapshotter(
-            layout, store, index_off=overlay_has_index_param(), blocking=blocking
-        )
+        snapshotter = build_snapshotter(config, layout, store, blocking)
         await snapshotter.start()
         try:
             await _serve_snapshotter(config, snapshotter, blocking)
@@ -92,6 +94,21 @@ async def _serve_snapshotter(
         await server.wait_closed()
         if exporter is not None:
             await exporter.stop()
+
+
+def build_snapshotter(
+    config: BootConfig, layout: Layout, store: MetaStore, blocking: BlockingRunner
+) -> Snapshotter:
+    tools = OverlaybdTools(Path(config.overlaybd_util_bin_dir))
+    layers = BlockLayers(layout, tools, blocking, sparse=config.writable_layer_type == "sparse")
+    backend = TcmuBackend(Path(config.configfs_root), Path(config.sysfs_root), blocking)
+    options = SnapshotterOptions(
+        rw_mode=config.rw_mode,
+        auto_remove_dev=config.auto_remove_dev,
+        index_off=overlay_has_index_param(),
+    )
+    devices = DeviceManager(backend, blocking)
+    return Snapshotter(layout, store, layers, devices, options, blocking)
 
 
 def open_unix_socket(path: Path) -> socket.socket:

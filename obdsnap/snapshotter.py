@@ -1,10 +1,15 @@
-"""The snapshotter: snapshot directories and the mounts containerd gets for them.
+"""The snapshotter: snapshot directories, overlaybd devices, and the mounts containerd gets.
 
 The model is containerd's overlayfs snapshotter (snapshots/overlay): a plain
 OCI layer is a directory ``fs/`` and a container's rootfs an overlay of its
-parents' ``fs/``. Metadata lives in the MetaStore; this module keeps the
-directories in step with it and never holds a metadata transaction while it
-touches the disk.
+parents' ``fs/``. On top of that come overlaybd block layers (DESIGN §3-§8):
+a layer whose device config says which blobs or layer files make up its
+disk, and a rootfs that is an overlay on the parent's mounted device, or a
+writable device of its own (rwMode ``dir``/``dev``).
+
+Metadata lives in the MetaStore; this module keeps the directories and devices
+in step with it and never holds a metadata transaction while it touches the
+disk or a device.
 """
 
 from __future__ import annotations
@@ -14,20 +19,36 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from obdsnap import filters
+from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner, CompletionGuard
+from obdsnap.device.filesystem import FsSpec, fs_spec
+from obdsnap.device.manager import DeviceManager, MountMode
 from obdsnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, SnapshotError
 from obdsnap.fsutil import disk_usage, remove_tree
 from obdsnap.labels import validate_key, validate_labels
 from obdsnap.layout import NEW_DIR_PREFIX, Layout
+from obdsnap.locks import KeyedLocks
+from obdsnap.mountinfo import overlay_uses
 from obdsnap.mounts import Mount, bind_mount, overlay_mount
+from obdsnap.overlaybd.layers import BlockLayers
+from obdsnap.overlaybd.storage_type import StorageType, is_remote_layer
 from obdsnap.storage import Info, Kind, MetaStore, Record, Usage
 
 log = logging.getLogger(__name__)
 
 LIST_CHUNK = 100
+OVERLAYFS, DIR, DEV = "overlayfs", "dir", "dev"
+
+
+@dataclass(frozen=True)
+class SnapshotterOptions:
+    rw_mode: str = OVERLAYFS  # the boot config's default for new rootfs snapshots
+    auto_remove_dev: bool = False
+    index_off: bool = False
 
 
 class Snapshotter:
@@ -35,15 +56,19 @@ class Snapshotter:
         self,
         layout: Layout,
         store: MetaStore,
-        *,
-        index_off: bool,
-        blocking: BlockingRunner | None = None,
+        layers: BlockLayers,
+        devices: DeviceManager,
+        options: SnapshotterOptions,
+        blocking: BlockingRunner,
     ) -> None:
         self._layout = layout
         self._store = store
-        self._index_off = index_off
-        self._blocking = blocking or BlockingRunner()
+        self._layers = layers
+        self._devices = devices
+        self._options = options
+        self._blocking = blocking
         self._guard = CompletionGuard()
+        self._locks = KeyedLocks()
         self._building: set[Path] = set()
         self._removals: asyncio.Queue[Path] = asyncio.Queue()
         self._remover: asyncio.Task[None] | None = None
@@ -71,17 +96,32 @@ class Snapshotter:
     ) -> list[Mount]:
         validate_key(key)
         validate_labels(labels)
-        parent_id = self._committed_parent(parent).id if parent else None
+        parent_record = self._committed_parent(parent) if parent else None
         if self._store.find(key) is not None:
             raise AlreadyExists(f"snapshot {key!r} already exists")
-        record = await self._guard.run(self._create_snapshot(kind, key, parent, labels, parent_id))
-        return self._mounts(record)
+        rw_mode = await self._writable_mode(parent_record, labels)
+        parent_id = parent_record.id if parent_record else None
+        record = await self._guard.run(
+            self._create_snapshot(kind, key, parent, labels, parent_id, rw_mode)
+        )
+        return await self._guard.run(self._set_up_snapshot(record, parent_record))
 
     def _committed_parent(self, parent: str) -> Record:
         record = self._store.get(parent)
         if record.kind != Kind.COMMITTED:
             raise InvalidArgument(f"parent {parent!r} is not a committed snapshot")
         return record
+
+    async def _writable_mode(self, parent: Record | None, labels: Mapping[str, str]) -> str:
+        """DESIGN §5: plain parents give overlayfs; else the label, else the boot config.
+
+        A committed parent has a device config exactly when it is a block layer.
+        """
+        if parent is not None and not await self._layers.is_block(parent):
+            return OVERLAYFS
+        if L.WRITABLE in labels:
+            return labels[L.WRITABLE] if labels[L.WRITABLE] in (DIR, DEV) else OVERLAYFS
+        return self._options.rw_mode
 
     async def _create_snapshot(
         self,
@@ -90,6 +130,7 @@ class Snapshotter:
         parent: str,
         labels: Mapping[str, str],
         parent_id: int | None,
+        rw_mode: str,
     ) -> Record:
         # Named here, on the loop, so Cleanup never mistakes it for an orphan.
         new_dir = self._layout.snapshots / f"{NEW_DIR_PREFIX}{secrets.token_hex(8)}"
@@ -104,7 +145,7 @@ class Snapshotter:
                     parent_id=parent_id,
                 )
             )
-            row = asyncio.ensure_future(self._store.create(kind, key, parent, labels))
+            row = asyncio.ensure_future(self._store.create(kind, key, parent, labels, rw_mode))
             await asyncio.wait([built, row])
             build_error = built.exception()
             row_error = row.exception()
@@ -125,6 +166,52 @@ class Snapshotter:
         finally:
             self._building.discard(new_dir)
 
+    async def _set_up_snapshot(self, record: Record, parent: Record | None) -> list[Mount]:
+        """Everything after the row and directory exist; a failure removes the snapshot again."""
+        try:
+            if L.TARGET_SNAPSHOT_REF in record.info.labels:
+                unpack_mounts = await self._set_up_unpack(record, parent)
+                if unpack_mounts is not None:
+                    return unpack_mounts
+            return await self._set_up_rootfs(record, parent)
+        except AlreadyExists:
+            raise  # the remote-layer answer: the snapshot was committed on purpose
+        except BaseException:
+            await self._undo_create(record)
+            raise
+
+    async def _set_up_unpack(self, record: Record, parent: Record | None) -> list[Mount] | None:
+        """containerd is unpacking a layer: acceleration layer, remote layer, or neither."""
+        labels = record.info.labels
+        if labels.get(L.ACCELERATION_LAYER) == "yes":
+            await self._layers.write_acceleration_config(record, parent)
+            return [Mount("bind", str(self._layout.fs_dir(record.id)), ("rw", "bind"))]
+        if not is_remote_layer(labels):
+            return None
+        target = labels[L.TARGET_SNAPSHOT_REF]
+        await self._layers.write_remote_config(record, parent)
+        try:
+            await self._store.commit(
+                record.key, target, Usage(), {**labels, L.REMOTE: L.REMOTE_VALUE}
+            )
+        except AlreadyExists:
+            await self._undo_create(record)
+        raise AlreadyExists(f"target snapshot {target!r}: already exists")
+
+    async def _set_up_rootfs(self, record: Record, parent: Record | None) -> list[Mount]:
+        writable = record.rw_mode in (DIR, DEV)
+        parent_is_block = await self._layers.is_block(parent)
+        if writable:
+            await self._layers.create_writable_layer(record, parent if parent_is_block else None)
+        if parent is not None and parent_is_block:
+            own_id = record.id if writable else None
+            await self._layers.set_trace_flags(parent, record.info.labels, own_id)
+        return await self._mounts(record)
+
+    async def _undo_create(self, record: Record) -> None:
+        await self._store.remove(record.key)
+        self._removals.put_nowait(self._layout.snapshot_dir(record.id))
+
     # ------------------------------------------------------------------ mounts
 
     async def mounts(self, key: str) -> list[Mount]:
@@ -132,26 +219,64 @@ class Snapshotter:
         record = self._store.get(key)
         if record.kind not in (Kind.ACTIVE, Kind.VIEW):
             raise FailedPrecondition(f"snapshot {key!r} is not active or view")
-        return self._mounts(record)
+        return await self._mounts(record)
 
-    def _mounts(self, record: Record) -> list[Mount]:
+    async def _mounts(self, record: Record) -> list[Mount]:
+        """What the snapshot is mounted with, attaching the device that needs if it is missing."""
+        readonly = record.kind == Kind.VIEW
+        labels = record.info.labels
+        if L.TARGET_SNAPSHOT_REF in labels and labels.get(L.ACCELERATION_LAYER) == "yes":
+            return [Mount("bind", str(self._layout.fs_dir(record.id)), ("rw", "bind"))]
         parents = self._store.ancestors(record)
+        parent = parents[0] if parents else None
+        if record.rw_mode in (DIR, DEV):
+            spec = fs_spec(labels)
+            device = await self._attach(record, parent, spec, own=True)
+            if record.rw_mode == DEV:
+                return [Mount(spec.fs_type, str(device), ("ro" if readonly else "rw", "discard"))]
+            return [bind_mount(self._layout.mountpoint(record.id), readonly=readonly)]
+        if parent is not None and await self._layers.is_block(parent):
+            await self._attach(record, parent, fs_spec(parent.info.labels), own=False)
+            lower = self._layout.mountpoint(parent.id)
+            if readonly:
+                return [bind_mount(lower, readonly=True)]
+            return [self._overlay(record, [lower])]
+        return self._overlay_mounts(record, parents)
+
+    async def _attach(
+        self, record: Record, parent: Record | None, spec: FsSpec, *, own: bool
+    ) -> Path:
+        """The device of the snapshot (``own``) or of its parent, attached if need be."""
+        owner = record if own or parent is None else parent
+        mode = MountMode.READ_ONLY
+        if own:
+            mode = MountMode.NONE if record.rw_mode == DEV else MountMode.READ_WRITE
+        async with self._locks.hold(owner.id):
+            return await self._devices.attach(
+                owner.id,
+                self._layout.block_dir(owner.id),
+                spec,
+                mkfs=own and parent is None,
+                mode=mode,
+            )
+
+    def _overlay_mounts(self, record: Record, parents: list[Record]) -> list[Mount]:
         fs = self._layout.fs_dir
         if not parents:
             return [bind_mount(fs(record.id), readonly=record.kind == Kind.VIEW)]
         if record.kind == Kind.ACTIVE:
-            lowers = [fs(parent.id) for parent in parents]
-            return [
-                overlay_mount(
-                    lowers,
-                    upper=fs(record.id),
-                    work=self._layout.work_dir(record.id),
-                    index_off=self._index_off,
-                )
-            ]
+            return [self._overlay(record, [fs(parent.id) for parent in parents])]
         if len(parents) == 1:
             return [bind_mount(fs(parents[0].id), readonly=True)]
-        return [overlay_mount([fs(p.id) for p in parents], index_off=self._index_off)]
+        return [overlay_mount([fs(p.id) for p in parents], index_off=self._options.index_off)]
+
+    def _overlay(self, record: Record, lowers: list[Path]) -> Mount:
+        return overlay_mount(
+            lowers,
+            upper=self._layout.fs_dir(record.id),
+            work=self._layout.work_dir(record.id),
+            index_off=self._options.index_off,
+        )
 
     # ------------------------------------------------------------------ commit, remove
 
@@ -164,14 +289,59 @@ class Snapshotter:
             raise AlreadyExists(f"snapshot {name!r} already exists")
         if active.kind != Kind.ACTIVE:
             raise FailedPrecondition(f"snapshot {key!r} is not active")
+        await self._guard.run(self._commit(active, name, labels))
+
+    async def _commit(self, active: Record, name: str, labels: Mapping[str, str]) -> None:
+        """DESIGN §7: a writable layer becomes a local layer file first."""
+        committed_labels = dict(labels)
+        writable = active.rw_mode in (DIR, DEV)
+        acceleration = active.info.labels.get(L.ACCELERATION_LAYER) == "yes"
+        if writable and not acceleration:
+            async with self._locks.hold(active.id):
+                await self._devices.detach(active.id, self._layout.block_dir(active.id))
+                await self._layers.commit_writable_layer(active, {**active.info.labels, **labels})
+        parent = self._store.find(active.parent) if active.parent else None
+        kind = await self._layers.storage_type(active)
+        if kind is StorageType.LOCAL_BLOCK:
+            await self._layers.write_local_config(active, parent)
+            committed_labels[L.LOCAL_COMMIT_PATH] = str(self._layers.commit_file(active.id))
         usage = await self._blocking(disk_usage, self._layout.fs_dir(active.id))
-        await self._guard.run(self._store.commit(key, name, usage, labels))
+        await self._store.commit(active.key, name, usage, committed_labels)
+        if writable and not acceleration:
+            await self._layers.drop_writable_layer(active.id)
 
     async def remove(self, key: str) -> None:
         validate_key(key)
-        record = await self._guard.run(self._store.remove(key))
-        # The row is gone for good; the directory is reclaimed in the background.
+        record = self._store.get(key)
+        if self._store.has_children(key):
+            raise FailedPrecondition(f"cannot remove snapshot {key!r}: it has children")
+        await self._guard.run(self._remove(record))
+
+    async def _remove(self, record: Record) -> None:
+        """Devices first (DESIGN §7), then the row; the directory goes in the background."""
+        parent = self._store.find(record.parent) if record.parent else None
+        owners = [record.id] + ([parent.id] if parent else [])
+        async with self._locks.hold(*owners):
+            await self._detach_unless_busy(record)
+            if self._options.auto_remove_dev and record.kind == Kind.ACTIVE and parent:
+                await self._detach_unless_busy(parent)
+            await self._store.remove(record.key)
+        self._layers.forget(record.id)
         self._removals.put_nowait(self._layout.snapshot_dir(record.id))
+
+    async def _detach_unless_busy(self, record: Record) -> None:
+        # Only writable snapshots and committed block layers ever get a device.
+        if record.rw_mode not in (DIR, DEV) and (
+            record.kind != Kind.COMMITTED or not await self._layers.is_block(record)
+        ):
+            return
+        block_dir = self._layout.block_dir(record.id)
+        if not await self._blocking((block_dir / "backstore_mark").exists):
+            return
+        if await self._blocking(overlay_uses, self._layout.mountpoint(record.id)):
+            log.info("snapshot %r: device still used by an overlay mount; kept", record.key)
+            return
+        await self._devices.detach(record.id, block_dir)
 
     async def _remove_dirs(self) -> None:
         while True:

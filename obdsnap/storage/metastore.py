@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     created_us INTEGER NOT NULL,
     updated_us INTEGER NOT NULL,
     size       INTEGER NOT NULL,
-    inodes     INTEGER NOT NULL
+    inodes     INTEGER NOT NULL,
+    rw_mode    TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sequence (
     name  TEXT PRIMARY KEY,
@@ -66,9 +67,9 @@ END;
 _ID_SEQUENCE = "snapshot_id"
 # REPLACE drops the row holding the same ID or key: a commit renames its row this way.
 _UPSERT = "INSERT OR REPLACE INTO snapshots VALUES "
-_ROW_PLACEHOLDERS = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW_PLACEHOLDERS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _DELETE = "DELETE FROM snapshots WHERE id IN ({})"
-# SQLite binds at most 32766 parameters per statement; 9 per row.
+# SQLite binds at most 32766 parameters per statement; 10 per row.
 _MAX_ROWS_PER_STATEMENT = 1000
 _ADVANCE_SEQUENCE = "UPDATE sequence SET value = ? WHERE name = ? AND value < ?"
 
@@ -219,8 +220,10 @@ class MetaStore:
 
     # ------------------------------------------------------------------ writes
 
-    async def create(self, kind: Kind, key: str, parent: str, labels: Mapping[str, str]) -> Record:
-        return await self._write(lambda batch: _create(batch, kind, key, parent, labels))
+    async def create(
+        self, kind: Kind, key: str, parent: str, labels: Mapping[str, str], rw_mode: str = ""
+    ) -> Record:
+        return await self._write(lambda batch: _create(batch, kind, key, parent, labels, rw_mode))
 
     async def commit(self, key: str, name: str, usage: Usage, labels: Mapping[str, str]) -> Record:
         return await self._write(lambda batch: _commit(batch, key, name, usage, labels))
@@ -336,7 +339,9 @@ class MetaStore:
 # ---------------------------------------------------------------------- operations
 
 
-def _create(batch: _Batch, kind: Kind, key: str, parent: str, labels: Mapping[str, str]) -> Record:
+def _create(
+    batch: _Batch, kind: Kind, key: str, parent: str, labels: Mapping[str, str], rw_mode: str
+) -> Record:
     if kind not in (Kind.ACTIVE, Kind.VIEW):
         raise InvalidArgument(f"snapshot type {kind.name} invalid; only active or view")
     if parent:
@@ -349,7 +354,7 @@ def _create(batch: _Batch, kind: Kind, key: str, parent: str, labels: Mapping[st
         raise AlreadyExists(f"snapshot {key!r} already exists")
     now = utc_now()
     info = Info(key, parent, kind, _stored_labels(labels), now, now)
-    record = Record(batch.next_id(), info)
+    record = Record(batch.next_id(), info, rw_mode=rw_mode)
     batch.put(record)
     batch.link(parent, key)
     return record
@@ -365,7 +370,7 @@ def _commit(batch: _Batch, key: str, name: str, usage: Usage, labels: Mapping[st
         raise FailedPrecondition(f"snapshot {key!r} is not active")
     now = utc_now()
     info = Info(name, active.parent, Kind.COMMITTED, _stored_labels(labels), now, now)
-    committed = Record(active.id, info, usage)
+    committed = Record(active.id, info, usage, active.rw_mode)
     batch.delete(key)
     batch.put(committed)
     batch.unlink(active.parent, key)
@@ -439,15 +444,16 @@ def _row_from_record(record: Record) -> tuple[Any, ...]:
         _micros(info.updated_at),
         record.usage.size,
         record.usage.inodes,
+        record.rw_mode,
     )
 
 
 def _record_from_row(row: Any) -> Record:
-    record_id, key, parent, kind, labels, created, updated, size, inodes = row
+    record_id, key, parent, kind, labels, created, updated, size, inodes, rw_mode = row
     info = Info(
         key, parent, Kind(kind), json.loads(labels), _from_micros(created), _from_micros(updated)
     )
-    return Record(record_id, info, Usage(size, inodes))
+    return Record(record_id, info, Usage(size, inodes), rw_mode)
 
 
 def _slices(items: list[T], size: int) -> list[list[T]]:

@@ -42,11 +42,17 @@ class Info:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One snapshot as stored: its info plus the internal ID and recorded usage."""
+    """One snapshot as stored: its info plus the internal ID, recorded usage and rw mode.
+
+    ``rw_mode`` is how the snapshot's rootfs was set up when it was created
+    ("overlayfs", "dir" or "dev"; "" where it does not apply), so that Mounts
+    answers what Prepare answered even if the boot config changed since.
+    """
 
     id: int
     info: Info
     usage: Usage = Usage()
+    rw_mode: str = ""
 
     @property
     def key(self) -> str:

@@ -1,0 +1,169 @@
+"""overlaybd layers of snapshots: their storage type, device configs and writable layers.
+
+The snapshotter decides *when* (DESIGN §6, §7); this module knows *what*: which
+config a snapshot's device opens, built from its parent's, and how a writable
+layer is made and committed with overlaybd's tools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+from obdsnap import labels as L
+from obdsnap.blocking import BlockingRunner
+from obdsnap.errors import InvalidArgument
+from obdsnap.layout import Layout
+from obdsnap.overlaybd import device_config
+from obdsnap.overlaybd.device_config import DeviceConfig, Lower, Upper
+from obdsnap.overlaybd.storage_type import StorageType, detect_storage_type
+from obdsnap.overlaybd.tools import OverlaybdTools, parse_zfile_config
+from obdsnap.storage import Kind, Record
+
+WRITABLE_DATA = "writable_data"
+WRITABLE_INDEX = "writable_index"
+COMMIT_FILE = "overlaybd.commit"
+RESULT_FILE = "init-debug.log"
+
+
+class BlockLayers:
+    def __init__(
+        self, layout: Layout, tools: OverlaybdTools, blocking: BlockingRunner, *, sparse: bool
+    ) -> None:
+        self._layout = layout
+        self._tools = tools
+        self._blocking = blocking
+        self._sparse = sparse
+        self._committed_types: dict[int, StorageType] = {}
+
+    # ------------------------------------------------------------------ paths
+
+    def config_path(self, snapshot_id: int) -> Path:
+        return self._layout.block_dir(snapshot_id) / device_config.CONFIG_NAME
+
+    def commit_file(self, snapshot_id: int) -> Path:
+        return self._layout.fs_dir(snapshot_id) / COMMIT_FILE
+
+    # ------------------------------------------------------------------ storage type
+
+    async def storage_type(self, record: Record) -> StorageType:
+        """Cached for committed snapshots, whose files no longer change."""
+        cached = self._committed_types.get(record.id)
+        if cached is not None:
+            return cached
+        found = await self._blocking(
+            detect_storage_type, record.info.labels, self._layout.snapshot_dir(record.id)
+        )
+        if record.kind == Kind.COMMITTED:
+            self._committed_types[record.id] = found
+        return found
+
+    async def is_block(self, record: Record | None) -> bool:
+        return record is not None and await self.storage_type(record) is not StorageType.NORMAL
+
+    def forget(self, snapshot_id: int) -> None:
+        self._committed_types.pop(snapshot_id, None)
+
+    # ------------------------------------------------------------------ configs
+
+    async def read_config(self, snapshot_id: int) -> DeviceConfig:
+        return await self._blocking(device_config.read_config, self.config_path(snapshot_id))
+
+    async def write_config(self, snapshot_id: int, config: DeviceConfig) -> None:
+        await self._blocking(device_config.write_config, self.config_path(snapshot_id), config)
+
+    async def config_from_parent(self, snapshot_id: int, parent: Record | None) -> DeviceConfig:
+        """A layer's config always starts from its parent's (lowers and repoBlobUrl)."""
+        base = DeviceConfig() if parent is None else await self.read_config(parent.id)
+        result_file = str(self._layout.block_dir(snapshot_id) / RESULT_FILE)
+        return DeviceConfig(
+            repo_blob_url=base.repo_blob_url, lowers=base.lowers, result_file=result_file
+        )
+
+    async def write_acceleration_config(self, record: Record, parent: Record | None) -> None:
+        """An acceleration layer: the parent's whole config plus its own unpacked files."""
+        if parent is None or not await self.is_block(parent):
+            raise InvalidArgument(
+                f"acceleration layer {record.key!r} needs an overlaybd parent layer"
+            )
+        config = await self.read_config(parent.id)
+        lower = Lower(dir=str(self._layout.fs_dir(record.id)))
+        await self.write_config(record.id, config.with_lower(lower))
+
+    async def write_remote_config(self, record: Record, parent: Record | None) -> None:
+        """A remote layer's device config: its blob, fetched lazily into its block dir."""
+        labels = record.info.labels
+        try:
+            size = int(labels[L.BLOB_SIZE])
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"{L.BLOB_SIZE} is not a number: {labels[L.BLOB_SIZE]!r}"
+            ) from exc
+        config = await self.config_from_parent(record.id, parent)
+        config = replace(
+            config,
+            repo_blob_url=device_config.repo_blob_url(device_config.image_ref(labels)),
+        ).with_lower(
+            Lower(
+                digest=labels[L.BLOB_DIGEST],
+                size=size,
+                dir=str(self._layout.block_dir(record.id)),
+            )
+        )
+        await self.write_config(record.id, config)
+
+    async def write_local_config(self, record: Record, parent: Record | None) -> None:
+        """A committed local layer: the parent's lowers plus its own ``fs/overlaybd.commit``."""
+        config = await self.config_from_parent(record.id, parent)
+        await self.write_config(
+            record.id, config.with_lower(Lower(dir=str(self._layout.fs_dir(record.id))))
+        )
+
+    async def set_trace_flags(
+        self, parent: Record, labels: Mapping[str, str], own_id: int | None
+    ) -> None:
+        """Acceleration (parent is an acceleration layer) or trace recording, else neither."""
+        acceleration = parent.info.labels.get(L.ACCELERATION_LAYER) == "yes"
+        trace_path = ""
+        if not acceleration and labels.get(L.RECORD_TRACE) == "yes":
+            trace_path = labels.get(L.RECORD_TRACE_PATH, "")
+        config = await self.read_config(parent.id)
+        await self.write_config(
+            parent.id,
+            replace(config, acceleration_layer=acceleration, record_trace_path=trace_path),
+        )
+        if own_id is not None and acceleration:
+            own = await self.read_config(own_id)
+            await self.write_config(own_id, replace(own, acceleration_layer=True))
+
+    # ------------------------------------------------------------------ writable layers
+
+    async def create_writable_layer(self, record: Record, parent: Record | None) -> None:
+        block = self._layout.block_dir(record.id)
+        data, index = block / WRITABLE_DATA, block / WRITABLE_INDEX
+        await self._tools.create_writable_layer(data, index, sparse=self._sparse)
+        config = await self.config_from_parent(record.id, parent)
+        await self.write_config(
+            record.id, replace(config, upper=Upper(index=str(index), data=str(data)))
+        )
+
+    async def commit_writable_layer(self, record: Record, labels: Mapping[str, str]) -> None:
+        """``overlaybd-commit`` the writable layer into ``fs/overlaybd.commit``."""
+        block = self._layout.block_dir(record.id)
+        zfile = parse_zfile_config(labels.get(L.ZFILE_CONFIG, ""))
+        await self._tools.commit_writable_layer(
+            block / WRITABLE_DATA, block / WRITABLE_INDEX, self.commit_file(record.id), zfile
+        )
+
+    async def drop_writable_layer(self, snapshot_id: int) -> None:
+        block = self._layout.block_dir(snapshot_id)
+        await self._blocking(_remove_files, block / WRITABLE_DATA, block / WRITABLE_INDEX)
+
+
+def _remove_files(*paths: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

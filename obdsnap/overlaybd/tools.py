@@ -1,0 +1,78 @@
+"""overlaybd's command-line tools: make a writable layer, commit it to a layer file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from obdsnap.commands import run_command
+from obdsnap.errors import InvalidArgument
+
+WRITABLE_LAYER_SIZE_GB = 64
+ZFILE_ALGORITHMS = ("lz4", "zstd")
+
+
+@dataclass(frozen=True)
+class ZFileConfig:
+    algorithm: str = ""
+    block_size: int = 0
+
+    def commit_arguments(self) -> list[str]:
+        arguments: list[str] = []
+        if self.block_size:
+            arguments += ["--bs", str(self.block_size)]
+        if self.algorithm:
+            arguments += ["--algorithm", self.algorithm]
+        return arguments
+
+
+def parse_zfile_config(value: str) -> ZFileConfig:
+    """The ``zfile-config`` label: ``{"algorithm": "lz4", "blockSize": 4096}``."""
+    if not value:
+        return ZFileConfig()
+    try:
+        document = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"zfile-config is not JSON: {exc.msg}") from exc
+    if not isinstance(document, dict):
+        raise InvalidArgument("zfile-config must be a JSON object")
+    algorithm = document.get("algorithm", "")
+    block_size = document.get("blockSize", 0)
+    if not isinstance(algorithm, str) or (algorithm and algorithm not in ZFILE_ALGORITHMS):
+        raise InvalidArgument(
+            f"zfile-config algorithm must be one of {', '.join(ZFILE_ALGORITHMS)}"
+        )
+    if (
+        not isinstance(block_size, int)
+        or isinstance(block_size, bool)
+        or (
+            block_size
+            and (block_size < 512 or block_size > 1 << 20 or block_size & (block_size - 1))
+        )
+    ):
+        raise InvalidArgument("zfile-config blockSize must be a power of two from 512 to 1 MiB")
+    return ZFileConfig(algorithm, block_size)
+
+
+class OverlaybdTools:
+    def __init__(self, bin_dir: Path) -> None:
+        self._bin_dir = bin_dir
+
+    async def create_writable_layer(self, data: Path, index: Path, *, sparse: bool) -> None:
+        arguments = [str(data), str(index), str(WRITABLE_LAYER_SIZE_GB)]
+        if sparse:
+            arguments.append("-s")
+        await run_command(str(self._bin_dir / "overlaybd-create"), *arguments)
+
+    async def commit_writable_layer(
+        self, data: Path, index: Path, out: Path, zfile: ZFileConfig
+    ) -> None:
+        await run_command(
+            str(self._bin_dir / "overlaybd-commit"),
+            "-z",
+            str(data),
+            str(index),
+            str(out),
+            *zfile.commit_arguments(),
+        )
