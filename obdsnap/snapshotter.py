@@ -206,7 +206,7 @@ class Snapshotter:
         if parent is not None and parent_is_block:
             own_id = record.id if writable else None
             await self._layers.set_trace_flags(parent, record.info.labels, own_id)
-        return await self._mounts(record)
+        return await self._mounts(record, new=True)
 
     async def _undo_create(self, record: Record) -> None:
         await self._store.remove(record.key)
@@ -221,8 +221,12 @@ class Snapshotter:
             raise FailedPrecondition(f"snapshot {key!r} is not active or view")
         return await self._mounts(record)
 
-    async def _mounts(self, record: Record) -> list[Mount]:
-        """What the snapshot is mounted with, attaching the device that needs if it is missing."""
+    async def _mounts(self, record: Record, *, new: bool = False) -> list[Mount]:
+        """What the snapshot is mounted with, attaching the device that needs if it is missing.
+
+        ``new``: the snapshot is being prepared, so a writable device with no parent
+        is fresh and gets a filesystem; attaching it again later must never mkfs.
+        """
         readonly = record.kind == Kind.VIEW
         labels = record.info.labels
         if L.TARGET_SNAPSHOT_REF in labels and labels.get(L.ACCELERATION_LAYER) == "yes":
@@ -231,33 +235,26 @@ class Snapshotter:
         parent = parents[0] if parents else None
         if record.rw_mode in (DIR, DEV):
             spec = fs_spec(labels)
-            device = await self._attach(record, parent, spec, own=True)
+            device = await self._attach(record, spec, own=True, mkfs=new and parent is None)
             if record.rw_mode == DEV:
                 return [Mount(spec.fs_type, str(device), ("ro" if readonly else "rw", "discard"))]
             return [bind_mount(self._layout.mountpoint(record.id), readonly=readonly)]
         if parent is not None and await self._layers.is_block(parent):
-            await self._attach(record, parent, fs_spec(parent.info.labels), own=False)
+            await self._attach(parent, fs_spec(parent.info.labels), own=False, mkfs=False)
             lower = self._layout.mountpoint(parent.id)
             if readonly:
                 return [bind_mount(lower, readonly=True)]
             return [self._overlay(record, [lower])]
         return self._overlay_mounts(record, parents)
 
-    async def _attach(
-        self, record: Record, parent: Record | None, spec: FsSpec, *, own: bool
-    ) -> Path:
-        """The device of the snapshot (``own``) or of its parent, attached if need be."""
-        owner = record if own or parent is None else parent
+    async def _attach(self, owner: Record, spec: FsSpec, *, own: bool, mkfs: bool) -> Path:
+        """The device of ``owner`` attached if need be: its own writable one, or a parent's."""
         mode = MountMode.READ_ONLY
         if own:
-            mode = MountMode.NONE if record.rw_mode == DEV else MountMode.READ_WRITE
+            mode = MountMode.NONE if owner.rw_mode == DEV else MountMode.READ_WRITE
         async with self._locks.hold(owner.id):
             return await self._devices.attach(
-                owner.id,
-                self._layout.block_dir(owner.id),
-                spec,
-                mkfs=own and parent is None,
-                mode=mode,
+                owner.id, self._layout.block_dir(owner.id), spec, mkfs=mkfs, mode=mode
             )
 
     def _overlay_mounts(self, record: Record, parents: list[Record]) -> list[Mount]:
