@@ -262,6 +262,10 @@ class MetaStore:
             except SnapshotError as exc:
                 batch.restore(mark)
                 outcomes.append((write, None, exc))
+            except Exception as exc:  # a bug in one write must not stop the writer
+                log.exception("metadata write failed")
+                batch.restore(mark)
+                outcomes.append((write, None, SnapshotError(f"metadata write failed: {exc}")))
         try:
             await self._persist(batch)
         except Exception as exc:  # disk full, I/O error: nothing of this batch happened
