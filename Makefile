@@ -51,8 +51,8 @@ unit-test: py-deps
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit
 
 lint: py-deps
-	$(PYTHON) -m ruff check obdsnap tests benchmarks
-	$(PYTHON) -m ruff format --check obdsnap tests benchmarks
+	$(PYTHON) -m ruff check obdsnap tcmusim tests benchmarks
+	$(PYTHON) -m ruff format --check obdsnap tcmusim tests benchmarks
 	$(PYTHON) -m mypy
 
 proto: py-deps

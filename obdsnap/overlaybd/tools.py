@@ -11,6 +11,8 @@ from obdsnap.errors import InvalidArgument
 
 WRITABLE_LAYER_SIZE_GB = 64
 ZFILE_ALGORITHMS = ("lz4", "zstd")
+# overlaybd-commit --bs takes KiB: 4, 8, 16, 32 or 64.
+ZFILE_BLOCK_SIZES_KIB = (4, 8, 16, 32, 64)
 
 
 @dataclass(frozen=True)

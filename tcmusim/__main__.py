@@ -1,0 +1,5 @@
+import sys
+
+from tcmusim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,147 @@
+"""The part of sysfs that SCSI disk discovery reads, kept in a plain directory.
+
+Layout (relative symlinks, as in the real sysfs)::
+
+    devices/tcm_loop_0/tcm_loop_adapter_H/hostH/targetH:0:T/H:0:T:L/
+        timeout state vendor model rev type
+        block/<name>/{size,ro,dev,device -> ../../../H:0:T:L}
+        scsi_device/H:0:T:L/device -> ../../../H:0:T:L
+    class/scsi_host/hostH -> ../../devices/tcm_loop_0/tcm_loop_adapter_H/hostH
+    class/scsi_device/H:0:T:L -> ../../devices/.../H:0:T:L/scsi_device/H:0:T:L
+    block/<name> -> ../devices/.../H:0:T:L/block/<name>
+
+A disk is published bottom-up and the ``class/scsi_device`` link last (by an
+atomic rename), so whoever finds the link finds the whole disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("tcmusim.sysfs")
+
+
+@dataclass(frozen=True)
+class ScsiAddress:
+    host: int
+    channel: int
+    target: int
+    lun: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.channel}:{self.target}:{self.lun}"
+
+
+@dataclass(frozen=True)
+class Disk:
+    address: ScsiAddress
+    name: str  # the block device's name: /dev/<name>
+    size: int  # bytes
+    read_only: bool
+
+
+class Sysfs:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+
+    def prepare(self) -> None:
+        for sub in ("class/scsi_device", "class/scsi_host", "block", "devices/tcm_loop_0"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def _host_dir(self, host: int) -> Path:
+        return self.root / f"devices/tcm_loop_0/tcm_loop_adapter_{host}/host{host}"
+
+    def _device_dir(self, address: ScsiAddress) -> Path:
+        target = f"target{address.host}:{address.channel}:{address.target}"
+        return self._host_dir(address.host) / target / str(address)
+
+    def add_host(self, host: int) -> None:
+        with self._lock:
+            host_dir = self._host_dir(host)
+            host_dir.mkdir(parents=True, exist_ok=True)
+            (host_dir / "proc_name").write_text("tcm_loopback\n")
+            _publish_link(self.root / "class/scsi_host" / f"host{host}", host_dir)
+
+    def remove_host(self, host: int) -> None:
+        with self._lock:
+            _remove_link(self.root / "class/scsi_host" / f"host{host}")
+            shutil.rmtree(self._host_dir(host).parent, ignore_errors=True)
+
+    def add_disk(self, disk: Disk) -> None:
+        address = str(disk.address)
+        with self._lock:
+            device_dir = self._device_dir(disk.address)
+            device_dir.mkdir(parents=True, exist_ok=True)
+            for name, value in (
+                ("timeout", "30"),
+                ("state", "running"),
+                ("vendor", "LIO-ORG "),
+                ("model", "TCMU device     "),
+                ("rev", "0002"),
+                ("type", "0"),
+            ):
+                (device_dir / name).write_text(value + "\n")
+            block_dir = device_dir / "block" / disk.name
+            block_dir.mkdir(parents=True, exist_ok=True)
+            (block_dir / "size").write_text(f"{disk.size // 512}\n")
+            (block_dir / "ro").write_text(f"{int(disk.read_only)}\n")
+            with contextlib.suppress(OSError):
+                rdev = os.stat(f"/dev/{disk.name}").st_rdev
+                (block_dir / "dev").write_text(f"{os.major(rdev)}:{os.minor(rdev)}\n")
+            _publish_link(block_dir / "device", device_dir)
+            scsi_device = device_dir / "scsi_device" / address
+            scsi_device.mkdir(parents=True, exist_ok=True)
+            _publish_link(scsi_device / "device", device_dir)
+            _publish_link(self.root / "block" / disk.name, block_dir)
+            _publish_link(self.root / "class/scsi_device" / address, scsi_device)
+        log.info("disk %s appeared as %s (%d bytes)", address, disk.name, disk.size)
+
+    def remove_disk(self, disk: Disk) -> None:
+        with self._lock:
+            _remove_link(self.root / "class/scsi_device" / str(disk.address))
+            block_link = self.root / "block" / disk.name
+            # Only our own link: the same loop name may belong to a newer disk by now.
+            if os.path.realpath(block_link) == str(
+                (self._device_dir(disk.address) / "block" / disk.name).resolve()
+            ):
+                _remove_link(block_link)
+            device_dir = self._device_dir(disk.address)
+            shutil.rmtree(device_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                device_dir.parent.rmdir()
+        log.info("disk %s (%s) removed", disk.address, disk.name)
+
+    def clear(self) -> None:
+        """Remove everything the simulator published; keep the empty skeleton."""
+        with self._lock:
+            for sub in ("class/scsi_device", "class/scsi_host", "block"):
+                directory = self.root / sub
+                if directory.is_dir():
+                    for entry in directory.iterdir():
+                        _remove_link(entry)
+            shutil.rmtree(self.root / "devices/tcm_loop_0", ignore_errors=True)
+            (self.root / "devices/tcm_loop_0").mkdir(parents=True, exist_ok=True)
+
+
+def _publish_link(link: Path, target: Path) -> None:
+    relative = os.path.relpath(target, link.parent)
+    temporary = link.with_name(f".{link.name}.new")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    os.symlink(relative, temporary)
+    os.replace(temporary, link)
+
+
+def _remove_link(link: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.is_dir():
+            shutil.rmtree(link)
