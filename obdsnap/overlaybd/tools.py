@@ -45,15 +45,10 @@ def parse_zfile_config(value: str) -> ZFileConfig:
         raise InvalidArgument(
             f"zfile-config algorithm must be one of {', '.join(ZFILE_ALGORITHMS)}"
         )
-    if (
-        not isinstance(block_size, int)
-        or isinstance(block_size, bool)
-        or (
-            block_size
-            and (block_size < 512 or block_size > 1 << 20 or block_size & (block_size - 1))
-        )
-    ):
-        raise InvalidArgument("zfile-config blockSize must be a power of two from 512 to 1 MiB")
+    valid_size = isinstance(block_size, int) and not isinstance(block_size, bool)
+    if not valid_size or (block_size and block_size not in ZFILE_BLOCK_SIZES_KIB):
+        sizes = ", ".join(map(str, ZFILE_BLOCK_SIZES_KIB))
+        raise InvalidArgument(f"zfile-config blockSize (KiB) must be one of {sizes}")
     return ZFileConfig(algorithm, block_size)
 
 
