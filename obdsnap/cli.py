@@ -35,7 +35,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "containerd-config":
         print(containerd_config_snippet(args.name, config.address))
         return
-    _configure_logging(config.python_log_level, report_caller=config.log_report_caller)
+    _configure_logging(
+        config.python_log_level,
+        report_caller=config.log_report_caller,
+        trace=config.log_level.lower() == "trace",
+    )
     try:
         uvloop.run(serve(config))
     except (StartupError, OSError) as exc:
@@ -69,7 +73,11 @@ def containerd_config_snippet(name: str, address: str) -> str:
     )
 
 
-def _configure_logging(level: int, *, report_caller: bool) -> None:
+# Libraries whose debug output is per frame or per statement: only at "trace".
+CHATTY_LIBRARIES = ("hpack", "h2", "grpclib", "aiosqlite", "asyncio")
+
+
+def _configure_logging(level: int, *, report_caller: bool, trace: bool = False) -> None:
     caller = " %(pathname)s:%(lineno)d" if report_caller else ""
     logging.basicConfig(
         level=level,
@@ -77,3 +85,5 @@ def _configure_logging(level: int, *, report_caller: bool) -> None:
         format=f"%(asctime)s %(levelname)s %(name)s{caller}: %(message)s",
         force=True,
     )
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(level if trace else max(level, logging.INFO))
