@@ -159,16 +159,30 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 class _Reader:
-    """Typed access to one JSON object; remembers which keys were read."""
+    """Typed access to one JSON object; remembers which keys were read.
+
+    Keys match case-insensitively when there is no exact match, as Go's
+    encoding/json matches them, so ``"RwMode"`` means what it means to Go.
+    """
 
     def __init__(self, raw: Mapping[str, Any], prefix: str) -> None:
         self._raw = raw
         self._prefix = prefix
         self._read: set[str] = set()
 
+    def _find(self, key: str) -> str | None:
+        if key in self._raw:
+            return key
+        folded = key.casefold()
+        return next((name for name in self._raw if name.casefold() == folded), None)
+
     def get(self, key: str, kind: type[T], default: T) -> T:
-        self._read.add(key)
-        if key not in self._raw or self._raw[key] is None:
+        found = self._find(key)
+        if found is None:
+            return default
+        self._read.add(found)
+        key = found
+        if self._raw[key] is None:
             return default
         value = self._raw[key]
         # bool is an int in Python; JSON true is not a port number.

@@ -272,6 +272,8 @@ class MetaStore:
             log.exception("metadata transaction failed")
             failure = SnapshotError(f"metadata write failed: {exc}")
             outcomes = [(write, None, error or failure) for write, _, error in outcomes]
+            # The IDs it drew stay used up: never hand one out twice.
+            self._last_id = batch.last_id
         else:
             self._apply(batch)
         for write, result, error in outcomes:

@@ -1,0 +1,127 @@
+"""Tests of obdsnap.fsutil: disk usage as containerd's fs.DiskUsage counts it, tree removal."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from obdsnap import fsutil
+from obdsnap.fsutil import disk_usage, remove_tree
+from obdsnap.storage import Usage
+
+
+def blocks(path: Path) -> int:
+    return os.lstat(path).st_blocks * 512
+
+
+def test_empty_dir_counts_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "fs"
+    root.mkdir()
+    assert disk_usage(root) == Usage(size=blocks(root), inodes=1)
+
+
+def test_tree_with_hard_links_and_symlinks(tmp_path: Path) -> None:
+    root = tmp_path / "fs"
+    sub = root / "sub" / "deeper"
+    sub.mkdir(parents=True)
+    data = root / "data"
+    data.write_bytes(os.urandom(20000))
+    os.link(data, sub / "data-link")
+    os.link(data, root / "sub" / "data-link2")
+    small = sub / "small"
+    small.write_bytes(b"x")
+    (root / "empty").touch()
+    os.symlink("data", root / "symlink")
+    os.symlink("/nonexistent/target", root / "dangling")
+
+    unique = [
+        root,
+        root / "sub",
+        sub,
+        data,
+        small,
+        root / "empty",
+        root / "symlink",
+        root / "dangling",
+    ]
+    expected = Usage(size=sum(blocks(p) for p in unique), inodes=len(unique))
+    # The hard-linked file's blocks and inode count once, not three times.
+    assert blocks(data) > 0
+    assert disk_usage(root) == expected
+
+
+def test_size_is_allocated_blocks_not_length(tmp_path: Path) -> None:
+    root = tmp_path / "fs"
+    root.mkdir()
+    sparse = root / "sparse"
+    with sparse.open("wb") as handle:
+        handle.truncate(64 * 1024 * 1024)
+    usage = disk_usage(root)
+    assert usage.inodes == 2
+    assert usage.size == blocks(root) + blocks(sparse)
+    assert usage.size < 64 * 1024 * 1024
+
+
+def test_hard_link_to_outside_file_counts_once(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"y" * 5000)
+    root = tmp_path / "fs"
+    root.mkdir()
+    os.link(outside, root / "a")
+    os.link(outside, root / "b")
+    assert disk_usage(root) == Usage(size=blocks(root) + blocks(outside), inodes=2)
+
+
+def test_usage_of_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_bytes(b"z" * 10000)
+    assert disk_usage(path) == Usage(size=blocks(path), inodes=1)
+
+
+def test_remove_tree(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "f").write_text("x")
+    os.symlink("/", root / "link-to-root")
+    remove_tree(root)
+    assert not root.exists()
+    assert Path("/").exists()
+
+
+def test_remove_tree_of_missing_path(tmp_path: Path) -> None:
+    missing = tmp_path / "never-was"
+    remove_tree(missing)
+    assert not missing.exists()
+    remove_tree(tmp_path / "no" / "parent" / "either")
+
+
+def test_remove_tree_still_reports_other_errors(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_text("not a directory")
+    with pytest.raises(OSError):
+        remove_tree(path)
+    assert path.exists()
+
+
+def test_remove_tree_refuses_a_tree_with_a_mount_inside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "snap"
+    mountpoint = root / "block" / "mountpoint"
+    mountpoint.mkdir(parents=True)
+    (mountpoint / "device-data").write_text("precious")
+    seen: list[Path] = []
+
+    def mounts_under(path: Path) -> list[str]:
+        seen.append(path)
+        return [str(mountpoint)]
+
+    monkeypatch.setattr(fsutil, "mounts_under", mounts_under)
+    with pytest.raises(OSError) as caught:
+        remove_tree(root)
+    assert caught.value.errno == errno.EBUSY
+    assert seen == [root]
+    assert (mountpoint / "device-data").read_text() == "precious"
