@@ -17,9 +17,10 @@ The scanner and parser follow the Go code closely, so that the filters container
 accepts are accepted here, with the same error messages. Known differences:
 
 * error positions count code points instead of UTF-8 bytes;
-* regular expressions use Python's ``re`` instead of RE2 (they agree on common syntax);
-* an absent field always matches ``!=`` and never matches ``~=``; Go compares and
-  searches the empty string instead, so ``f!=""`` fails and ``f~=^$`` holds there.
+* regular expressions use Python's ``re`` instead of RE2 (they agree on common syntax).
+
+As in Go, ``!=`` and ``~=`` see an absent field as "" (so ``f!=x`` and ``f~=^$``
+match a snapshot without ``f``), while ``==`` and presence need the field.
 """
 
 from __future__ import annotations
@@ -95,18 +96,21 @@ class Equal(Filter):
 
 @dataclass(frozen=True, slots=True)
 class NotEqual(Filter):
-    """Matches a field that is absent or differs from ``value``."""
+    """Matches a field that differs from ``value``; an absent field counts as "" (as in Go)."""
 
     fieldpath: FieldPath
     value: str
 
     def match(self, lookup: Lookup) -> bool:
-        return lookup(self.fieldpath) != self.value
+        return (lookup(self.fieldpath) or "") != self.value
 
 
 @dataclass(frozen=True, slots=True)
 class Matches(Filter):
-    """Matches a present field in which ``pattern`` is found (anywhere, like Go's MatchString)."""
+    """Matches a field in which ``pattern`` is found (anywhere, like Go's MatchString).
+
+    As in containerd, an absent field is matched as "".
+    """
 
     fieldpath: FieldPath
     pattern: str
@@ -118,8 +122,7 @@ class Matches(Filter):
     def match(self, lookup: Lookup) -> bool:
         if self.regex is None:
             return False
-        value = lookup(self.fieldpath)
-        return value is not None and self.regex.search(value) is not None
+        return self.regex.search(lookup(self.fieldpath) or "") is not None
 
 
 ALWAYS = Always()

@@ -46,6 +46,9 @@ def remove_tree(path: Path) -> None:
     busy = mounts_under(path)
     if busy:
         raise OSError(errno.EBUSY, f"{busy[0]} is mounted", str(path))
+    if not path.is_dir() or path.is_symlink():
+        path.unlink(missing_ok=True)
+        return
     shutil.rmtree(path, onerror=_ignore_vanished)
 
 

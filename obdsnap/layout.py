@@ -11,6 +11,7 @@ that no row names, which Cleanup reclaims.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,11 +79,12 @@ class Layout:
             remove_tree(new_dir)
             raise
 
-    def unknown_entries(self, known_ids: set[int], busy: set[Path]) -> list[Path]:
-        """Blocking: entries of ``snapshots/`` that no metadata row and no running call owns."""
+    def entries(self) -> list[str]:
+        """Blocking: the names under ``snapshots/``."""
+        return os.listdir(self.snapshots)
+
+    def orphans(self, names: Iterable[str], known_ids: set[int], busy: set[Path]) -> list[Path]:
+        """Entries of ``snapshots/`` that no metadata row and no running call owns."""
         known = {str(snapshot_id) for snapshot_id in known_ids}
-        return [
-            entry
-            for entry in self.snapshots.iterdir()
-            if entry.name not in known and entry not in busy
-        ]
+        entries = (self.snapshots / name for name in names if name not in known)
+        return [entry for entry in entries if entry not in busy]

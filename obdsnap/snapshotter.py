@@ -377,12 +377,17 @@ class Snapshotter:
     # ------------------------------------------------------------------ cleanup
 
     async def cleanup(self) -> None:
-        orphans = await self._blocking(
-            self._layout.unknown_entries, self._store.ids(), set(self._building)
-        )
+        """Remove what under ``snapshots/`` no snapshot owns; one failure does not stop it."""
+        names = await self._blocking(self._layout.entries)
+        # Judged after the listing: a directory takes its ID only once its row is
+        # durable, and a new-* directory is registered before it is made.
+        orphans = self._layout.orphans(names, self._store.ids(), self._building)
         for orphan in orphans:
             log.info("cleanup: removing %s, which no snapshot owns", orphan)
-            await self._blocking(remove_tree, orphan)
+            try:
+                await self._blocking(remove_tree, orphan)
+            except OSError as exc:
+                log.warning("cleanup: could not remove %s: %s", orphan, exc)
 
     async def _drop_unfinished_creates(self) -> None:
         """Rows of creates that died between the row and the rename have no directory.
@@ -390,7 +395,7 @@ class Snapshotter:
         They were never acknowledged; drop them (their directories are
         ``new-*`` leftovers that Cleanup reclaims).
         """
-        present = set(await self._blocking(os.listdir, self._layout.snapshots))
+        present = set(await self._blocking(self._layout.entries))
         for record in self._store.records():
             if str(record.id) in present or self._store.has_children(record.key):
                 continue

@@ -770,18 +770,19 @@ def test_present_counts_an_empty_value_as_present() -> None:
     assert not parse("name").match(NOTHING)
 
 
-def test_not_equal_matches_an_absent_field_even_against_the_empty_string() -> None:
-    # Go compares the "" it gets for an absent field, so there `name!=""` fails.
-    assert parse('name!=""').match(NOTHING)
+def test_not_equal_compares_an_absent_field_as_the_empty_string() -> None:
+    # As containerd's selector.Match: an absent field is "" to != (but absent to ==).
+    assert not parse('name!=""').match(NOTHING)
+    assert parse("name!=x").match(NOTHING)
     assert not parse('name!=""').match(EMPTY_NAME)
     assert parse('name==""').match(EMPTY_NAME)
     assert not parse('name==""').match(NOTHING)
 
 
-def test_matches_needs_the_field_present() -> None:
-    # Go would search "" for an absent field, so there `name~=^$` matches it.
-    assert not parse("name~=^$").match(NOTHING)
+def test_matches_searches_an_absent_field_as_the_empty_string() -> None:
+    assert parse("name~=^$").match(NOTHING)
     assert parse("name~=^$").match(EMPTY_NAME)
+    assert not parse("name~=x").match(NOTHING)
 
 
 def test_value_with_invalid_utf8_equals_nothing() -> None:

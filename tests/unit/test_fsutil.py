@@ -98,12 +98,28 @@ def test_remove_tree_of_missing_path(tmp_path: Path) -> None:
     remove_tree(tmp_path / "no" / "parent" / "either")
 
 
-def test_remove_tree_still_reports_other_errors(tmp_path: Path) -> None:
+def test_remove_tree_removes_a_stray_file(tmp_path: Path) -> None:
     path = tmp_path / "file"
     path.write_text("not a directory")
-    with pytest.raises(OSError):
-        remove_tree(path)
-    assert path.exists()
+    remove_tree(path)
+    assert not path.exists()
+
+
+def test_remove_tree_still_reports_other_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "file").write_text("x")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "refused")
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    with pytest.raises(PermissionError):
+        remove_tree(tree)
+    monkeypatch.undo()
+    assert (tree / "file").exists()
 
 
 def test_remove_tree_refuses_a_tree_with_a_mount_inside(

@@ -166,18 +166,18 @@ def test_unknown_entries(layout: Layout) -> None:
         (layout.snapshots / name).mkdir()
     (layout.snapshots / "stray-file").write_text("")
     busy = {layout.snapshots / "new-busy", layout.snapshots / "7"}
-    found = layout.unknown_entries({1, 2, 42}, busy)
+    found = layout.orphans(layout.entries(), {1, 2, 42}, busy)
     assert sorted(found) == sorted(
         [layout.snapshots / "new-stale", layout.snapshots / "stray-file"]
     )
 
 
 def test_unknown_entries_of_empty_snapshots(layout: Layout) -> None:
-    assert layout.unknown_entries(set(), set()) == []
+    assert layout.orphans(layout.entries(), set(), set()) == []
 
 
 def test_unknown_entries_all_known(layout: Layout) -> None:
     for name in ("1", "10", "100"):
         (layout.snapshots / name).mkdir()
-    assert layout.unknown_entries({1, 10, 100}, set()) == []
-    assert layout.unknown_entries({1, 100}, set()) == [layout.snapshots / "10"]
+    assert layout.orphans(layout.entries(), {1, 10, 100}, set()) == []
+    assert layout.orphans(layout.entries(), {1, 100}, set()) == [layout.snapshots / "10"]

@@ -1,0 +1,1 @@
+"""gRPC-level tests of obdsnap: a real server process, a real client, a real unix socket."""

@@ -1,0 +1,252 @@
+"""The server process: signals, its socket, the boot config and the metrics exporter."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import signal
+import socket
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from grpclib.const import Status
+from server_process import ServerProcess
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
+
+from .helpers import (
+    connect,
+    expect_status,
+    list_chunks,
+    prepare,
+    start_server,
+    stat,
+    wait_until,
+)
+
+SERVE = f"{shlex.quote(sys.executable)} -m obdsnap serve"
+WITH_CONFIG = f"{SERVE} --config {{config}} --root {{root}} --address {{address}}"
+
+
+def with_config(workdir: Path, config: dict[str, Any]) -> ServerProcess:
+    return ServerProcess(workdir, WITH_CONFIG, config=json.dumps(config), start_timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# ---------------------------------------------------------------------- signals and socket
+
+
+async def test_sigterm_exits_0_and_removes_the_socket(tmp_path: Path) -> None:
+    server = await start_server(ServerProcess(tmp_path))
+    async with connect(server) as client:
+        await prepare(client, "a")
+    server.signal(signal.SIGTERM)
+    assert await wait_until(lambda: not server.running(), within=15)
+    assert server.stop() == 0
+    assert not server.address.exists()
+    assert "Traceback" not in server.log()
+
+
+async def test_sigint_also_stops_cleanly(tmp_path: Path) -> None:
+    server = await start_server(ServerProcess(tmp_path))
+    server.signal(signal.SIGINT)
+    assert await wait_until(lambda: not server.running(), within=15)
+    assert server.stop() == 0
+    assert not server.address.exists()
+
+
+async def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(server.address))
+    stale.close()  # the file stays, nobody listens
+    assert server.address.is_socket()
+    await start_server(server)
+    try:
+        async with connect(server) as client:
+            await prepare(client, "a")
+            assert (await stat(client, "a")).name == "a"
+    finally:
+        assert server.stop() == 0
+    assert not server.address.exists()
+
+
+async def test_a_regular_file_at_the_socket_path_stops_start_up(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, start_timeout=10)
+    server.address.write_text("precious")
+    with pytest.raises(RuntimeError) as raised:
+        server.start()
+    assert not server.running()
+    assert "not a socket" in str(raised.value)
+    assert str(server.address) in server.log()
+    assert "Traceback" not in server.log()
+    assert server.address.read_text() == "precious"
+
+
+async def test_socket_directory_is_created(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path)
+    server.address = tmp_path / "run" / "deeper" / "obdsnap.sock"
+    await start_server(server)
+    try:
+        assert server.address.is_socket()
+        assert server.address.parent.stat().st_mode & 0o777 == 0o700
+    finally:
+        assert server.stop() == 0
+
+
+async def test_sigusr1_dumps_stacks_and_keeps_serving(tmp_path: Path) -> None:
+    server = await start_server(ServerProcess(tmp_path))
+    try:
+        async with connect(server) as client:
+            await prepare(client, "a")
+            server.signal(signal.SIGUSR1)
+            assert await wait_until(lambda: "stack dump" in server.log(), within=10), server.log()
+            assert await wait_until(lambda: "File " in server.log(), within=10)
+            assert server.running()
+            assert (await stat(client, "a")).name == "a"
+            await prepare(client, "b")
+            server.signal(signal.SIGUSR1)
+            assert await wait_until(lambda: server.log().count("stack dump") >= 2, within=10)
+            assert (await stat(client, "b")).name == "b"
+    finally:
+        assert server.stop() == 0
+
+
+async def test_sigpipe_is_ignored(tmp_path: Path) -> None:
+    server = await start_server(ServerProcess(tmp_path))
+    try:
+        server.signal(signal.SIGPIPE)
+        await asyncio.sleep(0.2)
+        assert server.running()
+        async with connect(server) as client:
+            await prepare(client, "a")
+    finally:
+        assert server.stop() == 0
+
+
+# ---------------------------------------------------------------------- boot config
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        ({"rwMode": "rw"}, "rwMode"),
+        ({"verbose": "loud"}, "verbose"),
+        ({"autoRemoveDev": "yes"}, "autoRemoveDev"),
+        ({"writableLayerType": "dense"}, "writableLayerType"),
+        ({"exporterConfig": {"enable": True, "port": "9863"}}, "exporterConfig.port"),
+    ],
+    ids=["rwMode", "verbose", "autoRemoveDev", "writableLayerType", "exporterConfig.port"],
+)
+async def test_bad_config_value_stops_start_up_with_one_line(
+    tmp_path: Path, config: dict[str, Any], key: str
+) -> None:
+    server = with_config(tmp_path, config)
+    with pytest.raises(RuntimeError) as raised:
+        server.start()
+    assert str(raised.value).startswith("obdsnap exited with 1")
+    lines = [line for line in server.log().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert key in lines[0]
+    assert not server.address.exists()
+
+
+async def test_unknown_config_keys_are_only_warnings(tmp_path: Path) -> None:
+    config = {"tenant": 1, "asyncRemove": True, "mirrorRegistry": [], "rwMode": "overlayfs"}
+    server = await start_server(with_config(tmp_path, config))
+    try:
+        log = server.log()
+        for key in ("tenant", "asyncRemove", "mirrorRegistry"):
+            (line,) = [line for line in log.splitlines() if key in line]
+            assert "WARN" in line
+        async with connect(server) as client:
+            await prepare(client, "a")
+    finally:
+        assert server.stop() == 0
+
+
+async def test_config_root_and_address_are_used(tmp_path: Path) -> None:
+    root = tmp_path / "config-root"
+    address = tmp_path / "config.sock"
+    config = json.dumps({"root": str(root), "address": str(address)})
+    server = ServerProcess(tmp_path, f"{SERVE} --config {{config}}", config=config)
+    server.address = address
+    await start_server(server)
+    try:
+        async with connect(server) as client:
+            await prepare(client, "a")
+        assert (root / "snapshots" / "1" / "fs").is_dir()
+    finally:
+        assert server.stop() == 0
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        body: bytes = reply.read()
+        return body.decode()
+
+
+async def test_metrics_exporter(tmp_path: Path) -> None:
+    port = free_port()
+    server = await start_server(
+        with_config(tmp_path, {"exporterConfig": {"enable": True, "port": port}})
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    loop = asyncio.get_running_loop()
+    try:
+        async with connect(server) as client:
+            await prepare(client, "a")
+            await stat(client, "a")
+            await list_chunks(client)
+            await expect_status(client.stat(api.StatSnapshotRequest(key="nope")), Status.NOT_FOUND)
+            text = await loop.run_in_executor(None, fetch, url)
+    finally:
+        assert server.stop() == 0
+    lines = text.splitlines()
+    assert "is_alive 1" in lines
+    stat_buckets = [
+        line for line in lines if line.startswith('grpc_latency_seconds_bucket{function="Stat"')
+    ]
+    assert len(stat_buckets) == 21, stat_buckets  # 20 exponential buckets and +Inf
+    assert 'le="0.0001"' in stat_buckets[0]
+    calls = series(lines, "grpc_latency_seconds_count")
+    errors = series(lines, "grpc_error_count")
+    # List is reported as Walk.
+    assert (calls["Stat"], calls["Prepare"], calls["Walk"]) == (2, 1, 1)
+    assert errors == {"Stat": 1}
+
+
+def series(lines: list[str], name: str) -> dict[str, float]:
+    """The values of ``name{function="X"} value`` lines, by function."""
+    values: dict[str, float] = {}
+    prefix = name + '{function="'
+    for line in lines:
+        if line.startswith(prefix):
+            labels, _, value = line.partition("} ")
+            values[labels[len(prefix) : -1]] = float(value)
+    return values
+
+
+async def test_metrics_uri_prefix(tmp_path: Path) -> None:
+    port = free_port()
+    config = {"exporterConfig": {"enable": True, "port": port, "uriPrefix": "/custom"}}
+    server = await start_server(with_config(tmp_path, config))
+    loop = asyncio.get_running_loop()
+    try:
+        text = await loop.run_in_executor(None, fetch, f"http://127.0.0.1:{port}/custom")
+        assert "is_alive 1" in text.splitlines()
+    finally:
+        assert server.stop() == 0

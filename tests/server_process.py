@@ -1,0 +1,126 @@
+"""An obdsnap server in its own process, on a fresh root and socket, for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+DEFAULT_COMMAND = (
+    f"{shlex.quote(sys.executable)} -m obdsnap serve --root {{root}} --address {{address}}"
+)
+
+
+class ServerProcess:
+    """Starts ``command`` (a template with {root}, {address}, {config}) and waits for its socket."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        command: str | None = None,
+        *,
+        config: str | None = None,
+        start_timeout: float = 20.0,
+    ) -> None:
+        self.workdir = workdir
+        self.root = workdir / "root"
+        self.address = workdir / "obdsnap.sock"
+        self.log_path = workdir / "obdsnap.log"
+        self.config_path = workdir / "config.json"
+        self._command = command or os.environ.get("OBDSNAP_SERVER_CMD") or DEFAULT_COMMAND
+        self._config = config
+        self._start_timeout = start_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def with_config(
+        cls, workdir: Path, settings: dict[str, object], **options: float
+    ) -> ServerProcess:
+        """A server started with ``--config``: ``settings`` plus this workdir's root and socket."""
+        config = {
+            "root": str(workdir / "root"),
+            "address": str(workdir / "obdsnap.sock"),
+            **settings,
+        }
+        command = f"{shlex.quote(sys.executable)} -m obdsnap serve --config {{config}}"
+        return cls(workdir, command, config=json.dumps(config), **options)
+
+    def start(self) -> ServerProcess:
+        if self._config is not None:
+            self.config_path.write_text(self._config)
+        command = (
+            self._command.replace("{root}", shlex.quote(str(self.root)))
+            .replace("{address}", shlex.quote(str(self.address)))
+            .replace("{config}", shlex.quote(str(self.config_path)))
+        )
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                ["bash", "-c", f"exec {command}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self._start_timeout
+        while not self.address.is_socket():
+            if self._process.poll() is not None:
+                raise RuntimeError(f"obdsnap exited with {self._process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(
+                    f"obdsnap did not listen within {self._start_timeout}s:\n{self.log()}"
+                )
+            time.sleep(0.02)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        assert self._process is not None
+        os.kill(self._process.pid, signum)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, wait; SIGKILL if it does not stop. Returns the exit status."""
+        assert self._process is not None
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self._process.wait()
+
+    def kill(self) -> None:
+        assert self._process is not None
+        if self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-8000:]
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._process is not None:
+            self.stop()
