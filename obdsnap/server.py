@@ -126,16 +126,22 @@ def open_unix_socket(path: Path) -> socket.socket:
         if not stat.S_ISSOCK(existing.st_mode):
             raise StartupError(f"{path} exists and is not a socket; not removing it")
         path.unlink()
+    # Bound and listening under a temporary name first: the socket file appears
+    # under its real name only once connections are accepted.
+    staging = path.with_name(f".s{os.getpid()}")  # short: socket paths are limited to 107 bytes
+    staging.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     previous_umask = os.umask(0o177)  # the socket file is born 0600, with no window
     try:
-        sock.bind(str(path))
+        sock.bind(str(staging))
+        sock.listen(LISTEN_BACKLOG)
+        os.rename(staging, path)
     except OSError as exc:
         sock.close()
+        staging.unlink(missing_ok=True)
         raise StartupError(f"cannot listen on {path}: {exc.strerror}") from exc
     finally:
         os.umask(previous_umask)
-    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 
