@@ -52,8 +52,10 @@ class ServerProcess:
         return cls(workdir, command, config=json.dumps(config), **options)
 
     def start(self) -> ServerProcess:
-        if self._config is not None:
-            self.config_path.write_text(self._config)
+        config = self._config
+        if config is None:
+            config = json.dumps({"root": str(self.root), "address": str(self.address)})
+        self.config_path.write_text(config)
         command = (
             self._command.replace("{root}", shlex.quote(str(self.root)))
             .replace("{address}", shlex.quote(str(self.address)))

@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from server_process import ServerProcess
 
-from .containerd import PrivateContainerd, unmount_all_under
+from .containerd import PROXY_PLUGIN_NAME, PrivateContainerd, unmount_all_under
 from .ociimage import ImageInfo, build_image, find_static_busybox
-from .snapshotter_server import PROXY_PLUGIN_NAME, SnapshotterServer
 
 REQUIRED_BINARIES = ("containerd", "ctr", "runc", "containerd-shim-runc-v2")
 
@@ -61,24 +61,22 @@ def image_factory(
 
 
 @pytest.fixture
-def snapshotter_server(e2e_host: None, tmp_path: Path) -> Iterator[SnapshotterServer]:
+def snapshotter_server(e2e_host: None) -> Iterator[ServerProcess]:
     """A server from OBDSNAP_SERVER_CMD on a fresh root and socket.
 
     Root and socket share a short /tmp dir (socket paths are limited, and
-    overlay mount options get long with deep roots); the log stays in tmp_path.
+    overlay mount options get long with deep roots).
     """
     workdir = Path(tempfile.mkdtemp(prefix="obdsnap-", dir="/tmp"))
-    server = SnapshotterServer(
-        root=workdir / "root",
-        address=workdir / "obdsnap.sock",
-        log_path=tmp_path / "logs" / "obdsnap.log",
-    )
+    server = ServerProcess(workdir)
     try:
         server.start()
         yield server
+        assert server.running(), f"obdsnap died during the test:\n{server.log()}"
     finally:
         try:
-            server.stop()
+            status = server.stop()
+            assert status == 0, f"obdsnap exited with {status}:\n{server.log()}"
         finally:
             if unmount_all_under(workdir):
                 warnings.warn(f"mounts remain under {workdir}; not removed", stacklevel=1)
@@ -88,7 +86,7 @@ def snapshotter_server(e2e_host: None, tmp_path: Path) -> Iterator[SnapshotterSe
 
 @pytest.fixture
 def private_containerd(
-    snapshotter_server: SnapshotterServer, tmp_path: Path
+    snapshotter_server: ServerProcess, tmp_path: Path
 ) -> Iterator[PrivateContainerd]:
     """containerd with [proxy_plugins.obdsnap] on the server's socket."""
     containerd = PrivateContainerd(

@@ -28,6 +28,8 @@ from pathlib import Path
 from types import TracebackType
 
 # Plugins a snapshotter test does not need; CRI would also want CNI etc.
+# The name containerd's config gives the proxy plugin, i.e. the snapshotter name.
+PROXY_PLUGIN_NAME = "obdsnap"
 DISABLED_PLUGINS = (
     "io.containerd.grpc.v1.cri",
     "io.containerd.internal.v1.opt",

@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 import pytest
+from server_process import ServerProcess
 
 from . import ociimage
-from .containerd import PrivateContainerd, SnapshotRow, list_snapshots_direct
+from .containerd import PROXY_PLUGIN_NAME, PrivateContainerd, SnapshotRow, list_snapshots_direct
 from .ociimage import ImageInfo
-from .snapshotter_server import PROXY_PLUGIN_NAME, SnapshotterServer
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -88,7 +88,7 @@ def committed_chain(image: ImageInfo) -> list[SnapshotRow]:
     ]
 
 
-def backend_rows(server: SnapshotterServer, namespace: str) -> list[SnapshotRow]:
+def backend_rows(server: ServerProcess, namespace: str) -> list[SnapshotRow]:
     """The server's own snapshots of namespace, keys stripped to containerd's."""
     rows = []
     for row in list_snapshots_direct(server.address, PROXY_PLUGIN_NAME):
@@ -98,7 +98,7 @@ def backend_rows(server: SnapshotterServer, namespace: str) -> list[SnapshotRow]
     return rows
 
 
-def assert_server_empty_after_gc(containerd: PrivateContainerd, server: SnapshotterServer) -> None:
+def assert_server_empty_after_gc(containerd: PrivateContainerd, server: ServerProcess) -> None:
     """containerd's GC must have called Remove and then Cleanup on the server."""
     snapshot_dir = server.root / "snapshots"
     deadline = time.monotonic() + GC_TIMEOUT
@@ -118,7 +118,7 @@ def assert_server_empty_after_gc(containerd: PrivateContainerd, server: Snapshot
 
 
 def import_and_check_chain(
-    containerd: PrivateContainerd, server: SnapshotterServer, image: ImageInfo
+    containerd: PrivateContainerd, server: ServerProcess, image: ImageInfo
 ) -> float:
     """Imports image through the proxy; returns the import wall time."""
     assert list_snapshots_direct(server.address, PROXY_PLUGIN_NAME) == [], (
@@ -145,7 +145,7 @@ def import_and_check_chain(
 def test_import_run_remove(
     layers: int,
     image_factory: Callable[[int], ImageInfo],
-    snapshotter_server: SnapshotterServer,
+    snapshotter_server: ServerProcess,
     private_containerd: PrivateContainerd,
 ) -> None:
     image = image_factory(layers)
@@ -181,7 +181,7 @@ def test_import_run_remove(
     containerd.remove_image(image.reference)
     assert_server_empty_after_gc(containerd, server)
     gc_seconds = time.monotonic() - started
-    assert server.running, "the server died during the test"
+    assert server.running(), "the server died during the test"
     print(
         f"layers={layers} import={import_seconds:.2f}s run={run_seconds:.2f}s "
         f"image-rm+gc={gc_seconds:.2f}s"
@@ -202,7 +202,7 @@ def wait_until_ready(log_file: Path, timeout: float) -> str:
 
 def test_parallel_containers(
     image_factory: Callable[[int], ImageInfo],
-    snapshotter_server: SnapshotterServer,
+    snapshotter_server: ServerProcess,
     private_containerd: PrivateContainerd,
     tmp_path: Path,
 ) -> None:
@@ -248,7 +248,7 @@ def test_parallel_containers(
 
     containerd.remove_image(image.reference)
     assert_server_empty_after_gc(containerd, server)
-    assert server.running, "the server died during the test"
+    assert server.running(), "the server died during the test"
     print(
         f"{PARALLEL_CONTAINERS} containers on {PARALLEL_LAYERS} layers: "
         f"start={start_seconds:.2f}s remove={remove_seconds:.2f}s"
