@@ -1,0 +1,80 @@
+"""DESIGN §8: how a device is set up through configfs and found in sysfs.
+
+HBA 999999999, target ``dev_<ID>`` with ``dev_config=overlaybd/<config>``,
+``max_data_area_mb=4``, enabled, ``cmd_time_out`` 2147483; a tcm_loop LUN on
+WWN ``naa.199<ID, 13 digits>`` linking the target; the disk's SCSI timeout
+2147483 once mounted. Configs are rewritten only when they change.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .conftest import MISSING, Images, StartObd
+from .helpers import HBA, RECORD_TRACE, RECORD_TRACE_PATH, wwn
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
+
+COMMAND_TIMEOUT = "2147483"
+
+
+def read(path: os.PathLike[str]) -> str:
+    with open(path) as attribute:
+        return attribute.read().strip()
+
+
+async def test_device_configfs_and_sysfs_setup(start_obd: StartObd) -> None:
+    obd = await start_obd(rwMode="dir")
+    own = obd.own_id(await obd.prepare("rootfs"))
+    device = obd.assert_attached(own, mounted="rw")
+
+    target = obd.sim.configfs / "target/core" / HBA / f"dev_{own}"
+    assert read(target / "attrib/dev_config") == f"overlaybd/{obd.config_path(own)}"
+    assert read(target / "attrib/max_data_area_mb") == "4"
+    assert read(target / "attrib/cmd_time_out") == COMMAND_TIMEOUT
+    assert read(target / "enable") == "1"
+
+    name = wwn(own)
+    assert name == f"naa.199{own:013d}" and len(name) == len("naa.1990000000000128")
+    tpg = obd.sim.configfs / "target/loopback" / name / "tpgt_1"
+    assert read(tpg / "nexus") == name
+    link = tpg / "lun/lun_0" / f"dev_{own}"
+    assert link.is_symlink()
+    assert link.resolve() == target.resolve()
+
+    disk = Path(device).name
+    assert read(obd.sim.sysfs / "block" / disk / "device/timeout") == COMMAND_TIMEOUT
+
+
+async def test_device_config_is_rewritten_only_when_it_changes(
+    start_obd: StartObd, images: Images
+) -> None:
+    obd = await start_obd()
+    chain = await obd.unpack_remote(images.single)
+    top = obd.latest_id()
+    await obd.prepare("c1", chain[-1])
+    before = os.stat(obd.config_path(top))
+    await obd.prepare("c2", chain[-1])
+    await obd.view("v1", chain[-1])
+    after = os.stat(obd.config_path(top))
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    # A change is written (atomically: a new file, mode 0600).
+    await obd.prepare("c3", chain[-1], {RECORD_TRACE: "yes", RECORD_TRACE_PATH: "/tmp/obd.trace"})
+    changed = os.stat(obd.config_path(top))
+    assert changed.st_ino != before.st_ino
+    assert changed.st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in obd.block(top).iterdir() if p.name.startswith(".")) == []
+
+
+async def test_remove_after_a_restart_detaches_the_device(start_obd: StartObd) -> None:
+    """Detaching needs nothing kept in memory: a new obdsnap process does it."""
+    obd = await start_obd(rwMode="dir")
+    own = obd.own_id(await obd.prepare("rootfs"))
+    obd.assert_attached(own, mounted="rw")
+    await obd.restart(kill=True)
+    await obd.remove("rootfs")
+    obd.assert_detached(own)
+    assert obd.sim.loop_devices() == []
