@@ -101,7 +101,7 @@ def build_snapshotter(
 ) -> Snapshotter:
     tools = OverlaybdTools(Path(config.overlaybd_util_bin_dir))
     layers = BlockLayers(layout, tools, blocking, sparse=config.writable_layer_type == "sparse")
-    backend = TcmuBackend(Path(config.configfs_root), Path(config.sysfs_root), blocking)
+    backend = TcmuBackend(Path(config.configfs_root), Path(config.sysfs_root))
     options = SnapshotterOptions(
         rw_mode=config.rw_mode,
         auto_remove_dev=config.auto_remove_dev,

@@ -27,7 +27,13 @@ from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner, CompletionGuard
 from obdsnap.device.filesystem import FsSpec, fs_spec
 from obdsnap.device.manager import DeviceManager, MountMode
-from obdsnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, SnapshotError
+from obdsnap.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SnapshotError,
+)
 from obdsnap.fsutil import disk_usage, remove_tree
 from obdsnap.labels import validate_key, validate_labels
 from obdsnap.layout import NEW_DIR_PREFIX, Layout
@@ -36,6 +42,7 @@ from obdsnap.mountinfo import overlay_uses
 from obdsnap.mounts import Mount, bind_mount, overlay_mount
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.storage_type import StorageType, is_remote_layer
+from obdsnap.overlaybd.tools import ZFileConfig, parse_zfile_config
 from obdsnap.storage import Info, Kind, MetaStore, Record, Usage
 
 log = logging.getLogger(__name__)
@@ -99,7 +106,9 @@ class Snapshotter:
         parent_record = self._committed_parent(parent) if parent else None
         if self._store.find(key) is not None:
             raise AlreadyExists(f"snapshot {key!r} already exists")
-        rw_mode = await self._writable_mode(parent_record, labels)
+        # An unpack (containerd writes a layer into it) is never a container's rootfs.
+        unpacking = L.TARGET_SNAPSHOT_REF in labels
+        rw_mode = OVERLAYFS if unpacking else await self._writable_mode(parent_record, labels)
         parent_id = parent_record.id if parent_record else None
         record = await self._guard.run(
             self._create_snapshot(kind, key, parent, labels, parent_id, rw_mode)
@@ -170,24 +179,23 @@ class Snapshotter:
         """Everything after the row and directory exist; a failure removes the snapshot again."""
         try:
             if L.TARGET_SNAPSHOT_REF in record.info.labels:
-                unpack_mounts = await self._set_up_unpack(record, parent)
-                if unpack_mounts is not None:
-                    return unpack_mounts
-            return await self._set_up_rootfs(record, parent)
+                return await self._set_up_unpack(record, parent)
+            async with self._locks.hold(record.id, *([parent.id] if parent else [])):
+                return await self._set_up_rootfs(record, parent)
         except AlreadyExists:
             raise  # the remote-layer answer: the snapshot was committed on purpose
         except BaseException:
             await self._undo_create(record)
             raise
 
-    async def _set_up_unpack(self, record: Record, parent: Record | None) -> list[Mount] | None:
-        """containerd is unpacking a layer: acceleration layer, remote layer, or neither."""
+    async def _set_up_unpack(self, record: Record, parent: Record | None) -> list[Mount]:
+        """containerd is unpacking a layer: acceleration layer, remote layer, or a plain one."""
         labels = record.info.labels
         if labels.get(L.ACCELERATION_LAYER) == "yes":
             await self._layers.write_acceleration_config(record, parent)
             return [Mount("bind", str(self._layout.fs_dir(record.id)), ("rw", "bind"))]
         if not is_remote_layer(labels):
-            return None
+            return self._overlay_mounts(record, self._store.ancestors(record))
         target = labels[L.TARGET_SNAPSHOT_REF]
         await self._layers.write_remote_config(record, parent)
         try:
@@ -196,7 +204,7 @@ class Snapshotter:
             )
         except AlreadyExists:
             await self._undo_create(record)
-        raise AlreadyExists(f"target snapshot {target!r}: already exists")
+        raise AlreadyExists(f'target snapshot "{target}": already exists')
 
     async def _set_up_rootfs(self, record: Record, parent: Record | None) -> list[Mount]:
         writable = record.rw_mode in (DIR, DEV)
@@ -219,7 +227,13 @@ class Snapshotter:
         record = self._store.get(key)
         if record.kind not in (Kind.ACTIVE, Kind.VIEW):
             raise FailedPrecondition(f"snapshot {key!r} is not active or view")
-        return await self._mounts(record)
+        parent = self._store.find(record.parent) if record.parent else None
+        async with self._locks.hold(record.id, *([parent.id] if parent else [])):
+            # A Remove that held the locks first has taken the snapshot away.
+            current = self._store.get(key)
+            if current.id != record.id:
+                raise NotFound(f"snapshot {key!r} does not exist")
+            return await self._mounts(current)
 
     async def _mounts(self, record: Record, *, new: bool = False) -> list[Mount]:
         """What the snapshot is mounted with, attaching the device that needs if it is missing.
@@ -229,9 +243,11 @@ class Snapshotter:
         """
         readonly = record.kind == Kind.VIEW
         labels = record.info.labels
-        if L.TARGET_SNAPSHOT_REF in labels and labels.get(L.ACCELERATION_LAYER) == "yes":
-            return [Mount("bind", str(self._layout.fs_dir(record.id)), ("rw", "bind"))]
         parents = self._store.ancestors(record)
+        if L.TARGET_SNAPSHOT_REF in labels:
+            if labels.get(L.ACCELERATION_LAYER) == "yes":
+                return [Mount("bind", str(self._layout.fs_dir(record.id)), ("rw", "bind"))]
+            return self._overlay_mounts(record, parents)
         parent = parents[0] if parents else None
         if record.rw_mode in (DIR, DEV):
             spec = fs_spec(labels)
@@ -248,14 +264,16 @@ class Snapshotter:
         return self._overlay_mounts(record, parents)
 
     async def _attach(self, owner: Record, spec: FsSpec, *, own: bool, mkfs: bool) -> Path:
-        """The device of ``owner`` attached if need be: its own writable one, or a parent's."""
+        """The device of ``owner`` attached if need be: its own writable one, or a parent's.
+
+        The caller holds the locks of the snapshot and its parent.
+        """
         mode = MountMode.READ_ONLY
         if own:
             mode = MountMode.NONE if owner.rw_mode == DEV else MountMode.READ_WRITE
-        async with self._locks.hold(owner.id):
-            return await self._devices.attach(
-                owner.id, self._layout.block_dir(owner.id), spec, mkfs=mkfs, mode=mode
-            )
+        return await self._devices.attach(
+            owner.id, self._layout.block_dir(owner.id), spec, mkfs=mkfs, mode=mode
+        )
 
     def _overlay_mounts(self, record: Record, parents: list[Record]) -> list[Mount]:
         fs = self._layout.fs_dir
@@ -286,9 +304,12 @@ class Snapshotter:
             raise AlreadyExists(f"snapshot {name!r} already exists")
         if active.kind != Kind.ACTIVE:
             raise FailedPrecondition(f"snapshot {key!r} is not active")
-        await self._guard.run(self._commit(active, name, labels))
+        zfile = parse_zfile_config({**active.info.labels, **labels}.get(L.ZFILE_CONFIG, ""))
+        await self._guard.run(self._commit(active, name, labels, zfile))
 
-    async def _commit(self, active: Record, name: str, labels: Mapping[str, str]) -> None:
+    async def _commit(
+        self, active: Record, name: str, labels: Mapping[str, str], zfile: ZFileConfig
+    ) -> None:
         """DESIGN §7: a writable layer becomes a local layer file first."""
         committed_labels = dict(labels)
         writable = active.rw_mode in (DIR, DEV)
@@ -296,7 +317,7 @@ class Snapshotter:
         if writable and not acceleration:
             async with self._locks.hold(active.id):
                 await self._devices.detach(active.id, self._layout.block_dir(active.id))
-                await self._layers.commit_writable_layer(active, {**active.info.labels, **labels})
+                await self._layers.commit_writable_layer(active, zfile)
         parent = self._store.find(active.parent) if active.parent else None
         kind = await self._layers.storage_type(active)
         if kind is StorageType.LOCAL_BLOCK:
@@ -335,7 +356,9 @@ class Snapshotter:
         block_dir = self._layout.block_dir(record.id)
         if not await self._blocking((block_dir / "backstore_mark").exists):
             return
-        if await self._blocking(overlay_uses, self._layout.mountpoint(record.id)):
+        if record.rw_mode != DEV and await self._blocking(
+            overlay_uses, self._layout.mountpoint(record.id)
+        ):
             log.info("snapshot %r: device still used by an overlay mount; kept", record.key)
             return
         await self._devices.detach(record.id, block_dir)
@@ -377,17 +400,44 @@ class Snapshotter:
     # ------------------------------------------------------------------ cleanup
 
     async def cleanup(self) -> None:
-        """Remove what under ``snapshots/`` no snapshot owns; one failure does not stop it."""
+        """Remove what no snapshot owns: devices, then directories; what is busy stays.
+
+        One failure does not stop it: the rest is still cleaned up.
+        """
         names = await self._blocking(self._layout.entries)
+        attached = await self._devices.attached_ids()
         # Judged after the listing: a directory takes its ID only once its row is
         # durable, and a new-* directory is registered before it is made.
         orphans = self._layout.orphans(names, self._store.ids(), self._building)
         for orphan in orphans:
+            if orphan.name.isdigit() and await self._has_device(int(orphan.name), attached):
+                attached.discard(int(orphan.name))
+                if not await self._release_orphan_device(int(orphan.name)):
+                    continue
             log.info("cleanup: removing %s, which no snapshot owns", orphan)
             try:
                 await self._blocking(remove_tree, orphan)
             except OSError as exc:
                 log.warning("cleanup: could not remove %s: %s", orphan, exc)
+        for snapshot_id in attached - self._store.ids():
+            await self._release_orphan_device(snapshot_id)
+
+    async def _has_device(self, snapshot_id: int, attached: set[int]) -> bool:
+        mark = self._layout.block_dir(snapshot_id) / "backstore_mark"
+        return snapshot_id in attached or await self._blocking(mark.exists)
+
+    async def _release_orphan_device(self, snapshot_id: int) -> bool:
+        """Detach the device of a snapshot that is gone; False if an overlay still uses it."""
+        async with self._locks.hold(snapshot_id):
+            if await self._blocking(overlay_uses, self._layout.mountpoint(snapshot_id)):
+                log.info("cleanup: device of removed snapshot %d is still in use", snapshot_id)
+                return False
+            try:
+                await self._devices.detach(snapshot_id, self._layout.block_dir(snapshot_id))
+            except (OSError, SnapshotError) as exc:
+                log.warning("cleanup: could not detach device %d: %s", snapshot_id, exc)
+                return False
+        return True
 
     async def _drop_unfinished_creates(self) -> None:
         """Rows of creates that died between the row and the rename have no directory.

@@ -33,6 +33,14 @@ class DeviceBackend(Protocol):
         """Whether the snapshot's device is set up (false after a reboot or a detach)."""
         ...
 
+    async def find_device(self, snapshot_id: int) -> Path | None:
+        """The device node of an attached snapshot, if its disk is there."""
+        ...
+
+    async def attached_ids(self) -> set[int]:
+        """IDs of every snapshot with a device set up, known to the metadata or not."""
+        ...
+
     async def set_disk_timeout(self, device: Path) -> None:
         """Give the mounted disk the command timeout overlaybd needs."""
         ...

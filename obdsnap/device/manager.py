@@ -40,25 +40,36 @@ class DeviceManager:
     async def attach(
         self, snapshot_id: int, block_dir: Path, spec: FsSpec, *, mkfs: bool, mode: MountMode
     ) -> Path:
-        """The device of a snapshot, attached (and mounted) if it is not already."""
-        existing = await self.attached_device(snapshot_id, block_dir, mode)
-        if existing is not None:
-            return existing
-        device = await self._backend.attach(
-            snapshot_id, block_dir / CONFIG, block_dir / RESULT_FILE
-        )
+        """The device of a snapshot, attached and mounted as far as it is not already.
+
+        A device that is still set up (the snapshotter died before mounting it, or
+        the mount went away) is mounted again, not set up a second time.
+        """
         mountpoint = block_dir / MOUNTPOINT
+        device = None
+        if await self._backend.is_attached(snapshot_id):
+            device = await self._backend.find_device(snapshot_id)
+            if device is None:
+                await self._backend.detach(snapshot_id)  # half set up: start over
+        fresh = device is None
+        if device is None:
+            device = await self._backend.attach(
+                snapshot_id, block_dir / CONFIG, block_dir / RESULT_FILE
+            )
         try:
-            if mkfs:
+            if mkfs and fresh:
                 await make_filesystem(device, spec)
-            if mode is not MountMode.NONE:
+            mounted = await self._blocking(is_mounted, mountpoint)
+            if mode is not MountMode.NONE and not mounted:
                 await mount_device(device, mountpoint, spec, readonly=mode is MountMode.READ_ONLY)
                 await self._backend.set_disk_timeout(device)
             await self._blocking(_write_mark, block_dir / BACKSTORE_MARK, device)
         except BaseException:
-            await asyncio.shield(self._undo_attach(snapshot_id, mountpoint))
+            if fresh:
+                await asyncio.shield(self._undo_attach(snapshot_id, mountpoint))
             raise
-        log.info("snapshot %d: device %s attached (%s)", snapshot_id, device, mode.value)
+        if fresh:
+            log.info("snapshot %d: device %s attached (%s)", snapshot_id, device, mode.value)
         return device
 
     async def detach(self, snapshot_id: int, block_dir: Path) -> None:
@@ -69,22 +80,8 @@ class DeviceManager:
         await self._blocking(_remove_mark, block_dir / BACKSTORE_MARK)
         log.info("snapshot %d: device detached", snapshot_id)
 
-    async def attached_device(
-        self, snapshot_id: int, block_dir: Path, mode: MountMode
-    ) -> Path | None:
-        """The device recorded in the mark, if it is really still there (and mounted).
-
-        After a reboot or a detach the mark may name a device node that is gone
-        or that now belongs to another disk; the backend knows which is true.
-        """
-        device = await self._blocking(_read_mark, block_dir / BACKSTORE_MARK)
-        if device is None or not await self._backend.is_attached(snapshot_id):
-            return None
-        if mode is not MountMode.NONE and not await self._blocking(
-            is_mounted, block_dir / MOUNTPOINT
-        ):
-            return None
-        return device
+    async def attached_ids(self) -> set[int]:
+        return await self._backend.attached_ids()
 
     async def _undo_attach(self, snapshot_id: int, mountpoint: Path) -> None:
         if await self._blocking(is_mounted, mountpoint):

@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ HBA = 999999999
 # Neither overlaybd-tcmu nor the SCSI layer may time out a command of a lazily fetched image.
 COMMAND_TIMEOUT = "2147483"
 MAX_DATA_AREA_MB = 4
+DEVICE_THREADS = 64
 
 
 @dataclass(frozen=True)
@@ -44,18 +46,16 @@ class TcmuTimings:
 class TcmuBackend:
     """Attaches and detaches overlaybd devices under a configfs and a sysfs root."""
 
-    def __init__(
-        self,
-        configfs: Path,
-        sysfs: Path,
-        blocking: BlockingRunner,
-        timings: TcmuTimings = TcmuTimings(),
-    ) -> None:
+    def __init__(self, configfs: Path, sysfs: Path, timings: TcmuTimings = TcmuTimings()) -> None:
         self._core = configfs / "target" / "core" / f"user_{HBA}"
         self._loopback = configfs / "target" / "loopback"
         self._sysfs = sysfs
-        self._blocking = blocking
         self._timings = timings
+        # Its own threads: a configfs write blocks for as long as overlaybd-tcmu takes to
+        # open an image, and slow images must not starve the snapshotter's file work.
+        self._blocking = BlockingRunner(
+            ThreadPoolExecutor(max_workers=DEVICE_THREADS, thread_name_prefix="tcmu")
+        )
 
     def target_dir(self, snapshot_id: int) -> Path:
         return self._core / f"dev_{snapshot_id}"
@@ -81,6 +81,15 @@ class TcmuBackend:
         link = self.loopback_dir(snapshot_id) / "tpgt_1" / "lun" / "lun_0" / f"dev_{snapshot_id}"
         return await self._blocking(link.is_symlink)
 
+    async def find_device(self, snapshot_id: int) -> Path | None:
+        """The disk of an attached snapshot, from its LUN's SCSI address."""
+        return await self._blocking(self._find_disk, snapshot_id)
+
+    async def attached_ids(self) -> set[int]:
+        """IDs of every snapshot that has a target under the HBA."""
+        names = await self._blocking(_list_dir, self._core)
+        return {int(name[4:]) for name in names if name.startswith("dev_") and name[4:].isdigit()}
+
     async def set_disk_timeout(self, device: Path) -> None:
         timeout_file = self._sysfs / "block" / device.name / "device" / "timeout"
         await self._blocking(_write_attribute, timeout_file, COMMAND_TIMEOUT)
@@ -97,7 +106,7 @@ class TcmuBackend:
 
     async def _enable(self, snapshot_id: int, result_file: Path) -> None:
         """Write ``enable`` in a thread while watching the result file from the loop."""
-        enabling = asyncio.ensure_future(self._blocking(self._write_enable, snapshot_id))
+        enabling = asyncio.ensure_future(self._write_enable(snapshot_id))
         watching = asyncio.ensure_future(self._watch_result(result_file, enabling))
         try:
             await asyncio.wait([enabling, watching], return_when=asyncio.FIRST_COMPLETED)
@@ -118,16 +127,16 @@ class TcmuBackend:
         target = self.target_dir(snapshot_id)
         await self._blocking(_write_attribute, target / "attrib" / "cmd_time_out", COMMAND_TIMEOUT)
 
-    def _write_enable(self, snapshot_id: int) -> None:
+    async def _write_enable(self, snapshot_id: int) -> None:
         enable = self.target_dir(snapshot_id) / "enable"
         for attempt in range(self._timings.enable_attempts):
             try:
-                _write_attribute(enable, "1")
+                await self._blocking(_write_attribute, enable, "1")
                 return
             except BlockingIOError:
                 if attempt + 1 == self._timings.enable_attempts:
                     raise
-                time.sleep(self._timings.enable_retry_interval_s)
+                await asyncio.sleep(self._timings.enable_retry_interval_s)
 
     async def _watch_result(self, result_file: Path, enabling: asyncio.Future[None]) -> None:
         """Raise AttachError as soon as the result file says ``failed:``."""
@@ -151,7 +160,7 @@ class TcmuBackend:
         return (tpg / "address").read_text().strip()
 
     async def _wait_for_disk(self, address: str, result_file: Path) -> Path:
-        disks = self._sysfs / "class" / "scsi_device" / f"{address}:0" / "device" / "block"
+        disks = self._disks_dir(address)
         deadline = time.monotonic() + self._timings.disk_timeout_s
         while True:
             names = await self._blocking(_list_dir, disks)
@@ -166,6 +175,17 @@ class TcmuBackend:
                     f"within {self._timings.disk_timeout_s:.1f}s"
                 )
             await asyncio.sleep(self._timings.disk_poll_interval_s)
+
+    def _find_disk(self, snapshot_id: int) -> Path | None:
+        try:
+            address = (self.loopback_dir(snapshot_id) / "tpgt_1" / "address").read_text().strip()
+        except FileNotFoundError:
+            return None
+        names = _list_dir(self._disks_dir(address))
+        return Path("/dev") / sorted(names)[0] if names else None
+
+    def _disks_dir(self, address: str) -> Path:
+        return self._sysfs / "class" / "scsi_device" / f"{address}:0" / "device" / "block"
 
     def _remove_configfs_entries(self, snapshot_id: int) -> None:
         """Blocking: the loopback LUN, then the target, each step tolerating "already gone"."""

@@ -20,7 +20,7 @@ from obdsnap.layout import Layout
 from obdsnap.overlaybd import device_config
 from obdsnap.overlaybd.device_config import DeviceConfig, Lower, Upper
 from obdsnap.overlaybd.storage_type import StorageType, detect_storage_type
-from obdsnap.overlaybd.tools import OverlaybdTools, parse_zfile_config
+from obdsnap.overlaybd.tools import OverlaybdTools, ZFileConfig
 from obdsnap.storage import Kind, Record
 
 WRITABLE_DATA = "writable_data"
@@ -135,9 +135,12 @@ class BlockLayers:
             parent.id,
             replace(config, acceleration_layer=acceleration, record_trace_path=trace_path),
         )
-        if own_id is not None and acceleration:
+        if own_id is not None:
+            # A writable device opens its own config, not the parent's: it needs the flags too.
             own = await self.read_config(own_id)
-            await self.write_config(own_id, replace(own, acceleration_layer=True))
+            await self.write_config(
+                own_id, replace(own, acceleration_layer=acceleration, record_trace_path=trace_path)
+            )
 
     # ------------------------------------------------------------------ writable layers
 
@@ -150,10 +153,9 @@ class BlockLayers:
             record.id, replace(config, upper=Upper(index=str(index), data=str(data)))
         )
 
-    async def commit_writable_layer(self, record: Record, labels: Mapping[str, str]) -> None:
+    async def commit_writable_layer(self, record: Record, zfile: ZFileConfig) -> None:
         """``overlaybd-commit`` the writable layer into ``fs/overlaybd.commit``."""
         block = self._layout.block_dir(record.id)
-        zfile = parse_zfile_config(labels.get(L.ZFILE_CONFIG, ""))
         await self._tools.commit_writable_layer(
             block / WRITABLE_DATA, block / WRITABLE_INDEX, self.commit_file(record.id), zfile
         )

@@ -103,13 +103,6 @@ async def test_concurrent_prepares_of_containers_on_one_image_attach_it_once(
     assert obd.sim.log()[log_start:].count(f"dev_{parent_id}: enabled on") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: device attaches block threads of the shared default executor (min(32, "
-    "cpus+4) threads) for the whole image open (the enable write); once that many devices "
-    "are slow, every other Prepare waits for an executor thread (DESIGN: a slow device must "
-    "never stall Prepare for others)",
-)
 async def test_slow_devices_do_not_stall_other_prepares(
     start_obd: StartObd, images: Images
 ) -> None:
@@ -179,12 +172,6 @@ async def test_concurrent_mounts_and_removes_on_one_device_are_safe(
     assert obd.sim.loop_devices() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Mounts does not lock the snapshot and re-read it: a Mounts that read the "
-    "record before a concurrent Remove finished re-attaches the device afterwards, for a "
-    "snapshot that no longer exists (device leaked, Mounts answers OK after Remove)",
-)
 @pytest.mark.parametrize("owner", ["parent-of-overlayfs", "own-dir-device"])
 async def test_mounts_queued_behind_remove_is_not_found_and_attaches_nothing(
     start_obd: StartObd, images: Images, owner: str

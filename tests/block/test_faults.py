@@ -180,12 +180,6 @@ async def test_a_bad_zfile_config_is_invalid_argument_and_the_snapshot_stays_act
     assert (Path(child[0].source) / "file").read_text() == "data\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Commit detaches the writable device before it validates the zfile-config "
-    "label (snapshotter.py _commit: devices.detach, then layers.commit_writable_layer parses "
-    "it): a bad label unmounts the running container's rootfs",
-)
 async def test_a_bad_zfile_config_is_rejected_before_the_device_is_touched(
     start_obd: StartObd,
 ) -> None:

@@ -109,12 +109,6 @@ async def test_mounts_reattaches_what_auto_remove_dev_detached(
     obd.assert_attached(top, mounted="ro")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Mounts of a snapshot whose device is attached but not mounted (obdsnap died "
-    "between enable and mount, or the mount was lost) fails with UNKNOWN: attach() redoes the "
-    "whole configfs setup and the kernel refuses max_data_area_mb on an enabled device (EINVAL)",
-)
 async def test_mounts_mounts_a_device_that_is_attached_but_not_mounted(
     start_obd: StartObd,
 ) -> None:

@@ -77,11 +77,6 @@ async def test_unpacker_flow_commits_every_layer_as_a_remote_snapshot(
     assert {info.name for info in await obd.list_infos()} == set(image.chain_ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the remote-layer answer quotes the ref with Python repr ('...'), "
-    'DESIGN §1 and the Go snapshotter say target snapshot "<ref>": already exists',
-)
 async def test_remote_layer_answer_is_target_snapshot_already_exists(
     start_obd: StartObd, images: Images
 ) -> None:

@@ -84,12 +84,6 @@ async def test_remove_detaches_a_writable_snapshots_own_device(
     await obd.wait_gone(own)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): Remove of a dev-mode snapshot still runs the overlay mount check on "
-    "its (never mounted) block/mountpoint and keeps the device when an overlay names that path; "
-    "DESIGN §7: dev mode has no mount to check",
-)
 async def test_dev_mode_remove_detaches_without_a_mount_check(
     start_obd: StartObd, tmp_path: Path
 ) -> None:
@@ -136,17 +130,10 @@ async def test_a_device_used_by_an_overlay_mount_stays_and_the_snapshot_goes(
     assert mount_at(obd.mountpoint(top_id)) is not None
     assert (rootfs / "single.txt").read_text() == "single\n"
     obd.umount_for_real(rootfs)
-    # Cleanup should now reclaim the device (see the xfail test below); until it
-    # does, take it down by hand.
+    # Cleanup reclaims it once unused: tested below.
     obd.detach_like_reboot(top_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Cleanup does not detach devices or unmount mountpoints that belong to no "
-    "snapshot (DESIGN §1): after a busy device was kept on Remove, Cleanup fails with "
-    "UNKNOWN (EBUSY from remove_tree) and the device stays attached forever",
-)
 async def test_cleanup_detaches_a_device_kept_busy_on_remove(
     start_obd: StartObd, images: Images, tmp_path: Path
 ) -> None:

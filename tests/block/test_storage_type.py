@@ -188,12 +188,6 @@ async def test_empty_overlaybd_commit_falls_through_to_normal(
     assert not obd.config_path(layer_id).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an unpack Prepare (snapshot.ref label, not a remote layer) is treated as a "
-    "container rootfs: with rwMode dir it gets a writable device of its own, so the layer tar "
-    "lands on that device and Commit packs the device instead of keeping fs/overlaybd.commit",
-)
 async def test_unpack_prepare_is_never_a_writable_rootfs_even_with_rw_mode_dir(
     start_obd: StartObd, images: Images
 ) -> None:
@@ -212,12 +206,6 @@ async def test_unpack_prepare_is_never_a_writable_rootfs_even_with_rw_mode_dir(
     assert (obd.fs(own) / "overlaybd.commit").read_bytes() == blob
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an unpack Prepare on a block parent is treated as a container rootfs: the "
-    "parent's device is attached and the layer is unpacked over block/mountpoint instead of "
-    "an overlay of the parents' fs/ (DESIGN §6 step 3 is for rootfs only)",
-)
 async def test_unpack_prepare_on_a_block_parent_attaches_no_device(
     start_obd: StartObd, images: Images
 ) -> None:
