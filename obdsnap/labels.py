@@ -26,6 +26,20 @@ REMOTE = "containerd.io/snapshot/remote"
 REMOTE_VALUE = "remote snapshot"
 
 
+# containerd's snapshots.UnpackKeyFormat is "extract-%s %s": ctr import unpacks without labels.
+UNPACK_KEY_PREFIX = "extract-"
+
+
+def is_unpack(key: str, labels: Mapping[str, str]) -> bool:
+    """Whether containerd is unpacking a layer into this snapshot (never a container's rootfs)."""
+    return TARGET_SNAPSHOT_REF in labels or key.startswith(UNPACK_KEY_PREFIX)
+
+
+def is_acceleration_unpack(labels: Mapping[str, str]) -> bool:
+    """containerd unpacks an acceleration layer (its files list what to prefetch)."""
+    return TARGET_SNAPSHOT_REF in labels and labels.get(ACCELERATION_LAYER) == "yes"
+
+
 def validate_labels(labels: Mapping[str, str]) -> None:
     for key, value in labels.items():
         size = len(key.encode()) + len(value.encode())

@@ -107,7 +107,7 @@ class Snapshotter:
         if self._store.find(key) is not None:
             raise AlreadyExists(f"snapshot {key!r} already exists")
         # An unpack (containerd writes a layer into it) is never a container's rootfs.
-        unpacking = L.TARGET_SNAPSHOT_REF in labels
+        unpacking = L.is_unpack(key, labels)
         rw_mode = OVERLAYFS if unpacking else await self._writable_mode(parent_record, labels)
         parent_id = parent_record.id if parent_record else None
         record = await self._guard.run(
@@ -178,7 +178,7 @@ class Snapshotter:
     async def _set_up_snapshot(self, record: Record, parent: Record | None) -> list[Mount]:
         """Everything after the row and directory exist; a failure removes the snapshot again."""
         try:
-            if L.TARGET_SNAPSHOT_REF in record.info.labels:
+            if L.is_unpack(record.key, record.info.labels):
                 return await self._set_up_unpack(record, parent)
             async with self._locks.hold(record.id, *([parent.id] if parent else [])):
                 return await self._set_up_rootfs(record, parent)
@@ -191,7 +191,7 @@ class Snapshotter:
     async def _set_up_unpack(self, record: Record, parent: Record | None) -> list[Mount]:
         """containerd is unpacking a layer: acceleration layer, remote layer, or a plain one."""
         labels = record.info.labels
-        if labels.get(L.ACCELERATION_LAYER) == "yes":
+        if L.is_acceleration_unpack(labels):
             await self._layers.write_acceleration_config(record, parent)
             return [Mount("bind", str(self._layout.fs_dir(record.id)), ("rw", "bind"))]
         if not is_remote_layer(labels):
@@ -244,8 +244,8 @@ class Snapshotter:
         readonly = record.kind == Kind.VIEW
         labels = record.info.labels
         parents = self._store.ancestors(record)
-        if L.TARGET_SNAPSHOT_REF in labels:
-            if labels.get(L.ACCELERATION_LAYER) == "yes":
+        if L.is_unpack(record.key, labels):
+            if L.is_acceleration_unpack(labels):
                 return [Mount("bind", str(self._layout.fs_dir(record.id)), ("rw", "bind"))]
             return self._overlay_mounts(record, parents)
         parent = parents[0] if parents else None
