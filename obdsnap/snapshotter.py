@@ -15,10 +15,12 @@ disk or a device.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,7 +182,7 @@ class Snapshotter:
         try:
             if L.is_unpack(record.key, record.info.labels):
                 return await self._set_up_unpack(record, parent)
-            async with self._locks.hold(record.id, *([parent.id] if parent else [])):
+            async with await self._device_locks(record, parent):
                 return await self._set_up_rootfs(record, parent)
         except AlreadyExists:
             raise  # the remote-layer answer: the snapshot was committed on purpose
@@ -228,7 +230,7 @@ class Snapshotter:
         if record.kind not in (Kind.ACTIVE, Kind.VIEW):
             raise FailedPrecondition(f"snapshot {key!r} is not active or view")
         parent = self._store.find(record.parent) if record.parent else None
-        async with self._locks.hold(record.id, *([parent.id] if parent else [])):
+        async with await self._device_locks(record, parent):
             # A Remove that held the locks first has taken the snapshot away.
             current = self._store.get(key)
             if current.id != record.id:
@@ -338,8 +340,7 @@ class Snapshotter:
     async def _remove(self, record: Record) -> None:
         """Devices first (DESIGN §7), then the row; the directory goes in the background."""
         parent = self._store.find(record.parent) if record.parent else None
-        owners = [record.id] + ([parent.id] if parent else [])
-        async with self._locks.hold(*owners):
+        async with await self._device_locks(record, parent):
             await self._detach_unless_busy(record)
             if self._options.auto_remove_dev and record.kind == Kind.ACTIVE and parent:
                 await self._detach_unless_busy(parent)
@@ -347,11 +348,28 @@ class Snapshotter:
         self._layers.forget(record.id)
         self._removals.put_nowait(self._layout.snapshot_dir(record.id))
 
-    async def _detach_unless_busy(self, record: Record) -> None:
-        # Only writable snapshots and committed block layers ever get a device.
-        if record.rw_mode not in (DIR, DEV) and (
-            record.kind != Kind.COMMITTED or not await self._layers.is_block(record)
+    async def _device_locks(
+        self, record: Record, parent: Record | None
+    ) -> AbstractAsyncContextManager[None]:
+        """The locks of the snapshot and its parent (DESIGN §7), when a device is involved.
+
+        Plain overlayfs snapshots have no device: they take no lock, so their calls
+        (e.g. many containers on one base layer) stay concurrent.
+        """
+        if await self._may_have_device(record) or (
+            parent is not None and await self._may_have_device(parent)
         ):
+            return self._locks.hold(record.id, *([parent.id] if parent else []))
+        return contextlib.nullcontext()
+
+    async def _may_have_device(self, record: Record) -> bool:
+        """Only writable snapshots and block layers ever get a device."""
+        if record.rw_mode in (DIR, DEV):
+            return True
+        return record.kind == Kind.COMMITTED and await self._layers.is_block(record)
+
+    async def _detach_unless_busy(self, record: Record) -> None:
+        if not await self._may_have_device(record):
             return
         block_dir = self._layout.block_dir(record.id)
         if not await self._blocking((block_dir / "backstore_mark").exists):

@@ -2,14 +2,25 @@
 # Run containerd 1.6's snapshotter conformance suite against a proxy
 # snapshotter server; every test gets its own server process and root.
 #
-#   tests/conformance/run.sh 'SERVER_CMD' [go test flags]
+#   tests/conformance/run.sh [--config-extra JSON] 'SERVER_CMD' [go test flags]
 #   tests/conformance/run.sh --build      # build only, print the test binary
 #
 # SERVER_CMD is run by bash with {root} and {address} (and {config}, a JSON
-# file {"root": ..., "address": ...}) substituted; '' means
-# $OBDSNAP_SERVER_CMD, else 'python3 -m obdsnap serve --root {root} --address {address}'.
+# file {"root": ..., "address": ...} plus the keys of --config-extra)
+# substituted; '' means $OBDSNAP_SERVER_CMD, else
+# 'python3 -m obdsnap serve --config {config}'.
+# --config-extra JSON: boot config keys for every server (default
+# $OBDSNAP_EXTRA_CONFIG); SERVER_CMD must then use {config}. rwMode dir/dev
+# need the TCMU simulator, e.g. as the pytest wrapper runs it:
+#   python3 -m tcmusim install-tools /tmp/sim/tools
+#   python3 -m tcmusim run --configfs /tmp/sim/configfs --sysfs /tmp/sim/sysfs \
+#     --blob-store /tmp/sim/blobs &
+#   tests/conformance/run.sh --config-extra '{"rwMode": "dir",
+#     "configfsRoot": "/tmp/sim/configfs", "sysfsRoot": "/tmp/sim/sysfs",
+#     "overlaybd_util_bin_dir": "/tmp/sim/tools"}' ''
 # go test flags: -run, -count, -timeout (default 10m), -parallel, -failfast,
 # -short, -list (also accepted as -test.X). Servers run from the repository root.
+# After each test the driver removes every snapshot left, then stops the server.
 #
 # Env: OBDSNAP_TEST_LOG_DIR (server logs + go-test.out; default a new
 # /tmp/obdsnap-conformance-* dir), OBDSNAP_START_TIMEOUT (default 20s),
@@ -23,7 +34,7 @@ build="${OBDSNAP_BUILD_DIR:-$repo/.build}/conformance"
 gocode="${GOCODE:-/usr/share/gocode}"
 pkg="obdsnaptests/conformance"
 
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 # Builds the test binary in GOPATH mode against the Debian-packaged containerd
 # sources, again only when the sources, Go or containerd changed.
@@ -55,12 +66,14 @@ build_test_binary() {
   echo "$binary"
 }
 
-[ $# -ge 1 ] || usage
-case "$1" in
+case "${1:-}" in
   -h|--help) usage ;;
   --build) build_test_binary; exit ;;
+  --config-extra) [ $# -ge 2 ] || usage; export OBDSNAP_EXTRA_CONFIG="$2"; shift 2 ;;
+  --config-extra=*) export OBDSNAP_EXTRA_CONFIG="${1#--config-extra=}"; shift ;;
 esac
-default_cmd='python3 -m obdsnap serve --root {root} --address {address}'
+[ $# -ge 1 ] || usage
+default_cmd='python3 -m obdsnap serve --config {config}'
 if [ -n "$1" ]; then
   export OBDSNAP_SERVER_CMD="$1"
 else
@@ -79,6 +92,9 @@ for arg in "$@"; do
   esac
 done
 [ "$(id -u)" = 0 ] || echo "warning: not root; the suite's mounts will fail" >&2
+if [ -n "${OBDSNAP_EXTRA_CONFIG:-}" ]; then
+  echo "extra config: $OBDSNAP_EXTRA_CONFIG" >&2
+fi
 
 export OBDSNAP_TEST_LOG_DIR="${OBDSNAP_TEST_LOG_DIR:-$(mktemp -d /tmp/obdsnap-conformance-XXXXXX)}"
 mkdir -p "$OBDSNAP_TEST_LOG_DIR"

@@ -1,6 +1,7 @@
 package conformance
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,16 +42,47 @@ func expandTemplate(template, root, address, config string) string {
 	return strings.NewReplacer("{root}", root, "{address}", address, "{config}", config).Replace(template)
 }
 
+// serverConfig is the content of the {config} file: the keys of extra
+// (OBDSNAP_EXTRA_CONFIG) with this server's root and address.
+func serverConfig(extra map[string]any, root, address string) ([]byte, error) {
+	config := make(map[string]any, len(extra)+2)
+	for key, value := range extra {
+		config[key] = value
+	}
+	config["root"] = root
+	config["address"] = address
+	return json.MarshalIndent(config, "", "  ")
+}
+
+// parseExtraConfig reads OBDSNAP_EXTRA_CONFIG: empty, or a JSON object whose
+// keys go into every server's {config} file. root and address are the
+// driver's to choose, per test.
+func parseExtraConfig(text string) (map[string]any, error) {
+	extra := map[string]any{}
+	if strings.TrimSpace(text) == "" {
+		return extra, nil
+	}
+	if err := json.Unmarshal([]byte(text), &extra); err != nil || extra == nil {
+		return nil, fmt.Errorf("must be a JSON object (%v): %s", err, text)
+	}
+	for _, key := range []string{"root", "address"} {
+		if _, found := extra[key]; found {
+			return nil, fmt.Errorf("must not set %q, every test gets its own: %s", key, text)
+		}
+	}
+	return extra, nil
+}
+
 // startServer runs the command with `bash -c` in its own process group,
 // appending its output to logPath, and returns once the unix socket accepts
-// connections. {config} in the template names a JSON file with root and
-// address, written next to root.
-func startServer(template, root, address, logPath string, startTimeout time.Duration) (*serverProcess, error) {
+// connections. {config} in the template names a JSON file with root, address
+// and the keys of extraConfig, written next to root.
+func startServer(template, root, address string, extraConfig map[string]any, logPath string, startTimeout time.Duration) (*serverProcess, error) {
 	if len(address) >= maxSocketPath {
 		return nil, fmt.Errorf("socket path is %d bytes, the limit is %d: %s", len(address), maxSocketPath-1, address)
 	}
 	configPath := filepath.Join(filepath.Dir(root), "server-config.json")
-	config, err := json.Marshal(map[string]string{"root": root, "address": address})
+	config, err := serverConfig(extraConfig, root, address)
 	if err != nil {
 		return nil, err
 	}
@@ -172,4 +204,43 @@ func dialLikeContainerd(address string) (*grpc.ClientConn, error) {
 // proxySnapshotter wraps a connection in containerd's own proxy client.
 func proxySnapshotter(conn *grpc.ClientConn, name string) snapshots.Snapshotter {
 	return proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), name)
+}
+
+// removeAllSnapshots removes every snapshot a test left behind, children
+// before their parents, so that the server releases what they hold: obdsnap
+// keeps block devices attached across restarts, so a server that is only
+// stopped would leave its devices and their mounts behind.
+func removeAllSnapshots(ctx context.Context, sn snapshots.Snapshotter) error {
+	for {
+		var names []string
+		parents := map[string]bool{}
+		err := sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+			names = append(names, info.Name)
+			if info.Parent != "" {
+				parents[info.Parent] = true
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("listing the snapshots left: %w", err)
+		}
+		if len(names) == 0 {
+			return nil
+		}
+		removed := 0
+		var failures []string
+		for _, name := range names {
+			if parents[name] {
+				continue
+			}
+			if err := sn.Remove(ctx, name); err != nil {
+				failures = append(failures, fmt.Sprintf("%q: %v", name, err))
+				continue
+			}
+			removed++
+		}
+		if removed == 0 {
+			return fmt.Errorf("cannot remove the %d snapshots left: %s", len(names), strings.Join(failures, "; "))
+		}
+	}
 }

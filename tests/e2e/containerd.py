@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import json
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 # Plugins a snapshotter test does not need; CRI would also want CNI etc.
 # The name containerd's config gives the proxy plugin, i.e. the snapshotter name.
@@ -112,6 +114,16 @@ def list_snapshots_direct(
             return []
         raise CommandError(args, f"exit status {result.returncode}: {result.stderr.strip()}")
     return parse_snapshot_list(result.stdout)
+
+
+def snapshot_info_direct(
+    proxy_address: Path, snapshotter: str, key: str, ctr: str = "ctr", timeout: float = 30.0
+) -> dict[str, Any]:
+    """A proxy snapshotter's Stat of its own key (``ctr snapshot info``: Kind, Name, Labels...)."""
+    args = [ctr, "--address", str(proxy_address), "snapshot", "--snapshotter", snapshotter]
+    info = json.loads(run_command([*args, "info", key], timeout).stdout)
+    assert isinstance(info, dict), info
+    return info
 
 
 def mount_points_under(directory: Path) -> list[Path]:
@@ -396,13 +408,16 @@ class PrivateContainerd:
         snapshotter: str,
         detach: bool = False,
         log_file: Path | None = None,
+        snapshotter_labels: Mapping[str, str] | None = None,
         timeout: float | None = None,
         check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
         """`ctr run` with runc state and fifos kept in our temp dir.
 
         Without detach, ctr waits for the process and deletes the task; the
-        container stays until remove_container().
+        container stays until remove_container(). snapshotter_labels go on the
+        container's snapshot (containerd passes the ``containerd.io/snapshot/``
+        ones on to a proxy snapshotter).
         """
         self._remember(container_id)
         options = [
@@ -414,6 +429,8 @@ class PrivateContainerd:
             options.append("--detach")
         if log_file is not None:
             options += ["--log-uri", f"file://{log_file}"]
+        for name, value in (snapshotter_labels or {}).items():
+            options += ["--snapshotter-label", f"{name}={value}"]
         return self.ctr(
             "run", *options, image, container_id, *command, timeout=timeout, check=check
         )
@@ -422,6 +439,10 @@ class PrivateContainerd:
         """Kills and deletes the container's task, if any, then the container."""
         self.ctr("tasks", "delete", "--force", container_id, check=False)
         self.ctr("containers", "rm", container_id)
+
+    def content_digests(self) -> set[str]:
+        """Digests of the blobs in containerd's content store (``ctr content ls -q``)."""
+        return set(self.ctr("content", "ls", "-q").stdout.split())
 
     def task_statuses(self) -> dict[str, str]:
         """Task id -> status (RUNNING, STOPPED, ...) from `ctr task ls`."""
