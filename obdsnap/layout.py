@@ -33,6 +33,10 @@ class Layout:
         return self.root / "metadata.db"
 
     @property
+    def lock_file(self) -> Path:
+        return self.root / "obdsnap.lock"
+
+    @property
     def snapshots(self) -> Path:
         return self.root / "snapshots"
 

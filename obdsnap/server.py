@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
 import logging
 import os
@@ -13,6 +14,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
+from typing import IO
 
 from grpclib.server import Server
 
@@ -46,6 +48,7 @@ async def serve(config: BootConfig) -> None:
     blocking = BlockingRunner()
     layout = Layout(Path(config.root))
     await blocking(layout.create_root)
+    root_lock = await blocking(lock_root, layout)
     store = MetaStore(layout.metadata_db)
     await store.open()
     try:
@@ -57,6 +60,7 @@ async def serve(config: BootConfig) -> None:
             await snapshotter.close()
     finally:
         await store.close()
+        root_lock.close()
     log.info("obdsnap stopped")
 
 
@@ -94,6 +98,25 @@ async def _serve_snapshotter(
         await server.wait_closed()
         if exporter is not None:
             await exporter.stop()
+
+
+def lock_root(layout: Layout) -> IO[str]:
+    """Blocking: hold ``root/obdsnap.lock`` for the life of the process.
+
+    Two snapshotters on one root would corrupt each other's metadata and devices.
+    """
+    lock_file = open(layout.lock_file, "a+")  # noqa: SIM115 - held until the process ends
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "another process"
+        lock_file.close()
+        raise StartupError(f"root {layout.root} is in use by obdsnap pid {holder}") from None
+    lock_file.truncate(0)
+    lock_file.write(f"{os.getpid()}\n")
+    lock_file.flush()
+    return lock_file
 
 
 def build_snapshotter(

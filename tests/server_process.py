@@ -52,6 +52,7 @@ class ServerProcess:
         return cls(workdir, command, config=json.dumps(config), **options)
 
     def start(self) -> ServerProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
         config = self._config
         if config is None:
             config = json.dumps({"root": str(self.root), "address": str(self.address)})

@@ -93,6 +93,21 @@ async def test_a_regular_file_at_the_socket_path_stops_start_up(tmp_path: Path) 
     assert server.address.read_text() == "precious"
 
 
+async def test_a_second_instance_on_the_same_root_refuses_to_start(tmp_path: Path) -> None:
+    first = await start_server(ServerProcess(tmp_path / "first"))
+    try:
+        second = ServerProcess(tmp_path / "second", start_timeout=10)
+        second.root = first.root
+        with pytest.raises(RuntimeError) as raised:
+            second.start()
+        assert f"in use by obdsnap pid {first.pid}" in str(raised.value)
+        assert "Traceback" not in second.log()
+        async with connect(first) as client:
+            await prepare(client, "still-served")
+    finally:
+        assert first.stop() == 0
+
+
 async def test_socket_directory_is_created(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path)
     server.address = tmp_path / "run" / "deeper" / "obdsnap.sock"
