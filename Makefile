@@ -9,7 +9,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 RUN_DIR ?= $(CURDIR)/.run
 APT_PACKAGES := golang-go golang-github-containerd-containerd-dev containerd runc \
-	busybox-static e2fsprogs xfsprogs util-linux kmod fuse3
+	busybox-static e2fsprogs xfsprogs util-linux kmod fuse3 docker-registry
 PROTO_FILES := $(shell find proto -name '*.proto')
 STAMP := .deps
 

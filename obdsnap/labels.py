@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from obdsnap.errors import InvalidArgument
@@ -26,13 +27,15 @@ REMOTE = "containerd.io/snapshot/remote"
 REMOTE_VALUE = "remote snapshot"
 
 
-# containerd's snapshots.UnpackKeyFormat is "extract-%s %s": ctr import unpacks without labels.
+# containerd's snapshots.UnpackKeyFormat is "extract-%s %s" (ctr import unpacks without
+# labels), and its metadata store hands proxies keys as "<namespace>/<id>/<key>".
 UNPACK_KEY_PREFIX = "extract-"
+_UNPACK_KEY = re.compile(r"(?:[^/]+/[0-9]+/)?" + re.escape(UNPACK_KEY_PREFIX))
 
 
 def is_unpack(key: str, labels: Mapping[str, str]) -> bool:
     """Whether containerd is unpacking a layer into this snapshot (never a container's rootfs)."""
-    return TARGET_SNAPSHOT_REF in labels or key.startswith(UNPACK_KEY_PREFIX)
+    return TARGET_SNAPSHOT_REF in labels or _UNPACK_KEY.match(key) is not None
 
 
 def is_acceleration_unpack(labels: Mapping[str, str]) -> bool:
