@@ -24,6 +24,7 @@
 #
 # Env: OBDSNAP_TEST_LOG_DIR (server logs + go-test.out; default a new
 # /tmp/obdsnap-conformance-* dir), OBDSNAP_START_TIMEOUT (default 20s),
+# OBDSNAP_SERVER_TMPDIR (servers' sockets and roots; default /tmp),
 # OBDSNAP_BUILD_DIR (default <repo>/.build), GOCODE (default /usr/share/gocode).
 # Needs root: the suite mounts what the snapshotter returns.
 set -euo pipefail
@@ -34,7 +35,7 @@ build="${OBDSNAP_BUILD_DIR:-$repo/.build}/conformance"
 gocode="${GOCODE:-/usr/share/gocode}"
 pkg="obdsnaptests/conformance"
 
-usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 # Builds the test binary in GOPATH mode against the Debian-packaged containerd
 # sources, again only when the sources, Go or containerd changed.

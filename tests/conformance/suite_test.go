@@ -13,6 +13,8 @@
 //	                       command template must then use {config}
 //	OBDSNAP_START_TIMEOUT  how long to wait for the server's socket (default 20s)
 //	OBDSNAP_TEST_LOG_DIR   where each server's output goes (default: a new temp dir)
+//	OBDSNAP_SERVER_TMPDIR  where each server's directory (socket, config, root)
+//	                       is made (default /tmp; keep it short)
 //
 // After each test every snapshot left is removed, children first, before the
 // server is stopped; a removal that fails fails the test.
