@@ -90,3 +90,26 @@ def test_device_config_marks_remote(snapshot: Path) -> None:
 
 def test_nothing_is_normal(snapshot: Path) -> None:
     assert detect_storage_type({"foo": "bar"}, snapshot) is StorageType.NORMAL
+
+
+def test_labels_are_checked_before_files(snapshot: Path) -> None:
+    (snapshot / "fs" / "overlaybd.commit").write_bytes(b"plain file, no magic")
+    assert detect_storage_type(REMOTE_LABELS, snapshot) is StorageType.REMOTE_BLOCK
+
+
+def test_writable_data_without_magic_is_normal_at_once(snapshot: Path) -> None:
+    (snapshot / "block" / "writable_data").write_bytes(b"no magic here")
+    (snapshot / "block" / "config.v1.json").write_text("{}")
+    assert detect_storage_type({}, snapshot) is StorageType.NORMAL
+
+
+def test_empty_writable_data_goes_on_to_the_config(snapshot: Path) -> None:
+    (snapshot / "block" / "writable_data").write_bytes(b"")
+    (snapshot / "block" / "config.v1.json").write_text("{}")
+    assert detect_storage_type({}, snapshot) is StorageType.REMOTE_BLOCK
+
+
+def test_unreadable_commit_file_goes_on_to_writable_data(snapshot: Path) -> None:
+    (snapshot / "fs" / "overlaybd.commit").mkdir()
+    (snapshot / "block" / "writable_data").write_bytes(header(ZFILE_MAGIC))
+    assert detect_storage_type({}, snapshot) is StorageType.LOCAL_BLOCK
