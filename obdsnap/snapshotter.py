@@ -438,11 +438,15 @@ class Snapshotter:
             except OSError as exc:
                 log.warning("cleanup: could not remove %s: %s", orphan, exc)
         for snapshot_id in attached - self._store.ids():
-            await self._release_orphan_device(snapshot_id)
+            # Only our own: another snapshotter on this host may use the same HBA.
+            if await self._devices.owns(snapshot_id, self._layout.block_dir(snapshot_id)):
+                await self._release_orphan_device(snapshot_id)
 
     async def _has_device(self, snapshot_id: int, attached: set[int]) -> bool:
-        mark = self._layout.block_dir(snapshot_id) / "backstore_mark"
-        return snapshot_id in attached or await self._blocking(mark.exists)
+        block_dir = self._layout.block_dir(snapshot_id)
+        if snapshot_id in attached and await self._devices.owns(snapshot_id, block_dir):
+            return True
+        return await self._blocking((block_dir / "backstore_mark").exists)
 
     async def _release_orphan_device(self, snapshot_id: int) -> bool:
         """Detach the device of a snapshot that is gone; False if an overlay still uses it."""

@@ -37,6 +37,14 @@ class DeviceBackend(Protocol):
         """The device node of an attached snapshot, if its disk is there."""
         ...
 
+    async def configured_image(self, snapshot_id: int) -> str | None:
+        """What the snapshot's device was set up to open (compare with ``dev_config``)."""
+        ...
+
+    def dev_config(self, config_path: Path) -> str:
+        """What ``configured_image`` answers for a device set up from ``config_path``."""
+        ...
+
     async def attached_ids(self) -> set[int]:
         """IDs of every snapshot with a device set up, known to the metadata or not."""
         ...

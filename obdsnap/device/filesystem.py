@@ -72,6 +72,17 @@ async def make_filesystem(device: Path, spec: FsSpec) -> None:
     await run_command("mkfs", "-t", spec.fs_type, *spec.mkfs_options, str(device))
 
 
+async def remove_lost_and_found(device: Path, spec: FsSpec) -> None:
+    """mkfs.ext4 makes /lost+found, but a fresh snapshot is empty (e2fsck recreates it)."""
+    if spec.fs_type == "ext4":
+        await run_command("debugfs", "-w", "-R", "rmdir lost+found", str(device))
+
+
+async def flush_device(device: Path) -> None:
+    """Write back the device's buffers and the filesystem on it, wherever it is mounted."""
+    await run_command("blockdev", "--flushbufs", str(device))
+
+
 async def mount_device(device: Path, mountpoint: Path, spec: FsSpec, *, readonly: bool) -> None:
     options = [*spec.mount_options, "ro" if readonly else "rw"]
     await run_command(

@@ -14,8 +14,15 @@ import os
 from pathlib import Path
 
 from obdsnap.blocking import BlockingRunner
-from obdsnap.device.backend import DeviceBackend
-from obdsnap.device.filesystem import FsSpec, make_filesystem, mount_device, unmount
+from obdsnap.device.backend import AttachError, DeviceBackend
+from obdsnap.device.filesystem import (
+    FsSpec,
+    flush_device,
+    make_filesystem,
+    mount_device,
+    remove_lost_and_found,
+    unmount,
+)
 from obdsnap.mountinfo import is_mounted
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,12 @@ class DeviceManager:
         mountpoint = block_dir / MOUNTPOINT
         device = None
         if await self._backend.is_attached(snapshot_id):
+            if not await self.owns(snapshot_id, block_dir):
+                raise AttachError(
+                    f"device dev_{snapshot_id} is set up for another image "
+                    f"({await self._backend.configured_image(snapshot_id)}): "
+                    "is another snapshotter using this host's TCMU devices?"
+                )
             device = await self._backend.find_device(snapshot_id)
             if device is None:
                 await self._backend.detach(snapshot_id)  # half set up: start over
@@ -59,6 +72,8 @@ class DeviceManager:
         try:
             if mkfs and fresh:
                 await make_filesystem(device, spec)
+                # containerd expects a snapshot without parent to start empty.
+                await remove_lost_and_found(device, spec)
             mounted = await self._blocking(is_mounted, mountpoint)
             if mode is not MountMode.NONE and not mounted:
                 await mount_device(device, mountpoint, spec, readonly=mode is MountMode.READ_ONLY)
@@ -73,15 +88,31 @@ class DeviceManager:
         return device
 
     async def detach(self, snapshot_id: int, block_dir: Path) -> None:
+        """Unmount and tear down the device; its data is on the layer files when this returns."""
         mountpoint = block_dir / MOUNTPOINT
+        device = await self._blocking(_read_mark, block_dir / BACKSTORE_MARK)
+        attached = await self._backend.is_attached(snapshot_id)
+        if attached and not await self.owns(snapshot_id, block_dir):
+            log.warning("dev_%d belongs to another image; left alone", snapshot_id)
+            attached = False
+        if attached and device is not None:
+            # The filesystem may still be mounted elsewhere (a container's namespace):
+            # its dirty data must reach the device before the device goes.
+            await flush_device(device)
         if await self._blocking(is_mounted, mountpoint):
             await unmount(mountpoint)
-        await self._backend.detach(snapshot_id)
+        if attached:
+            await self._backend.detach(snapshot_id)
         await self._blocking(_remove_mark, block_dir / BACKSTORE_MARK)
         log.info("snapshot %d: device detached", snapshot_id)
 
     async def attached_ids(self) -> set[int]:
         return await self._backend.attached_ids()
+
+    async def owns(self, snapshot_id: int, block_dir: Path) -> bool:
+        """Whether the device ``dev_<ID>`` was set up from this snapshot's config."""
+        configured = await self._backend.configured_image(snapshot_id)
+        return configured == self._backend.dev_config(block_dir / CONFIG)
 
     async def _undo_attach(self, snapshot_id: int, mountpoint: Path) -> None:
         if await self._blocking(is_mounted, mountpoint):

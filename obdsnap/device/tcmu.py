@@ -15,6 +15,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ HBA = 999999999
 COMMAND_TIMEOUT = "2147483"
 MAX_DATA_AREA_MB = 4
 DEVICE_THREADS = 64
+DEV_CONFIG_PREFIX = "overlaybd/"
+# The kernel keeps at most this much of dev_config (TCMU_CONFIG_LEN - 1).
+DEV_CONFIG_MAX = 255
+_INFO_CONFIG = re.compile(r"Config: (\S+)")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,15 @@ class TcmuBackend:
         """The disk of an attached snapshot, from its LUN's SCSI address."""
         return await self._blocking(self._find_disk, snapshot_id)
 
+    def dev_config(self, config_path: Path) -> str:
+        return dev_config(config_path)
+
+    async def configured_image(self, snapshot_id: int) -> str | None:
+        """The ``dev_config`` a target was set up with, as its ``info`` attribute shows it."""
+        info = await self._blocking(_read_text, self.target_dir(snapshot_id) / "info")
+        found = _INFO_CONFIG.search(info or "")
+        return found.group(1) if found else None
+
     async def attached_ids(self) -> set[int]:
         """IDs of every snapshot that has a target under the HBA."""
         names = await self._blocking(_list_dir, self._core)
@@ -101,7 +115,7 @@ class TcmuBackend:
         target.mkdir(mode=0o700, parents=True, exist_ok=True)
         # A stale "success" from an earlier attach must not be taken for this one's.
         result_file.write_bytes(b"")
-        _write_attribute(target / "control", f"dev_config=overlaybd/{config_path}")
+        _write_attribute(target / "control", f"dev_config={dev_config(config_path)}")
         _write_attribute(target / "control", f"max_data_area_mb={MAX_DATA_AREA_MB}")
 
     async def _enable(self, snapshot_id: int, result_file: Path) -> None:
@@ -198,6 +212,11 @@ class TcmuBackend:
                 directory.rmdir()
 
 
+def dev_config(config_path: Path) -> str:
+    """What a target's ``dev_config`` says for a device config file, as the kernel keeps it."""
+    return f"{DEV_CONFIG_PREFIX}{config_path}"[:DEV_CONFIG_MAX]
+
+
 def wwn(snapshot_id: int) -> str:
     return f"naa.199{snapshot_id:013d}"
 
@@ -226,6 +245,13 @@ async def _read_result_async(result_file: Path) -> str:
             return (await result.read()).strip()
     except FileNotFoundError:
         return ""
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
 
 
 def _list_dir(path: Path) -> list[str]:

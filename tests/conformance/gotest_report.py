@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 _PROGRESS = re.compile(r"^=== (?:RUN|CONT|PAUSE|NAME)\s+(\S+)")
@@ -12,8 +12,6 @@ _RESULT = re.compile(r"^\s*--- (PASS|FAIL|SKIP): (\S+) \((\d+(?:\.\d+)?)s\)")
 _NOISE = re.compile(r"^\s+helpers(?:_unix)?\.go:\d+: ")
 # continuity's fstest.CheckDirectoryEqual: "directory diff between A and B"
 # then one line per path, "+ /added", "- /deleted" or "~ /updated: ...".
-_DIFF_START = re.compile(r"directory diff between \S+ and \S+$")
-_DIFF_LINE = re.compile(r"^\s+([+~-]) (/.*)$")
 
 
 @dataclass
@@ -54,37 +52,13 @@ def parse_go_test_verbose(text: str, parent: str) -> dict[str, SubtestResult]:
     return results
 
 
-def directory_diffs(output: Iterable[str]) -> list[list[str]]:
-    """The differences of each failed directory comparison in a subtest's output.
-
-    One list per "directory diff between" message, of lines such as
-    "+ /lost+found" (the comparison's second directory has it, the first not).
-    """
-    diffs: list[list[str]] = []
-    in_diff = False
-    for line in output:
-        if _DIFF_START.search(line):
-            diffs.append([])
-            in_diff = True
-        elif in_diff and (entry := _DIFF_LINE.match(line)):
-            diffs[-1].append(f"{entry.group(1)} {entry.group(2)}")
-        else:
-            in_diff = False
-    return diffs
-
-
 def format_report(
     results: dict[str, SubtestResult],
     expected: Iterable[str],
     allowed_skips: Collection[str],
     tail_lines: int = 30,
-    known_failures: Mapping[str, str] | None = None,
 ) -> str:
-    """One line per subtest (expected ones first), then the output of the bad ones.
-
-    ``known_failures`` maps subtests that are expected to fail to a short note.
-    """
-    known = known_failures or {}
+    """One line per subtest (expected ones first), then the output of the bad ones."""
     names = list(expected) + sorted(set(results) - set(expected))
     lines = []
     bad = []
@@ -94,8 +68,6 @@ def format_report(
         note = ""
         if result.status == "SKIP" and name in allowed_skips:
             note = "(skipped upstream)"
-        elif result.status == "FAIL" and name in known:
-            note = f"(known: {known[name]})"
         elif result.status != "PASS":
             note = "<-- problem"
             bad.append(result)

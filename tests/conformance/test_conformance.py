@@ -17,14 +17,10 @@ The suite runs once per rwMode:
   obdsnap server and root, so snapshot IDs start at 1 in each, and devices are
   named by snapshot ID in the one configfs (``core/user_999999999/dev_<ID>``,
   DESIGN §8). Tests side by side would take each other's devices, as two
-  snapshotters on one host would. Each run takes about 12 s; with
-  ``/lost+found`` gone (below), 128LayersMount alone takes about 26 s, so no
-  test needs to be skipped.
+  snapshotters on one host would. 128LayersMount chains 128 devices there and
+  takes about 25 s.
 
-KNOWN_FAILURES lists what fails, and why; it is asserted exactly. A run whose
-failures are exactly those, each failing for exactly that reason, is reported
-as xfail. Any change, a fix included, fails the test until the list is
-updated.
+Every test of the suite must pass in every mode, but Rename, which upstream skips.
 """
 
 from __future__ import annotations
@@ -38,15 +34,14 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tcmusim.testing import RunningSimulator, missing_requirements, running_simulator
 
-from .gotest_report import SubtestResult, directory_diffs, format_report, parse_go_test_verbose
+from .gotest_report import SubtestResult, format_report, parse_go_test_verbose
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -68,52 +63,6 @@ RW_MODES = ("overlayfs", "dir", "dev")
 GO_TEST_TIMEOUT = "10m"
 BUILD_TIMEOUT = 15 * 60
 RUN_TIMEOUT = 12 * 60  # go test's own timeout plus time to report
-
-
-@dataclass(frozen=True)
-class KnownFailure:
-    """A subtest that fails at a directory comparison differing in ``paths`` only."""
-
-    note: str  # for the report
-    why: str
-    paths: frozenset[str]
-
-    def mismatch(self, result: SubtestResult) -> str | None:
-        """Why this result is not the known failure, or None when it is."""
-        if result.status != "FAIL":
-            return f"status {result.status}, expected FAIL"
-        diffs = directory_diffs(result.output)
-        if not diffs:
-            return "failed without a directory diff"
-        for diff in diffs:
-            paths = {line[2:] for line in diff}
-            if paths != self.paths or any(line[0] == "~" for line in diff):
-                return f"directory diff {diff}, expected only {sorted(self.paths)} added or missing"
-        return None
-
-
-LOST_AND_FOUND = KnownFailure(
-    note="/lost+found",
-    why=(
-        "mkfs.ext4 puts /lost+found into every fresh writable device (rwMode dir/dev, "
-        "Prepare without a parent: DESIGN §5 and §8.5, like the Go snapshotter), and every "
-        "layer stacked on it inherits it; the suite expects a new snapshot to be empty, so "
-        "each test that compares a mounted snapshot with a directory fails at its first "
-        "comparison, which differs in /lost+found only"
-    ),
-    paths=frozenset({"/lost+found"}),
-)
-# The suite's tests that compare what a snapshot holds (fstest.CheckDirectoryEqual).
-CONTENT_TESTS = (
-    "Basic", "LayerFileupdate", "RemoveDirectoryInLowerLayer", "Chown",
-    "DirectoryPermissionOnCommit", "DeletedFilesInChildSnapshot", "MoveFileFromLowerLayer",
-    "128LayersMount",
-)  # fmt: skip
-KNOWN_FAILURES: Mapping[str, Mapping[str, KnownFailure]] = {
-    "overlayfs": {},
-    "dir": dict.fromkeys(CONTENT_TESTS, LOST_AND_FOUND),
-    "dev": dict.fromkeys(CONTENT_TESTS, LOST_AND_FOUND),
-}
 
 
 def skip_reason() -> str | None:
@@ -223,21 +172,14 @@ def unmount_all(mount_points: list[str]) -> None:
             subprocess.run(["umount", "-l", mount_point], capture_output=True, check=False)
 
 
-def compare_with_known(
-    results: dict[str, SubtestResult], known: Mapping[str, KnownFailure]
-) -> list[str]:
-    """How the results differ from: known failures as known, upstream skips, the rest PASS."""
+def compare_with_expected(results: dict[str, SubtestResult]) -> list[str]:
+    """How the results differ from: upstream skips skipped, every other test passed."""
     problems = []
     for name in SUITE_TESTS:
         result = results.get(name, SubtestResult(name, status="MISSING"))
-        if name in known:
-            mismatch = known[name].mismatch(result)
-            if mismatch is not None:
-                problems.append(f"{name}: not the known failure ({known[name].note}): {mismatch}")
-        else:
-            expected = "SKIP" if name in UPSTREAM_SKIPS else "PASS"
-            if result.status != expected:
-                problems.append(f"{name}: {result.status}, expected {expected}")
+        expected = "SKIP" if name in UPSTREAM_SKIPS else "PASS"
+        if result.status != expected:
+            problems.append(f"{name}: {result.status}, expected {expected}")
     problems += [
         f"{name}: not a test of the suite" for name in sorted(set(results) - set(SUITE_TESTS))
     ]
@@ -286,14 +228,8 @@ def test_containerd_snapshotter_suite(
             remove_configfs_devices(sim)
         shutil.rmtree(scratch, ignore_errors=True)
 
-    known = KNOWN_FAILURES[rw_mode]
     results = parse_go_test_verbose(output, SUITE)
-    report = format_report(
-        results,
-        SUITE_TESTS,
-        UPSTREAM_SKIPS,
-        known_failures={name: failure.note for name, failure in known.items()},
-    )
+    report = format_report(results, SUITE_TESTS, UPSTREAM_SKIPS)
     print(
         f"conformance suite, rwMode {rw_mode}: {elapsed:.1f}s, exit status {status}\n{report}"
         + (f"\nsuite mounts left by failed tests (removed): {suite_mounts}" if suite_mounts else "")
@@ -302,8 +238,8 @@ def test_containerd_snapshotter_suite(
         (line for line in reversed(output.splitlines()) if line.startswith("summary:")),
         "(no summary line: run.sh did not finish)",
     )
-    problems = compare_with_known(results, known)
-    if status != 0 and not known:
+    problems = compare_with_expected(results)
+    if status != 0:
         problems.append(f"run.sh exited with {status}")
     problems += [f"obdsnap left mounted: {path}" for path in server_mounts]
     problems += [f"obdsnap left a device in configfs: {path}" for path in devices]
@@ -311,13 +247,9 @@ def test_containerd_snapshotter_suite(
     output_tail = f"--- end of output ---\n{output[-3000:]}" if unfinished else ""
     reproduce = f"reproduce: tests/conformance/run.sh {shlex.join(args)}"
     if sim is not None:
-        reproduce += " (with a simulator running: run.sh --help)"
+        reproduce += " (start a simulator on these paths first: run.sh --help)"
     assert not problems, (
         f"conformance suite, rwMode {rw_mode}: not as expected (server logs: {log_dir})\n"
         + "\n".join(problems)
         + f"\n{summary}\n{reproduce}\n{report}\n{output_tail}"
     )
-    if known:
-        failures = sorted(known)
-        whys = sorted({failure.why for failure in known.values()})
-        pytest.xfail(f"rwMode {rw_mode}: known failures {failures}: {' / '.join(whys)}")
