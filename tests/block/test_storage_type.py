@@ -198,8 +198,8 @@ async def test_unpack_prepare_is_never_a_writable_rootfs_even_with_rw_mode_dir(
     own = obd.own_id(mounts)
     write_into_mount(mounts, "overlaybd.commit", images.single.layers[0].path.read_bytes())
     await obd.commit(chain_id, f"extract-1 {chain_id}", labels)
-    # What the image's containers see: the layer's files (with the bug: one file,
-    # overlaybd.commit, on a device made of the unpack's writable layer).
+    # What the image's containers see: the layer's files (the image's own lost+found
+    # included), not one file overlaybd.commit on a device of the unpack's own.
     await obd.prepare("rootfs", chain_id, {WRITABLE: "overlayfs"})
     assert sorted(os.listdir(obd.mountpoint(own))) == ["lost+found", "single.txt"]
     blob = images.single.layers[0].path.read_bytes()
