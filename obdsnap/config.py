@@ -7,6 +7,7 @@ value stops start-up with one line naming it.
 
 from __future__ import annotations
 
+import grp
 import json
 import logging
 from collections.abc import Mapping
@@ -62,6 +63,9 @@ class BootConfig:
     # obdsnap's own keys: where the kernel interfaces of the TCMU backend live.
     configfs_root: str = "/sys/kernel/config"
     sysfs_root: str = "/sys"
+    socket_group: str = ""  # group allowed to use the socket (mode 0660); root only if empty
+    max_concurrent_requests: int = 1024
+    max_concurrent_device_ops: int = 32
 
     @property
     def python_log_level(self) -> int:
@@ -144,13 +148,38 @@ def parse_config(raw: Mapping[str, Any]) -> BootConfig:
         ),
         configfs_root=reader.get("configfsRoot", str, default.configfs_root),
         sysfs_root=reader.get("sysfsRoot", str, default.sysfs_root),
+        socket_group=reader.get("socketGroup", str, default.socket_group),
+        max_concurrent_requests=reader.get(
+            "maxConcurrentRequests", int, default.max_concurrent_requests
+        ),
+        max_concurrent_device_ops=reader.get(
+            "maxConcurrentDeviceOps", int, default.max_concurrent_device_ops
+        ),
     )
+    for key, value in (
+        ("maxConcurrentRequests", config.max_concurrent_requests),
+        ("maxConcurrentDeviceOps", config.max_concurrent_device_ops),
+    ):
+        if value < 1:
+            raise ConfigError(f'config: "{key}": must be at least 1 (got {value})')
+    if config.socket_group:
+        socket_group_id(config.socket_group)
     _check_choice('"verbose"', config.log_level.lower(), tuple(LOG_LEVELS))
     _check_choice('"rwMode"', config.rw_mode, RW_MODES)
     _check_choice('"writableLayerType"', config.writable_layer_type, WRITABLE_LAYER_TYPES)
     reader.warn_unknown()
     exporter_reader.warn_unknown()
     return config
+
+
+def socket_group_id(group: str) -> int:
+    """The gid of a group given by name or number; ConfigError if there is no such group."""
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f'config: "socketGroup": no group {group!r}') from None
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Mapping
 
@@ -53,6 +54,25 @@ def validate_labels(labels: Mapping[str, str]) -> None:
             )
         if not key:
             raise InvalidArgument("label key must not be empty")
+
+
+FORBIDDEN_TRACE_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def validate_trace_path(labels: Mapping[str, str], root: str) -> None:
+    """``record-trace-path`` becomes a file overlaybd-tcmu writes as root: keep it harmless.
+
+    It must be absolute and clean (no ``..``, no ``//``), and outside kernel
+    interfaces and the snapshotter's own root.
+    """
+    path = labels.get(RECORD_TRACE_PATH)
+    if path is None or labels.get(RECORD_TRACE) != "yes":
+        return
+    if not path.startswith("/") or posixpath.normpath(path) != path or "\x00" in path:
+        raise InvalidArgument(f"{RECORD_TRACE_PATH} must be a clean absolute path, got {path!r}")
+    for forbidden in (*FORBIDDEN_TRACE_ROOTS, root.rstrip("/")):
+        if path == forbidden or path.startswith(forbidden + "/"):
+            raise InvalidArgument(f"{RECORD_TRACE_PATH} may not be under {forbidden}: {path!r}")
 
 
 def validate_key(key: str, what: str = "key") -> None:

@@ -19,7 +19,7 @@ from typing import IO
 from grpclib.server import Server
 
 from obdsnap.blocking import BlockingRunner
-from obdsnap.config import BootConfig
+from obdsnap.config import BootConfig, socket_group_id
 from obdsnap.device.manager import DeviceManager
 from obdsnap.device.tcmu import TcmuBackend
 from obdsnap.layout import PROCESS_UMASK, Layout
@@ -74,10 +74,11 @@ async def _serve_snapshotter(
             metrics, config.exporter.host, config.exporter.port, config.exporter.uri_prefix
         )
         await exporter.start()
-    gate = CallGate()
+    gate = CallGate(config.max_concurrent_requests)
     server = Server([SnapshotsService(snapshotter, metrics, gate)], codec=ReplyCodec())
     socket_path = Path(config.address)
-    listener = await blocking(open_unix_socket, socket_path)
+    group = socket_group_id(config.socket_group) if config.socket_group else None
+    listener = await blocking(open_unix_socket, socket_path, group)
     try:
         await server.start(sock=listener, backlog=LISTEN_BACKLOG)
         stopping = _install_signal_handlers()
@@ -130,12 +131,14 @@ def build_snapshotter(
         auto_remove_dev=config.auto_remove_dev,
         index_off=overlay_has_index_param(),
     )
-    devices = DeviceManager(backend, blocking)
+    devices = DeviceManager(backend, blocking, config.max_concurrent_device_ops)
     return Snapshotter(layout, store, layers, devices, options, blocking)
 
 
-def open_unix_socket(path: Path) -> socket.socket:
+def open_unix_socket(path: Path, group: int | None = None) -> socket.socket:
     """Blocking: a listening unix socket at ``path`` (mode 0600, its directory 0700).
+
+    With ``group``, the socket is 0660 and owned by that group.
 
     A stale socket from an earlier run is replaced; any other kind of file in
     the way is an error, never removed.
@@ -157,6 +160,9 @@ def open_unix_socket(path: Path) -> socket.socket:
     previous_umask = os.umask(0o177)  # the socket file is born 0600, with no window
     try:
         sock.bind(str(staging))
+        if group is not None:
+            os.chown(staging, -1, group)
+            os.chmod(staging, 0o660)
         sock.listen(LISTEN_BACKLOG)
         os.rename(staging, path)
     except OSError as exc:

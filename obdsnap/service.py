@@ -32,21 +32,34 @@ log = logging.getLogger(__name__)
 
 
 class CallGate:
-    """Counts calls in flight; once closed, new calls are refused with UNAVAILABLE."""
+    """Calls in flight: at most ``limit`` run at once, the rest wait their turn.
 
-    def __init__(self) -> None:
+    Once closed, new calls are refused with UNAVAILABLE.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._running = asyncio.Semaphore(limit)
         self._in_flight = 0
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def enter(self) -> None:
+    async def enter(self) -> None:
         if self._closed:
             raise GRPCError(Status.UNAVAILABLE, "obdsnap is shutting down")
         self._in_flight += 1
         self._idle.clear()
+        try:
+            await self._running.acquire()
+        except BaseException:
+            self._count_out()
+            raise
 
     def leave(self) -> None:
+        self._running.release()
+        self._count_out()
+
+    def _count_out(self) -> None:
         self._in_flight -= 1
         if self._in_flight == 0:
             self._idle.set()
@@ -116,7 +129,7 @@ class SnapshotsService:
 
     @asynccontextmanager
     async def _call(self, function: str) -> AsyncIterator[None]:
-        self._gate.enter()
+        await self._gate.enter()
         try:
             async with self._metrics.observe(function):
                 try:

@@ -105,6 +105,7 @@ class Snapshotter:
     ) -> list[Mount]:
         validate_key(key)
         validate_labels(labels)
+        L.validate_trace_path(labels, str(self._layout.root))
         parent_record = self._committed_parent(parent) if parent else None
         if self._store.find(key) is not None:
             raise AlreadyExists(f"snapshot {key!r} already exists")

@@ -40,9 +40,13 @@ class MountMode(enum.Enum):
 
 
 class DeviceManager:
-    def __init__(self, backend: DeviceBackend, blocking: BlockingRunner) -> None:
+    def __init__(
+        self, backend: DeviceBackend, blocking: BlockingRunner, max_attaching: int
+    ) -> None:
         self._backend = backend
         self._blocking = blocking
+        # Image opens beyond this many wait their turn instead of all hitting the kernel.
+        self._attaching = asyncio.Semaphore(max_attaching)
 
     async def attach(
         self, snapshot_id: int, block_dir: Path, spec: FsSpec, *, mkfs: bool, mode: MountMode
@@ -66,9 +70,10 @@ class DeviceManager:
                 await self._backend.detach(snapshot_id)  # half set up: start over
         fresh = device is None
         if device is None:
-            device = await self._backend.attach(
-                snapshot_id, block_dir / CONFIG, block_dir / RESULT_FILE
-            )
+            async with self._attaching:
+                device = await self._backend.attach(
+                    snapshot_id, block_dir / CONFIG, block_dir / RESULT_FILE
+                )
         try:
             if mkfs and fresh:
                 await make_filesystem(device, spec)

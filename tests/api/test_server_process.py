@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
 import shlex
 import signal
@@ -106,6 +107,31 @@ async def test_a_second_instance_on_the_same_root_refuses_to_start(tmp_path: Pat
             await prepare(client, "still-served")
     finally:
         assert first.stop() == 0
+
+
+async def test_socket_group_makes_the_socket_0660_for_that_group(tmp_path: Path) -> None:
+    server = ServerProcess.with_config(tmp_path, {"socketGroup": "daemon"})
+    await start_server(server)
+    try:
+        mode = server.address.stat()
+        assert (mode.st_mode & 0o777, mode.st_gid) == (0o660, grp.getgrnam("daemon").gr_gid)
+        async with connect(server) as client:
+            await prepare(client, "served")
+    finally:
+        assert server.stop() == 0
+
+
+async def test_calls_beyond_the_request_cap_wait_their_turn(tmp_path: Path) -> None:
+    server = ServerProcess.with_config(tmp_path, {"maxConcurrentRequests": 1})
+    await start_server(server)
+    try:
+        async with connect(server) as client:
+            await asyncio.gather(*(prepare(client, f"k{i}") for i in range(20)))
+            assert {(await stat(client, f"k{i}")).name for i in range(20)} == {
+                f"k{i}" for i in range(20)
+            }
+    finally:
+        assert server.stop() == 0
 
 
 async def test_socket_directory_is_created(tmp_path: Path) -> None:

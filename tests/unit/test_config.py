@@ -297,3 +297,25 @@ def test_bad_log_level_flag_is_an_error(tmp_path: Path) -> None:
 def test_keys_match_case_insensitively_like_go() -> None:
     config = parse_config({"RwMode": "dir", "ROOT": "/r", "exporterconfig": {"Port": 9000}})
     assert (config.rw_mode, config.root, config.exporter.port) == ("dir", "/r", 9000)
+
+
+def test_resource_caps_and_socket_group() -> None:
+    config = parse_config(
+        {"maxConcurrentRequests": 8, "maxConcurrentDeviceOps": 2, "socketGroup": "0"}
+    )
+    assert (config.max_concurrent_requests, config.max_concurrent_device_ops) == (8, 2)
+    assert config.socket_group == "0"
+    assert config_module.socket_group_id("root") == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"maxConcurrentRequests": 0}, "maxConcurrentRequests"),
+        ({"maxConcurrentDeviceOps": -1}, "maxConcurrentDeviceOps"),
+        ({"socketGroup": "no-such-group-obdsnap"}, "socketGroup"),
+    ],
+)
+def test_bad_resource_settings_name_the_key(raw: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        parse_config(raw)
