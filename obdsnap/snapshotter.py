@@ -21,7 +21,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from obdsnap import filters
@@ -51,6 +51,20 @@ log = logging.getLogger(__name__)
 
 LIST_CHUNK = 100
 OVERLAYFS, DIR, DEV = "overlayfs", "dir", "dev"
+
+
+@dataclass
+class CleanupReport:
+    directories_removed: int = 0
+    devices_released: int = 0
+    kept: list[str] = field(default_factory=list)  # busy, or failed to go
+
+    def __str__(self) -> str:
+        kept = f", kept (busy) {', '.join(self.kept)}" if self.kept else ""
+        return (
+            f"{self.directories_removed} orphan directories removed, "
+            f"{self.devices_released} orphan devices released{kept}"
+        )
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,15 @@ class Snapshotter:
         self._remover: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self._drop_unfinished_creates()
+        """Reconcile the disk and the devices with the metadata before serving."""
+        dropped = await self._drop_unfinished_creates()
+        report = await self.cleanup()
+        log.info(
+            "reconciled at start-up: %d snapshots, %d unfinished creates dropped, %s",
+            len(self._store),
+            dropped,
+            report,
+        )
         self._remover = asyncio.create_task(self._remove_dirs(), name="snapshot-dir-remover")
 
     async def close(self) -> None:
@@ -418,11 +440,12 @@ class Snapshotter:
 
     # ------------------------------------------------------------------ cleanup
 
-    async def cleanup(self) -> None:
+    async def cleanup(self) -> CleanupReport:
         """Remove what no snapshot owns: devices, then directories; what is busy stays.
 
         One failure does not stop it: the rest is still cleaned up.
         """
+        report = CleanupReport()
         names = await self._blocking(self._layout.entries)
         attached = await self._devices.attached_ids()
         # Judged after the listing: a directory takes its ID only once its row is
@@ -432,16 +455,24 @@ class Snapshotter:
             if orphan.name.isdigit() and await self._has_device(int(orphan.name), attached):
                 attached.discard(int(orphan.name))
                 if not await self._release_orphan_device(int(orphan.name)):
+                    report.kept.append(orphan.name)
                     continue
+                report.devices_released += 1
             log.info("cleanup: removing %s, which no snapshot owns", orphan)
             try:
                 await self._blocking(remove_tree, orphan)
+                report.directories_removed += 1
             except OSError as exc:
                 log.warning("cleanup: could not remove %s: %s", orphan, exc)
+                report.kept.append(orphan.name)
         for snapshot_id in attached - self._store.ids():
             # Only our own: another snapshotter on this host may use the same HBA.
             if await self._devices.owns(snapshot_id, self._layout.block_dir(snapshot_id)):
-                await self._release_orphan_device(snapshot_id)
+                if await self._release_orphan_device(snapshot_id):
+                    report.devices_released += 1
+                else:
+                    report.kept.append(f"dev_{snapshot_id}")
+        return report
 
     async def _has_device(self, snapshot_id: int, attached: set[int]) -> bool:
         block_dir = self._layout.block_dir(snapshot_id)
@@ -462,18 +493,21 @@ class Snapshotter:
                 return False
         return True
 
-    async def _drop_unfinished_creates(self) -> None:
+    async def _drop_unfinished_creates(self) -> int:
         """Rows of creates that died between the row and the rename have no directory.
 
         They were never acknowledged; drop them (their directories are
-        ``new-*`` leftovers that Cleanup reclaims).
+        ``new-*`` leftovers that Cleanup reclaims). Returns how many.
         """
         present = set(await self._blocking(self._layout.entries))
+        dropped = 0
         for record in self._store.records():
             if str(record.id) in present or self._store.has_children(record.key):
                 continue
             log.warning("dropping snapshot %r: its create never finished", record.key)
             await self._store.remove(record.key)
+            dropped += 1
+        return dropped
 
 
 def _info_fields(info: Info) -> filters.Lookup:
