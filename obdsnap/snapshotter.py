@@ -135,8 +135,13 @@ class Snapshotter:
         unpacking = L.is_unpack(key, labels)
         rw_mode = OVERLAYFS if unpacking else await self._writable_mode(parent_record, labels)
         parent_id = parent_record.id if parent_record else None
+        # Until its set-up is done, a snapshot with a device or config of its own is
+        # not ready: after a crash, start-up rolls it back instead of keeping half of it.
+        ready = rw_mode not in (DIR, DEV) and not (
+            L.is_acceleration_unpack(labels) or is_remote_layer(labels)
+        )
         record = await self._guard.run(
-            self._create_snapshot(kind, key, parent, labels, parent_id, rw_mode)
+            self._create_snapshot(kind, key, parent, labels, parent_id, rw_mode, ready)
         )
         return await self._guard.run(self._set_up_snapshot(record, parent_record))
 
@@ -165,6 +170,7 @@ class Snapshotter:
         labels: Mapping[str, str],
         parent_id: int | None,
         rw_mode: str,
+        ready: bool,
     ) -> Record:
         # Named here, on the loop, so Cleanup never mistakes it for an orphan.
         new_dir = self._layout.snapshots / f"{NEW_DIR_PREFIX}{secrets.token_hex(8)}"
@@ -179,7 +185,9 @@ class Snapshotter:
                     parent_id=parent_id,
                 )
             )
-            row = asyncio.ensure_future(self._store.create(kind, key, parent, labels, rw_mode))
+            row = asyncio.ensure_future(
+                self._store.create(kind, key, parent, labels, rw_mode, ready=ready)
+            )
             await asyncio.wait([built, row])
             build_error = built.exception()
             row_error = row.exception()
@@ -204,9 +212,13 @@ class Snapshotter:
         """Everything after the row and directory exist; a failure removes the snapshot again."""
         try:
             if L.is_unpack(record.key, record.info.labels):
-                return await self._set_up_unpack(record, parent)
-            async with await self._device_locks(record, parent):
-                return await self._set_up_rootfs(record, parent)
+                mounts = await self._set_up_unpack(record, parent)
+            else:
+                async with await self._device_locks(record, parent):
+                    mounts = await self._set_up_rootfs(record, parent)
+            if not record.ready:
+                await self._store.mark_ready(record.key)
+            return mounts
         except AlreadyExists:
             raise  # the remote-layer answer: the snapshot was committed on purpose
         except BaseException:
@@ -494,17 +506,19 @@ class Snapshotter:
         return True
 
     async def _drop_unfinished_creates(self) -> int:
-        """Rows of creates that died between the row and the rename have no directory.
+        """Roll back the creates a crash interrupted; none of them was acknowledged.
 
-        They were never acknowledged; drop them (their directories are
-        ``new-*`` leftovers that Cleanup reclaims). Returns how many.
+        A row without its directory died before the rename; a row not ready died
+        during its set-up. The rows go here; their directories and devices are
+        orphans that the Cleanup run after this reclaims. Returns how many.
         """
         present = set(await self._blocking(self._layout.entries))
         dropped = 0
         for record in self._store.records():
-            if str(record.id) in present or self._store.has_children(record.key):
+            finished = record.ready and str(record.id) in present
+            if finished or self._store.has_children(record.key):
                 continue
-            log.warning("dropping snapshot %r: its create never finished", record.key)
+            log.warning("rolling back snapshot %r: its create never finished", record.key)
             await self._store.remove(record.key)
             dropped += 1
         return dropped

@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     updated_us INTEGER NOT NULL,
     size       INTEGER NOT NULL,
     inodes     INTEGER NOT NULL,
-    rw_mode    TEXT NOT NULL
+    rw_mode    TEXT NOT NULL,
+    ready      INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sequence (
     name  TEXT PRIMARY KEY,
@@ -64,12 +65,14 @@ CREATE TRIGGER IF NOT EXISTS snapshot_id_sequence AFTER INSERT ON snapshots BEGI
     UPDATE sequence SET value = NEW.id WHERE name = 'snapshot_id' AND value < NEW.id;
 END;
 """
+# Columns added since the first schema, with the value rows written before them get.
+_ADDED_COLUMNS = (("rw_mode", "TEXT NOT NULL DEFAULT ''"), ("ready", "INTEGER NOT NULL DEFAULT 1"))
 _ID_SEQUENCE = "snapshot_id"
 # REPLACE drops the row holding the same ID or key: a commit renames its row this way.
 _UPSERT = "INSERT OR REPLACE INTO snapshots VALUES "
-_ROW_PLACEHOLDERS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW_PLACEHOLDERS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _DELETE = "DELETE FROM snapshots WHERE id IN ({})"
-# SQLite binds at most 32766 parameters per statement; 10 per row.
+# SQLite binds at most 32766 parameters per statement; 11 per row.
 _MAX_ROWS_PER_STATEMENT = 1000
 _ADVANCE_SEQUENCE = "UPDATE sequence SET value = ? WHERE name = ? AND value < ?"
 
@@ -150,6 +153,7 @@ class MetaStore:
         # FULL: the WAL is fsync'ed at every commit, so an acknowledged write survives a crash.
         await db.execute("PRAGMA synchronous=FULL")
         await db.executescript(_SCHEMA)
+        await _add_missing_columns(db)
         self._db = db
         await self._load()
         self._writer = asyncio.create_task(self._write_loop(), name="metastore-writer")
@@ -176,6 +180,8 @@ class MetaStore:
             async for row in cursor:
                 record = _record_from_row(row)
                 self._records[record.key] = record
+        # Never behind a stored ID, whatever happened to the sequence row.
+        self._last_id = max([self._last_id, *(r.id for r in self._records.values())])
         children: dict[str, set[str]] = {}
         for record in self._records.values():
             if record.parent:
@@ -221,9 +227,22 @@ class MetaStore:
     # ------------------------------------------------------------------ writes
 
     async def create(
-        self, kind: Kind, key: str, parent: str, labels: Mapping[str, str], rw_mode: str = ""
+        self,
+        kind: Kind,
+        key: str,
+        parent: str,
+        labels: Mapping[str, str],
+        rw_mode: str = "",
+        *,
+        ready: bool = True,
     ) -> Record:
-        return await self._write(lambda batch: _create(batch, kind, key, parent, labels, rw_mode))
+        return await self._write(
+            lambda batch: _create(batch, kind, key, parent, labels, rw_mode, ready)
+        )
+
+    async def mark_ready(self, key: str) -> Record:
+        """The snapshot's set-up is complete: it survives a restart as it is."""
+        return await self._write(lambda batch: _mark_ready(batch, key))
 
     async def commit(self, key: str, name: str, usage: Usage, labels: Mapping[str, str]) -> Record:
         return await self._write(lambda batch: _commit(batch, key, name, usage, labels))
@@ -346,7 +365,13 @@ class MetaStore:
 
 
 def _create(
-    batch: _Batch, kind: Kind, key: str, parent: str, labels: Mapping[str, str], rw_mode: str
+    batch: _Batch,
+    kind: Kind,
+    key: str,
+    parent: str,
+    labels: Mapping[str, str],
+    rw_mode: str,
+    ready: bool,
 ) -> Record:
     if kind not in (Kind.ACTIVE, Kind.VIEW):
         raise InvalidArgument(f"snapshot type {kind.name} invalid; only active or view")
@@ -360,7 +385,7 @@ def _create(
         raise AlreadyExists(f"snapshot {key!r} already exists")
     now = utc_now()
     info = Info(key, parent, kind, _stored_labels(labels), now, now)
-    record = Record(batch.next_id(), info, rw_mode=rw_mode)
+    record = Record(batch.next_id(), info, rw_mode=rw_mode, ready=ready)
     batch.put(record)
     batch.link(parent, key)
     return record
@@ -376,12 +401,21 @@ def _commit(batch: _Batch, key: str, name: str, usage: Usage, labels: Mapping[st
         raise FailedPrecondition(f"snapshot {key!r} is not active")
     now = utc_now()
     info = Info(name, active.parent, Kind.COMMITTED, _stored_labels(labels), now, now)
-    committed = Record(active.id, info, usage, active.rw_mode)
+    committed = Record(active.id, info, usage, active.rw_mode, ready=True)
     batch.delete(key)
     batch.put(committed)
     batch.unlink(active.parent, key)
     batch.link(active.parent, name)
     return committed
+
+
+def _mark_ready(batch: _Batch, key: str) -> Record:
+    record = batch.get(key)
+    if record is None:
+        raise NotFound(f"snapshot {key!r} does not exist")
+    ready = replace(record, ready=True)
+    batch.put(ready)
+    return ready
 
 
 def _remove(batch: _Batch, key: str) -> Record:
@@ -418,6 +452,14 @@ def _update(batch: _Batch, key: str, labels: Mapping[str, str], paths: Sequence[
     return info
 
 
+async def _add_missing_columns(db: aiosqlite.Connection) -> None:
+    async with db.execute("PRAGMA table_info(snapshots)") as cursor:
+        present = {row[1] async for row in cursor}
+    for name, declaration in _ADDED_COLUMNS:
+        if name not in present:
+            await db.execute(f"ALTER TABLE snapshots ADD COLUMN {name} {declaration}")
+
+
 def _stored_labels(labels: Mapping[str, str]) -> dict[str, str]:
     """A label with an empty value is never stored (containerd's boltutil does the same)."""
     return {key: value for key, value in labels.items() if value}
@@ -451,15 +493,16 @@ def _row_from_record(record: Record) -> tuple[Any, ...]:
         record.usage.size,
         record.usage.inodes,
         record.rw_mode,
+        int(record.ready),
     )
 
 
 def _record_from_row(row: Any) -> Record:
-    record_id, key, parent, kind, labels, created, updated, size, inodes, rw_mode = row
+    record_id, key, parent, kind, labels, created, updated, size, inodes, rw_mode, ready = row
     info = Info(
         key, parent, Kind(kind), json.loads(labels), _from_micros(created), _from_micros(updated)
     )
-    return Record(record_id, info, Usage(size, inodes), rw_mode)
+    return Record(record_id, info, Usage(size, inodes), rw_mode, bool(ready))
 
 
 def _slices(items: list[T], size: int) -> list[list[T]]:

@@ -47,12 +47,15 @@ class Record:
     ``rw_mode`` is how the snapshot's rootfs was set up when it was created
     ("overlayfs", "dir" or "dev"; "" where it does not apply), so that Mounts
     answers what Prepare answered even if the boot config changed since.
+    ``ready`` is False while a Prepare still sets up what the snapshot needs
+    (devices, configs): a crash then leaves a row that start-up rolls back.
     """
 
     id: int
     info: Info
     usage: Usage = Usage()
     rw_mode: str = ""
+    ready: bool = True
 
     @property
     def key(self) -> str:

@@ -8,6 +8,7 @@ snapshot IDs start at 1 on each test's fresh server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -239,3 +240,24 @@ async def test_a_prepare_whose_client_gave_up_finishes_or_undoes_cleanly(
         await obd.remove("rootfs")
         obd.assert_detached(1)
     assert obd.sim.loop_devices() == []
+
+
+@pytest.mark.parametrize("killed_at", [0.1, 0.6])
+async def test_a_prepare_killed_during_set_up_is_rolled_back_at_start_up(
+    start_obd: StartObd, killed_at: float
+) -> None:
+    """A crash inside a writable device's set-up (tools, attach, mkfs) leaves nothing half-made."""
+    obd = await start_obd(rwMode="dir")
+    obd.sim.control.set(open_latency=0.5)
+    pending = asyncio.ensure_future(obd.prepare("rootfs"))
+    await asyncio.sleep(killed_at)
+    obd.server.kill()
+    with contextlib.suppress(Exception):
+        await pending
+    obd.sim.control.clear()
+    obd.close_channel()
+    await obd.start()
+    await assert_nothing_left(obd, 1, "rootfs")
+    mounts = await obd.prepare("rootfs")
+    assert obd.own_id(mounts) == 2
+    obd.assert_attached(2, mounted="rw")

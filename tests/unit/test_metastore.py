@@ -1257,3 +1257,38 @@ async def test_concurrent_batches_behave_like_sequential_writes(db_path: Path, s
                 await store.remove("probe")
     finally:
         await store.close()
+
+
+async def test_a_snapshot_is_not_ready_until_marked_and_that_is_durable(
+    store: MetaStore, reopened: Callable[[], Awaitable[MetaStore]]
+) -> None:
+    await store.create(Kind.ACTIVE, "setting-up", "", {}, "dir", ready=False)
+    await store.create(Kind.ACTIVE, "done", "", {})
+    fresh = await reopened()
+    assert (fresh.get("setting-up").ready, fresh.get("done").ready) == (False, True)
+    marked = await fresh.mark_ready("setting-up")
+    assert marked.ready and marked.rw_mode == "dir"
+    assert (await reopened()).get("setting-up").ready
+
+
+async def test_commit_makes_a_snapshot_ready(store: MetaStore) -> None:
+    await store.create(Kind.ACTIVE, "extract-1 ref", "", {}, ready=False)
+    committed = await store.commit("extract-1 ref", "ref", Usage(), {})
+    assert committed.ready
+
+
+async def test_ids_never_fall_behind_stored_rows_without_a_sequence(db_path: Path) -> None:
+    first = MetaStore(db_path)
+    await first.open()
+    await first.create(Kind.ACTIVE, "a", "", {})
+    await first.close()
+    connection = sqlite3.connect(db_path)
+    connection.execute("DELETE FROM sequence")
+    connection.commit()
+    connection.close()
+    second = MetaStore(db_path)
+    await second.open()
+    try:
+        assert (await second.create(Kind.ACTIVE, "b", "", {})).id > second.get("a").id
+    finally:
+        await second.close()

@@ -1,0 +1,667 @@
+"""The chaos run: a concurrent Prepare/Commit/Mounts/Remove load on obdsnap, SIGKILLed at random.
+
+Every client keeps an in-memory ledger of what obdsnap acknowledged. An RPC that
+failed or was cut by a kill is *pending*: its outcome is unknown, and the next
+check accepts it fully done or fully undone, never half made. After each restart
+(with no load running) the ledger is checked against what obdsnap shows; at the
+end Cleanup runs and nothing may be left that no snapshot owns. Violations are
+collected by category, so each invariant is a test of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from grpclib.client import Channel
+from server_process import ServerProcess
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
+from obdsnap.genproto.containerd.types import Mount
+from tcmusim.testing import HBA, RunningSimulator, running_simulator
+
+OVERLAY = "overlayfs"
+DIR = "dir"
+
+CLIENTS = 16
+CALL_TIMEOUT = 20.0
+MAX_ACTIVE_PER_CLIENT = 3
+MAX_DEPTH = 4
+
+# Invariant categories; each is one test.
+ACKED_PRESENT = "acked_present"
+REMOVED_GONE = "removed_gone"
+ALL_OR_NOTHING = "all_or_nothing"
+COMMIT_RETRY = "commit_retry"
+ORPHANS = "orphans_after_cleanup"
+DEVICE_ORPHANS = "device_orphans_after_cleanup"
+TEARDOWN = "teardown_leftovers"
+CATEGORIES = (
+    ACKED_PRESENT,
+    REMOVED_GONE,
+    ALL_OR_NOTHING,
+    COMMIT_RETRY,
+    ORPHANS,
+    DEVICE_ORPHANS,
+    TEARDOWN,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    variant: str
+    seed: int
+    kills: int
+    min_delay: float  # seconds of load between a restart and the next SIGKILL
+    max_delay: float
+
+
+@dataclass
+class Snap:
+    """A snapshot obdsnap acknowledged (or a pending one a check found whole)."""
+
+    kind: api.Kind
+    parent: str
+    owner: int  # the client that works on it; -1: nobody (it came out of a pending op)
+    depth: int
+    data: str | None = None  # a file written and fsynced into its writable dir
+
+
+@dataclass
+class Pending:
+    """An RPC whose outcome is unknown: it failed or a kill cut it."""
+
+    op: str  # prepare | commit | remove
+    key: str
+    parent: str
+    depth: int
+    kind: api.Kind = api.Kind.ACTIVE
+    name: str = ""  # commit: the committed name
+
+
+@dataclass
+class Ledger:
+    live: dict[str, Snap] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)  # acknowledged (or found) gone, for good
+    pending: list[Pending] = field(default_factory=list)
+    used_as_parent: set[str] = field(default_factory=set)  # never removed by the clients
+    broken: set[str] = field(default_factory=set)  # reported once, not checked again
+    touched: set[str] = field(default_factory=set)  # every name a create op ever used
+    acked: Counter[str] = field(default_factory=Counter)
+    unknown: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)  # why calls failed, by message
+
+
+@dataclass
+class Report:
+    settings: Settings
+    kills: int = 0
+    rounds_checked: int = 0
+    acked: Counter[str] = field(default_factory=Counter)
+    unknown: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    acked_live_expected: int = 0
+    acked_live_found: int = 0
+    pending_resolved_present: int = 0
+    pending_resolved_absent: int = 0
+    orphans_after_cleanup: int = -1
+    runtime: float = 0.0
+    violations: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, category: str, message: str) -> None:
+        self.violations.setdefault(category, []).append(message)
+
+    def summary(self) -> str:
+        s = self.settings
+        counts = {c: len(self.violations.get(c, [])) for c in CATEGORIES}
+        return (
+            f"chaos[{s.variant}] seed={s.seed} (replay: CHAOS_SEED={s.seed}) "
+            f"runtime={self.runtime:.1f}s kills survived={self.kills} "
+            f"checks={self.rounds_checked} acked={dict(self.acked)} "
+            f"unknown={dict(self.unknown)} acked-live expected/found at end="
+            f"{self.acked_live_expected}/{self.acked_live_found} "
+            f"pending found present/absent={self.pending_resolved_present}/"
+            f"{self.pending_resolved_absent} orphans after Cleanup={self.orphans_after_cleanup} "
+            f"violations={counts} errors under load (not killed yet): "
+            f"{self.errors.most_common(4)}"
+        )
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def short_tmpdir() -> Path:
+    """Roots under /tmp/obd-*: the kernel (and the simulator) cut dev_config at 255 bytes."""
+    return Path(tempfile.mkdtemp(prefix="obd-", dir="/tmp"))
+
+
+async def call(awaitable: Awaitable[T]) -> T:
+    return await asyncio.wait_for(awaitable, CALL_TIMEOUT)
+
+
+def writable_dir(mounts: list[Mount]) -> Path:
+    """Where a container's writes land: the overlay's upperdir, or the bind's source."""
+    mount = mounts[0]
+    if mount.type == "overlay":
+        for option in mount.options:
+            if option.startswith("upperdir="):
+                return Path(option.split("=", 1)[1])
+    return Path(mount.source)
+
+
+def write_synced(directory: Path, name: str) -> None:
+    path = directory / name
+    with path.open("w") as file:
+        file.write(name)
+        file.flush()
+        os.fsync(file.fileno())
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def snapshot_ids(root: Path) -> dict[str, int]:
+    """key -> ID, from the metadata database (read-only)."""
+    database = root / "metadata.db"
+    if not database.exists():
+        return {}
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+    try:
+        return {str(key): int(i) for key, i in connection.execute("SELECT key, id FROM snapshots")}
+    finally:
+        connection.close()
+
+
+def mount_points_under(path: Path) -> list[str]:
+    prefix = str(path).rstrip("/") + "/"
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point.startswith(prefix):
+            found.append(point)
+    return found
+
+
+def id_of_path(path: str, snapshots: Path) -> int | None:
+    try:
+        first = Path(path).relative_to(snapshots).parts[0]
+    except (ValueError, IndexError):
+        return None
+    return int(first) if first.isdigit() else None
+
+
+async def wait_listening(server: ServerProcess, within: float = 30.0) -> None:
+    """The socket file of a killed server stays: only a connection shows the new one listens."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            _, writer = await asyncio.open_unix_connection(str(server.address))
+        except OSError:
+            if not server.running():
+                raise RuntimeError(f"obdsnap exited:\n{server.log()}") from None
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.01)
+        else:
+            writer.close()
+            await writer.wait_closed()
+            return
+
+
+async def list_infos(stub: api.SnapshotsStub) -> dict[str, api.Info]:
+    found: dict[str, api.Info] = {}
+    async for reply in stub.list(api.ListSnapshotsRequest(), timeout=CALL_TIMEOUT):
+        for info in reply.info:
+            found[info.name] = info
+    return found
+
+
+# ---------------------------------------------------------------------- the load
+
+
+class Client:
+    def __init__(
+        self, index: int, rng: random.Random, ledger: Ledger, round_no: int, stop: asyncio.Event
+    ) -> None:
+        self.index = index
+        self.rng = rng
+        self.ledger = ledger
+        self.round_no = round_no
+        self.stop = stop
+        self.counter = 0
+
+    async def run(self, stub: api.SnapshotsStub) -> None:
+        while not self.stop.is_set():
+            try:
+                await self.step(stub)
+            except Exception as exc:
+                if not self.stop.is_set():
+                    self.ledger.errors[f"{type(exc).__name__}: {str(exc)[:160]}"] += 1
+                await asyncio.sleep(0.01)  # unknown outcome; pending stays in the ledger
+
+    async def step(self, stub: api.SnapshotsStub) -> None:
+        ledger = self.ledger
+        mine = [k for k, s in ledger.live.items() if s.owner == self.index]
+        actives = [k for k in mine if ledger.live[k].kind == api.Kind.ACTIVE]
+        removable = [
+            k
+            for k in mine
+            if ledger.live[k].kind == api.Kind.ACTIVE or k not in ledger.used_as_parent
+        ]
+        roll = self.rng.random()
+        if not actives or (roll < 0.35 and len(actives) < MAX_ACTIVE_PER_CLIENT):
+            await self.prepare(stub)
+        elif roll < 0.65:
+            await self.commit(stub, self.rng.choice(sorted(actives)))
+        elif roll < 0.75:
+            await call(stub.mounts(api.MountsRequest(key=self.rng.choice(sorted(actives)))))
+            ledger.acked["mounts"] += 1
+        else:
+            await self.remove(stub, self.rng.choice(sorted(removable)))
+
+    async def prepare(self, stub: api.SnapshotsStub) -> None:
+        ledger = self.ledger
+        self.counter += 1
+        key = f"c{self.index}-r{self.round_no}-{self.counter}"
+        parents = sorted(
+            k
+            for k, s in ledger.live.items()
+            if s.kind == api.Kind.COMMITTED and s.depth < MAX_DEPTH
+        )
+        parent = self.rng.choice(parents) if parents and self.rng.random() < 0.6 else ""
+        depth = ledger.live[parent].depth + 1 if parent else 1
+        pending = Pending("prepare", key, parent, depth)
+        ledger.touched.add(key)
+        if parent:
+            ledger.used_as_parent.add(parent)
+        ledger.pending.append(pending)
+        ledger.unknown["prepare"] += 1
+        reply = await call(stub.prepare(api.PrepareSnapshotRequest(key=key, parent=parent)))
+        ledger.pending.remove(pending)
+        ledger.unknown["prepare"] -= 1
+        ledger.acked["prepare"] += 1
+        snap = Snap(api.Kind.ACTIVE, parent, self.index, depth)
+        ledger.live[key] = snap
+        name = f"chaos-{key}"
+        await asyncio.to_thread(write_synced, writable_dir(list(reply.mounts)), name)
+        snap.data = name
+
+    async def commit(self, stub: api.SnapshotsStub, key: str) -> None:
+        ledger = self.ledger
+        snap = ledger.live.pop(key)
+        name = f"{key}-committed"
+        ledger.touched.add(name)
+        pending = Pending("commit", key, snap.parent, snap.depth, name=name)
+        ledger.pending.append(pending)
+        ledger.unknown["commit"] += 1
+        await call(stub.commit(api.CommitSnapshotRequest(name=name, key=key)))
+        ledger.pending.remove(pending)
+        ledger.unknown["commit"] -= 1
+        ledger.acked["commit"] += 1
+        ledger.removed.add(key)
+        ledger.live[name] = Snap(api.Kind.COMMITTED, snap.parent, self.index, snap.depth)
+
+    async def remove(self, stub: api.SnapshotsStub, key: str) -> None:
+        ledger = self.ledger
+        snap = ledger.live.pop(key)
+        pending = Pending("remove", key, snap.parent, snap.depth, kind=snap.kind)
+        ledger.pending.append(pending)
+        ledger.unknown["remove"] += 1
+        await call(stub.remove(api.RemoveSnapshotRequest(key=key)))
+        ledger.pending.remove(pending)
+        ledger.unknown["remove"] -= 1
+        ledger.acked["remove"] += 1
+        ledger.removed.add(key)
+
+
+# ---------------------------------------------------------------------- the checks
+
+
+class Checker:
+    def __init__(self, stub: api.SnapshotsStub, root: Path, ledger: Ledger, report: Report):
+        self.stub = stub
+        self.root = root
+        self.snapshots = root / "snapshots"
+        self.ledger = ledger
+        self.report = report
+
+    async def check(self, phase: str) -> dict[str, api.Info]:
+        """Every invariant on the quiet server; resolves pending ops into known state."""
+        ledger, report = self.ledger, self.report
+        infos = await list_infos(self.stub)
+        ids = await asyncio.to_thread(snapshot_ids, self.root)
+        found = 0
+        for key, snap in sorted(ledger.live.items()):
+            if key in ledger.broken:
+                continue
+            problem = await self.whole(key, infos, ids, snap.kind, snap.parent, snap.data)
+            if problem is None:
+                found += 1
+            else:
+                report.add(ACKED_PRESENT, f"{phase}: acknowledged {key!r}: {problem}")
+                ledger.broken.add(key)
+        report.acked_live_expected = sum(1 for k in ledger.live if k not in ledger.broken)
+        report.acked_live_found = found
+        for key in sorted(ledger.removed):
+            if key in infos:
+                report.add(REMOVED_GONE, f"{phase}: {key!r} was removed (acknowledged), is listed")
+                ledger.removed.discard(key)
+        for pending in list(ledger.pending):
+            await self.resolve(pending, infos, ids, phase)
+        ledger.pending.clear()
+        for name in sorted(set(infos) - ledger.touched):
+            report.add(ALL_OR_NOTHING, f"{phase}: {name!r} is listed but no client made it")
+        report.rounds_checked += 1
+        return infos
+
+    async def resolve(
+        self, pending: Pending, infos: dict[str, api.Info], ids: dict[str, int], phase: str
+    ) -> None:
+        ledger, report = self.ledger, self.report
+        key = pending.key
+        if pending.op == "commit":
+            key_there, name_there = key in infos, pending.name in infos
+            if key_there == name_there:
+                state = "both" if key_there else "neither"
+                report.add(
+                    ALL_OR_NOTHING,
+                    f"{phase}: unacknowledged commit {key!r} -> {pending.name!r}: "
+                    f"{state} listed",
+                )
+            if name_there:
+                await self.adopt(pending.name, api.Kind.COMMITTED, pending, infos, ids, phase)
+            else:
+                ledger.removed.add(pending.name)
+            if key_there and not name_there:
+                if await self.adopt(key, api.Kind.ACTIVE, pending, infos, ids, phase):
+                    await self.retry_commit(pending, phase)
+            elif not key_there:
+                ledger.removed.add(key)
+            return
+        if key in infos:
+            await self.adopt(key, pending.kind, pending, infos, ids, phase)
+        else:
+            ledger.removed.add(key)
+            report.pending_resolved_absent += 1
+
+    async def adopt(
+        self,
+        key: str,
+        kind: api.Kind,
+        pending: Pending,
+        infos: dict[str, api.Info],
+        ids: dict[str, int],
+        phase: str,
+    ) -> bool:
+        """A pending op's snapshot that is listed: it must be whole; then it is known."""
+        problem = await self.whole(key, infos, ids, kind, pending.parent, None)
+        self.report.pending_resolved_present += 1
+        if problem is not None:
+            self.report.add(
+                ALL_OR_NOTHING,
+                f"{phase}: unacknowledged {pending.op} of {key!r} left it half made: {problem}",
+            )
+            self.ledger.broken.add(key)
+            return False
+        self.ledger.live[key] = Snap(kind, pending.parent, -1, pending.depth)
+        return True
+
+    async def retry_commit(self, pending: Pending, phase: str) -> None:
+        """A commit cut by a kill left the active snapshot: committing it again must work."""
+        try:
+            await call(
+                self.stub.commit(api.CommitSnapshotRequest(name=pending.name, key=pending.key))
+            )
+        except Exception as exc:
+            self.report.add(
+                COMMIT_RETRY,
+                f"{phase}: commit {pending.key!r} -> {pending.name!r} cut by a kill, "
+                f"retried: {type(exc).__name__}: {exc}",
+            )
+            self.ledger.broken.add(pending.key)
+            return
+        self.ledger.acked["commit-retry"] += 1
+        snap = self.ledger.live.pop(pending.key)
+        self.ledger.removed.add(pending.key)
+        self.ledger.removed.discard(pending.name)
+        self.ledger.live[pending.name] = Snap(api.Kind.COMMITTED, snap.parent, -1, snap.depth)
+
+    async def whole(
+        self,
+        key: str,
+        infos: dict[str, api.Info],
+        ids: dict[str, int],
+        kind: api.Kind,
+        parent: str,
+        data: str | None,
+    ) -> str | None:
+        """None if the snapshot is listed, Stats right, has its fs/ and (active) Mounts."""
+        if key not in infos:
+            return "not listed"
+        try:
+            info = (await call(self.stub.stat(api.StatSnapshotRequest(key=key)))).info
+        except Exception as exc:
+            return f"Stat failed: {type(exc).__name__}: {exc}"
+        if info.kind != kind or info.parent != parent:
+            return f"Stat says {info.kind.name} on {info.parent!r}, expected {kind.name} on {parent!r}"
+        snapshot_id = ids.get(key)
+        if snapshot_id is None:
+            return "no row in the metadata database"
+        if not (self.snapshots / str(snapshot_id) / "fs").is_dir():
+            return f"snapshots/{snapshot_id}/fs is missing"
+        if kind != api.Kind.ACTIVE:
+            return None
+        try:
+            reply = await call(self.stub.mounts(api.MountsRequest(key=key)))
+        except Exception as exc:
+            return f"Mounts failed: {type(exc).__name__}: {exc}"
+        if data is not None and not (writable_dir(list(reply.mounts)) / data).exists():
+            return f"the fsynced file {data} is gone from its writable dir"
+        return None
+
+
+# ---------------------------------------------------------------------- the run
+
+
+async def run_chaos(settings: Settings, sim: RunningSimulator | None) -> Report:
+    report = Report(settings)
+    ledger = Ledger()
+    started = time.monotonic()
+    workdir = short_tmpdir()
+    if sim is None:
+        server = ServerProcess(workdir)
+    else:
+        config: dict[str, object] = {
+            "rwMode": settings.variant,
+            "configfsRoot": str(sim.configfs),
+            "sysfsRoot": str(sim.sysfs),
+            "overlaybd_util_bin_dir": str(sim.tools_dir),
+        }
+        server = ServerProcess.with_config(workdir, config, start_timeout=30.0)
+    rng = random.Random(f"{settings.seed}-{settings.variant}")
+    try:
+        server.start()
+        await wait_listening(server)
+        for round_no in range(settings.kills):
+            await load_and_kill(server, ledger, settings, rng, round_no)
+            report.kills += 1
+            server.start()
+            await wait_listening(server)
+            await checked(server, ledger, report, f"after kill {report.kills}")
+        await finish(server, ledger, report, sim)
+    finally:
+        with contextlib.suppress(Exception):
+            if server.running():
+                server.kill()
+        force_clean(workdir, sim)
+        shutil.rmtree(workdir, ignore_errors=True)
+    report.acked = ledger.acked
+    report.unknown = ledger.unknown
+    report.errors = ledger.errors
+    report.runtime = time.monotonic() - started
+    return report
+
+
+async def load_and_kill(
+    server: ServerProcess,
+    ledger: Ledger,
+    settings: Settings,
+    rng: random.Random,
+    round_no: int,
+) -> None:
+    stop = asyncio.Event()
+    channels = [Channel(path=str(server.address)) for _ in range(CLIENTS)]
+    clients = [
+        Client(i, random.Random(f"{settings.seed}-{settings.variant}-{round_no}-{i}"), ledger,
+               round_no, stop)
+        for i in range(CLIENTS)
+    ]  # fmt: skip
+    tasks = [
+        asyncio.create_task(client.run(api.SnapshotsStub(channel)))
+        for client, channel in zip(clients, channels, strict=True)
+    ]
+    try:
+        await asyncio.sleep(rng.uniform(settings.min_delay, settings.max_delay))
+        stop.set()  # no new calls; the ones in flight are cut by the kill
+        await asyncio.to_thread(server.kill)  # SIGKILL to obdsnap's process group
+        _, late = await asyncio.wait(tasks, timeout=CALL_TIMEOUT + 5)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+async def checked(server: ServerProcess, ledger: Ledger, report: Report, phase: str) -> None:
+    channel = Channel(path=str(server.address))
+    try:
+        await Checker(api.SnapshotsStub(channel), server.root, ledger, report).check(phase)
+    finally:
+        channel.close()
+
+
+async def finish(
+    server: ServerProcess, ledger: Ledger, report: Report, sim: RunningSimulator | None
+) -> None:
+    """Cleanup, then orphans; then remove everything and stop: nothing may be left."""
+    channel = Channel(path=str(server.address))
+    stub = api.SnapshotsStub(channel)
+    try:
+        await call(stub.cleanup(api.CleanupRequest()))
+        ids = await asyncio.to_thread(snapshot_ids, server.root)
+        report.orphans_after_cleanup = orphans(server.root, ids, report, sim)
+        await remove_all(stub, report)
+        await call(stub.cleanup(api.CleanupRequest()))
+    finally:
+        channel.close()
+    status = await asyncio.to_thread(server.stop)
+    if status != 0:
+        report.add(TEARDOWN, f"obdsnap exited with {status} on SIGTERM")
+    snapshots = server.root / "snapshots"
+    left = sorted(os.listdir(snapshots)) if snapshots.exists() else []
+    if left:
+        report.add(TEARDOWN, f"snapshots/ after removing everything: {left}")
+    if sim is not None:
+        for leftover in device_leftovers(server.root, set(), sim):
+            report.add(TEARDOWN, f"after removing everything: {leftover}")
+
+
+def orphans(root: Path, ids: dict[str, int], report: Report, sim: RunningSimulator | None) -> int:
+    snapshots = root / "snapshots"
+    known = set(ids.values())
+    count = 0
+    for entry in sorted(os.listdir(snapshots)):
+        if not entry.isdigit() or int(entry) not in known:
+            report.add(ORPHANS, f"snapshots/{entry} is left after Cleanup")
+            count += 1
+    if sim is not None:
+        for leftover in device_leftovers(root, known, sim):
+            report.add(DEVICE_ORPHANS, f"after Cleanup: {leftover}")
+            count += 1
+    return count
+
+
+def device_leftovers(root: Path, known: set[int], sim: RunningSimulator) -> list[str]:
+    """configfs objects, mounts and loop devices that no existing snapshot owns."""
+    found: list[str] = []
+    attached: set[int] = set()
+    hba = sim.configfs / "target/core" / HBA
+    for name in sorted(os.listdir(hba)) if hba.is_dir() else []:
+        if name.startswith("dev_") and name[4:].isdigit():
+            if int(name[4:]) in known:
+                attached.add(int(name[4:]))
+            else:
+                found.append(f"configfs target {name} of no snapshot")
+    loopback = sim.configfs / "target/loopback"
+    for name in sorted(os.listdir(loopback)) if loopback.is_dir() else []:
+        if name.startswith("naa.199") and int(name[7:]) not in known:
+            found.append(f"configfs loopback {name} of no snapshot")
+    snapshots = root / "snapshots"
+    for point in mount_points_under(root):
+        owner = id_of_path(point, snapshots)
+        if owner is None or owner not in known:
+            found.append(f"mount {point} of no snapshot")
+    loops = sim.loop_devices()
+    if len(loops) > len(attached):
+        found.append(f"loop devices {loops}, but only devices {sorted(attached)} are attached")
+    return found
+
+
+async def remove_all(stub: api.SnapshotsStub, report: Report) -> None:
+    """Children first; what cannot be removed is a teardown problem."""
+    for _ in range(MAX_DEPTH + 3):
+        infos = await list_infos(stub)
+        if not infos:
+            return
+        parents = {info.parent for info in infos.values()}
+        for name in sorted(set(infos) - parents):
+            try:
+                await call(stub.remove(api.RemoveSnapshotRequest(key=name)))
+            except Exception as exc:
+                report.add(TEARDOWN, f"Remove {name!r}: {type(exc).__name__}: {exc}")
+                return
+    report.add(TEARDOWN, f"still listed: {sorted(await list_infos(stub))}")
+
+
+def force_clean(workdir: Path, sim: RunningSimulator | None) -> None:
+    """Whatever the run left: mounts under the workdir, then the simulator's devices."""
+    for point in sorted(mount_points_under(workdir), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    if sim is None:
+        return
+    loopback = sim.configfs / "target/loopback"
+    for name in os.listdir(loopback) if loopback.is_dir() else []:
+        tpg = loopback / name / "tpgt_1"
+        lun = tpg / "lun" / "lun_0"
+        for link in lun.glob("dev_*") if lun.is_dir() else []:
+            with contextlib.suppress(OSError):
+                link.unlink()
+        for directory in (lun, tpg, loopback / name):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+    hba = sim.configfs / "target/core" / HBA
+    for name in os.listdir(hba) if hba.is_dir() else []:
+        with contextlib.suppress(OSError):
+            (hba / name).rmdir()
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,138 @@
+"""Chaos: obdsnap SIGKILLed at random moments under 16 concurrent clients, restarted on its root.
+
+Two variants, each one run (a module-scoped fixture) checked by one test per
+invariant:
+
+- ``overlayfs``: plain overlayfs layers, no devices;
+- ``dir``: rwMode ``dir`` on the TCMU simulator, so every Prepare attaches,
+  mkfs'es and mounts a writable device and every Commit detaches it and runs
+  ``overlaybd-commit``: kills land inside those steps.
+
+Seeds are deterministic and logged (``CHAOS_SEED`` replays a run, ``CHAOS_KILLS``
+sets the number of kills); the kill moments depend on timing, so a replay drives
+the same choices, not necessarily the same interleaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tcmusim.testing import missing_requirements, running_simulator
+
+from .chaos import (
+    ACKED_PRESENT,
+    ALL_OR_NOTHING,
+    COMMIT_RETRY,
+    DEVICE_ORPHANS,
+    DIR,
+    ORPHANS,
+    OVERLAY,
+    REMOVED_GONE,
+    TEARDOWN,
+    Report,
+    Settings,
+    log,
+    run_chaos,
+    short_tmpdir,
+)
+
+pytestmark = pytest.mark.root
+
+SEED = int(os.environ.get("CHAOS_SEED", "20261130"))
+KILLS = int(os.environ.get("CHAOS_KILLS", "22"))
+
+SETTINGS = {
+    OVERLAY: Settings(OVERLAY, SEED, KILLS, min_delay=0.05, max_delay=0.4),
+    # A dir-mode Prepare (overlaybd-create, attach, mkfs, mount) takes a few hundred
+    # ms under this load: a longer window lets some finish and others be cut.
+    DIR: Settings(DIR, SEED, KILLS, min_delay=0.3, max_delay=2.5),
+}
+
+
+@pytest.fixture(scope="module")
+def chaos(request: pytest.FixtureRequest) -> Iterator[Report]:
+    variant: str = request.param
+    settings = SETTINGS[variant]
+    log(f"chaos[{variant}]: seed {settings.seed}, {settings.kills} kills")
+    if variant == OVERLAY:
+        report = asyncio.run(run_chaos(settings, None))
+    else:
+        missing = missing_requirements()
+        if missing is not None:
+            pytest.skip(missing)
+        work = short_tmpdir()
+        try:
+            with running_simulator(work / "sim") as sim:
+                report = asyncio.run(run_chaos(settings, sim))
+                status = sim.stop()
+                if status != 0:
+                    report.add(TEARDOWN, f"simulator exited with {status}")
+                if sim.loop_devices():
+                    report.add(TEARDOWN, f"loop devices after the simulator: {sim.loop_devices()}")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("\n" + report.summary())
+    log(report.summary())
+    yield report
+
+
+def violations(report: Report, category: str) -> str:
+    found = report.violations.get(category, [])
+    head = "\n".join(found[:15])
+    return f"{len(found)} violation(s) of {category} ({report.summary()}):\n{head}"
+
+
+BOTH = [OVERLAY, DIR]
+
+
+@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+def test_survived_enough_kills(chaos: Report) -> None:
+    assert chaos.kills >= 20, chaos.summary()
+    assert chaos.acked["prepare"] > 0 and chaos.acked["commit"] > 0, chaos.summary()
+    assert chaos.runtime < 120, chaos.summary()
+
+
+@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+def test_acknowledged_snapshots_survive(chaos: Report) -> None:
+    """Prepared/committed with OK and not removed: listed, right kind/parent, Mounts, data."""
+    assert not chaos.violations.get(ACKED_PRESENT), violations(chaos, ACKED_PRESENT)
+    assert chaos.acked_live_found == chaos.acked_live_expected, chaos.summary()
+
+
+@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+def test_acknowledged_removes_stay_gone(chaos: Report) -> None:
+    assert not chaos.violations.get(REMOVED_GONE), violations(chaos, REMOVED_GONE)
+
+
+@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+def test_unacknowledged_ops_all_or_nothing(chaos: Report) -> None:
+    """A snapshot that is listed Stats fine, has its fs/ and Mounts: nothing half made."""
+    assert not chaos.violations.get(ALL_OR_NOTHING), violations(chaos, ALL_OR_NOTHING)
+
+
+@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+def test_cut_commit_can_be_retried(chaos: Report) -> None:
+    assert not chaos.violations.get(COMMIT_RETRY), violations(chaos, COMMIT_RETRY)
+
+
+@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+def test_no_orphans_after_cleanup(chaos: Report) -> None:
+    assert not chaos.violations.get(ORPHANS), violations(chaos, ORPHANS)
+
+
+@pytest.mark.parametrize("chaos", [DIR], indirect=True)
+def test_no_device_orphans_after_cleanup(chaos: Report) -> None:
+    assert not chaos.violations.get(DEVICE_ORPHANS), violations(chaos, DEVICE_ORPHANS)
+    assert chaos.orphans_after_cleanup == 0, chaos.summary()
+
+
+@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+def test_nothing_left_after_removing_everything(chaos: Report) -> None:
+    assert not chaos.violations.get(TEARDOWN), violations(chaos, TEARDOWN)
