@@ -488,7 +488,7 @@ class Snapshotter:
 
     async def _has_device(self, snapshot_id: int, attached: set[int]) -> bool:
         block_dir = self._layout.block_dir(snapshot_id)
-        if snapshot_id in attached and await self._devices.owns(snapshot_id, block_dir):
+        if snapshot_id in attached and await self._devices.may_own(snapshot_id, block_dir):
             return True
         return await self._blocking((block_dir / "backstore_mark").exists)
 

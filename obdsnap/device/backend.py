@@ -38,7 +38,7 @@ class DeviceBackend(Protocol):
         ...
 
     async def configured_image(self, snapshot_id: int) -> str | None:
-        """What the snapshot's device was set up to open (compare with ``dev_config``)."""
+        """What the snapshot's device was set up to open; None if no target or none set yet."""
         ...
 
     def dev_config(self, config_path: Path) -> str:

@@ -96,17 +96,16 @@ class DeviceManager:
         """Unmount and tear down the device; its data is on the layer files when this returns."""
         mountpoint = block_dir / MOUNTPOINT
         device = await self._blocking(_read_mark, block_dir / BACKSTORE_MARK)
-        attached = await self._backend.is_attached(snapshot_id)
-        if attached and not await self.owns(snapshot_id, block_dir):
+        ours = await self.may_own(snapshot_id, block_dir)
+        if not ours:
             log.warning("dev_%d belongs to another image; left alone", snapshot_id)
-            attached = False
-        if attached and device is not None:
+        if ours and device is not None and await self._backend.is_attached(snapshot_id):
             # The filesystem may still be mounted elsewhere (a container's namespace):
             # its dirty data must reach the device before the device goes.
             await flush_device(device)
         if await self._blocking(is_mounted, mountpoint):
             await unmount(mountpoint)
-        if attached:
+        if ours:
             await self._backend.detach(snapshot_id)
         await self._blocking(_remove_mark, block_dir / BACKSTORE_MARK)
         log.info("snapshot %d: device detached", snapshot_id)
@@ -118,6 +117,11 @@ class DeviceManager:
         """Whether the device ``dev_<ID>`` was set up from this snapshot's config."""
         configured = await self._backend.configured_image(snapshot_id)
         return configured == self._backend.dev_config(block_dir / CONFIG)
+
+    async def may_own(self, snapshot_id: int, block_dir: Path) -> bool:
+        """Ours, or not configured yet (a set-up that died before writing its dev_config)."""
+        configured = await self._backend.configured_image(snapshot_id)
+        return configured is None or configured == self._backend.dev_config(block_dir / CONFIG)
 
     async def _undo_attach(self, snapshot_id: int, mountpoint: Path) -> None:
         if await self._blocking(is_mounted, mountpoint):

@@ -97,7 +97,7 @@ class TcmuBackend:
         """The ``dev_config`` a target was set up with, as its ``info`` attribute shows it."""
         info = await self._blocking(_read_text, self.target_dir(snapshot_id) / "info")
         found = _INFO_CONFIG.search(info or "")
-        return found.group(1) if found else None
+        return found.group(1) if found and found.group(1) != "NULL" else None
 
     async def attached_ids(self) -> set[int]:
         """IDs of every snapshot that has a target under the HBA."""

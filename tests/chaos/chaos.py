@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -31,11 +31,13 @@ from server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.genproto.containerd.types import Mount
-from tcmusim.testing import HBA, RunningSimulator, running_simulator
+from tcmusim.testing import HBA, RunningSimulator
 
 OVERLAY = "overlayfs"
 DIR = "dir"
 
+ACTIVE = api.Kind(2)  # api.Kind.ACTIVE, typed as the enum
+COMMITTED = api.Kind(3)  # api.Kind.COMMITTED
 CLIENTS = 16
 CALL_TIMEOUT = 20.0
 MAX_ACTIVE_PER_CLIENT = 3
@@ -77,7 +79,7 @@ class Snap:
 
     kind: api.Kind
     parent: str
-    owner: int  # the client that works on it; -1: nobody (it came out of a pending op)
+    owner: int  # the client that works on it
     depth: int
     data: str | None = None  # a file written and fsynced into its writable dir
 
@@ -90,7 +92,7 @@ class Pending:
     key: str
     parent: str
     depth: int
-    kind: api.Kind = api.Kind.ACTIVE
+    kind: api.Kind = ACTIVE
     name: str = ""  # commit: the committed name
 
 
@@ -259,11 +261,9 @@ class Client:
     async def step(self, stub: api.SnapshotsStub) -> None:
         ledger = self.ledger
         mine = [k for k, s in ledger.live.items() if s.owner == self.index]
-        actives = [k for k in mine if ledger.live[k].kind == api.Kind.ACTIVE]
+        actives = [k for k in mine if ledger.live[k].kind == ACTIVE]
         removable = [
-            k
-            for k in mine
-            if ledger.live[k].kind == api.Kind.ACTIVE or k not in ledger.used_as_parent
+            k for k in mine if ledger.live[k].kind == ACTIVE or k not in ledger.used_as_parent
         ]
         roll = self.rng.random()
         if not actives or (roll < 0.35 and len(actives) < MAX_ACTIVE_PER_CLIENT):
@@ -281,9 +281,7 @@ class Client:
         self.counter += 1
         key = f"c{self.index}-r{self.round_no}-{self.counter}"
         parents = sorted(
-            k
-            for k, s in ledger.live.items()
-            if s.kind == api.Kind.COMMITTED and s.depth < MAX_DEPTH
+            k for k, s in ledger.live.items() if s.kind == COMMITTED and s.depth < MAX_DEPTH
         )
         parent = self.rng.choice(parents) if parents and self.rng.random() < 0.6 else ""
         depth = ledger.live[parent].depth + 1 if parent else 1
@@ -297,7 +295,7 @@ class Client:
         ledger.pending.remove(pending)
         ledger.unknown["prepare"] -= 1
         ledger.acked["prepare"] += 1
-        snap = Snap(api.Kind.ACTIVE, parent, self.index, depth)
+        snap = Snap(ACTIVE, parent, self.index, depth)
         ledger.live[key] = snap
         name = f"chaos-{key}"
         await asyncio.to_thread(write_synced, writable_dir(list(reply.mounts)), name)
@@ -316,7 +314,7 @@ class Client:
         ledger.unknown["commit"] -= 1
         ledger.acked["commit"] += 1
         ledger.removed.add(key)
-        ledger.live[name] = Snap(api.Kind.COMMITTED, snap.parent, self.index, snap.depth)
+        ledger.live[name] = Snap(COMMITTED, snap.parent, self.index, snap.depth)
 
     async def remove(self, stub: api.SnapshotsStub, key: str) -> None:
         ledger = self.ledger
@@ -382,15 +380,14 @@ class Checker:
                 state = "both" if key_there else "neither"
                 report.add(
                     ALL_OR_NOTHING,
-                    f"{phase}: unacknowledged commit {key!r} -> {pending.name!r}: "
-                    f"{state} listed",
+                    f"{phase}: unacknowledged commit {key!r} -> {pending.name!r}: {state} listed",
                 )
             if name_there:
-                await self.adopt(pending.name, api.Kind.COMMITTED, pending, infos, ids, phase)
+                await self.adopt(pending.name, COMMITTED, pending, infos, ids, phase)
             else:
                 ledger.removed.add(pending.name)
             if key_there and not name_there:
-                if await self.adopt(key, api.Kind.ACTIVE, pending, infos, ids, phase):
+                if await self.adopt(key, ACTIVE, pending, infos, ids, phase):
                     await self.retry_commit(pending, phase)
             elif not key_there:
                 ledger.removed.add(key)
@@ -420,7 +417,9 @@ class Checker:
             )
             self.ledger.broken.add(key)
             return False
-        self.ledger.live[key] = Snap(kind, pending.parent, -1, pending.depth)
+        # Back to the client that made it (keys start with c<index>-), to be worked on.
+        owner = int(key.split("-", 1)[0][1:])
+        self.ledger.live[key] = Snap(kind, pending.parent, owner, pending.depth)
         return True
 
     async def retry_commit(self, pending: Pending, phase: str) -> None:
@@ -441,7 +440,7 @@ class Checker:
         snap = self.ledger.live.pop(pending.key)
         self.ledger.removed.add(pending.key)
         self.ledger.removed.discard(pending.name)
-        self.ledger.live[pending.name] = Snap(api.Kind.COMMITTED, snap.parent, -1, snap.depth)
+        self.ledger.live[pending.name] = Snap(COMMITTED, snap.parent, snap.owner, snap.depth)
 
     async def whole(
         self,
@@ -460,13 +459,15 @@ class Checker:
         except Exception as exc:
             return f"Stat failed: {type(exc).__name__}: {exc}"
         if info.kind != kind or info.parent != parent:
-            return f"Stat says {info.kind.name} on {info.parent!r}, expected {kind.name} on {parent!r}"
+            return (
+                f"Stat says {info.kind.name} on {info.parent!r}, expected {kind.name} on {parent!r}"
+            )
         snapshot_id = ids.get(key)
         if snapshot_id is None:
             return "no row in the metadata database"
         if not (self.snapshots / str(snapshot_id) / "fs").is_dir():
             return f"snapshots/{snapshot_id}/fs is missing"
-        if kind != api.Kind.ACTIVE:
+        if kind != ACTIVE:
             return None
         try:
             reply = await call(self.stub.mounts(api.MountsRequest(key=key)))

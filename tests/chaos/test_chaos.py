@@ -91,6 +91,37 @@ def violations(report: Report, category: str) -> str:
 
 BOTH = [OVERLAY, DIR]
 
+BUG_COMMIT_RETRY = (
+    "BUG: a Commit cut by a kill can never be retried: overlaybd-commit creates "
+    "fs/overlaybd.commit with O_EXCL and the leftover of the cut run makes every retry fail "
+    "with EEXIST, at obdsnap/overlaybd/layers.py:BlockLayers.commit_writable_layer (from "
+    "obdsnap/snapshotter.py:Snapshotter._commit), window: between overlaybd-commit creating "
+    "fs/overlaybd.commit (device already detached) and store.commit making the row COMMITTED"
+)
+BUG_HALF_TARGET_ATTACH = (
+    "BUG: Mounts fails with EINVAL (cannot set max_data_area_mb after enable) on a snapshot "
+    "whose TCMU target dev_<ID> was left without its LUN symlink: attach trusts "
+    "is_attached (the LUN symlink only) and reuses the enabled target, at "
+    "obdsnap/device/manager.py:DeviceManager.attach + "
+    "obdsnap/device/tcmu.py:TcmuBackend._create_target, window: detach killed between "
+    "unlinking the LUN symlink and the rmdirs (tcmu.py:_remove_configfs_entries), or attach "
+    "killed between writing enable and the LUN symlink (tcmu.py:_create_lun)"
+)
+BUG_HALF_TARGET_DETACH = (
+    "BUG: TCMU targets dev_<ID> and loopback WWNs without a LUN symlink are never removed: "
+    "DeviceManager.detach tears configfs down only if is_attached (the LUN symlink), so "
+    "Remove/Cleanup log 'device detached' and leave them, at "
+    "obdsnap/device/manager.py:DeviceManager.detach (via Snapshotter.cleanup -> "
+    "_release_orphan_device), window: attach killed between mkdir dev_<ID> "
+    "(tcmu.py:_create_target) and the LUN symlink (tcmu.py:_create_lun), or detach killed "
+    "between the symlink unlink and the rmdirs"
+)
+
+
+def bug(variant: str, reason: str) -> object:
+    """A variant that fails, every run, because of the bug ``reason`` describes."""
+    return pytest.param(variant, marks=pytest.mark.xfail(strict=True, reason=reason))
+
 
 @pytest.mark.parametrize("chaos", BOTH, indirect=True)
 def test_survived_enough_kills(chaos: Report) -> None:
@@ -111,13 +142,13 @@ def test_acknowledged_removes_stay_gone(chaos: Report) -> None:
     assert not chaos.violations.get(REMOVED_GONE), violations(chaos, REMOVED_GONE)
 
 
-@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+@pytest.mark.parametrize("chaos", [OVERLAY, bug(DIR, BUG_HALF_TARGET_ATTACH)], indirect=True)
 def test_unacknowledged_ops_all_or_nothing(chaos: Report) -> None:
     """A snapshot that is listed Stats fine, has its fs/ and Mounts: nothing half made."""
     assert not chaos.violations.get(ALL_OR_NOTHING), violations(chaos, ALL_OR_NOTHING)
 
 
-@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+@pytest.mark.parametrize("chaos", [OVERLAY, bug(DIR, BUG_COMMIT_RETRY)], indirect=True)
 def test_cut_commit_can_be_retried(chaos: Report) -> None:
     assert not chaos.violations.get(COMMIT_RETRY), violations(chaos, COMMIT_RETRY)
 
@@ -127,12 +158,12 @@ def test_no_orphans_after_cleanup(chaos: Report) -> None:
     assert not chaos.violations.get(ORPHANS), violations(chaos, ORPHANS)
 
 
-@pytest.mark.parametrize("chaos", [DIR], indirect=True)
+@pytest.mark.parametrize("chaos", [bug(DIR, BUG_HALF_TARGET_DETACH)], indirect=True)
 def test_no_device_orphans_after_cleanup(chaos: Report) -> None:
     assert not chaos.violations.get(DEVICE_ORPHANS), violations(chaos, DEVICE_ORPHANS)
     assert chaos.orphans_after_cleanup == 0, chaos.summary()
 
 
-@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+@pytest.mark.parametrize("chaos", [OVERLAY, bug(DIR, BUG_HALF_TARGET_DETACH)], indirect=True)
 def test_nothing_left_after_removing_everything(chaos: Report) -> None:
     assert not chaos.violations.get(TEARDOWN), violations(chaos, TEARDOWN)
