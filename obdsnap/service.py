@@ -185,7 +185,15 @@ class SnapshotsService:
 
 
 async def _receive(stream: Stream[Any, Any]) -> Any:
-    request = await stream.recv_message()
+    """The request message; a body that cannot be read is the client's error, as in grpc-go."""
+    try:
+        request = await stream.recv_message()
+    except GRPCError:
+        raise
+    except NotImplementedError as exc:  # e.g. a compressed message: no compression here
+        raise GRPCError(Status.UNIMPLEMENTED, f"grpc: {exc}") from exc
+    except Exception as exc:
+        raise GRPCError(Status.INTERNAL, f"grpc: error unmarshalling request: {exc}") from exc
     if request is None:
         raise GRPCError(Status.INVALID_ARGUMENT, "request message missing")
     return request

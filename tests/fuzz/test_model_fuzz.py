@@ -167,7 +167,7 @@ def labels_ok(labels: dict[str, str]) -> bool:
 
 
 def stored(labels: dict[str, str]) -> dict[str, str]:
-    return dict(labels)
+    return {k: v for k, v in labels.items() if v}
 
 
 def path_ok(path: str) -> bool:

@@ -37,8 +37,6 @@ SEMANTIC_CODES = {
     Status.ALREADY_EXISTS,
     Status.FAILED_PRECONDITION,
 }
-# grpclib's answer when a handler raises something that is not a GRPCError (see the xfail).
-GRPCLIB_CRASH = (Status.UNKNOWN, "Internal Server Error")
 FUZZ = settings(
     max_examples=150,
     deadline=None,
@@ -117,11 +115,8 @@ def one_call(
 
 
 def check_reply(code: Status | None, message: str) -> None:
-    """A proper gRPC status; grpclib's crash answer tolerated here (the xfail test pins it)."""
+    """A proper gRPC status, never grpclib's answer to a crashed handler."""
     assert code is not None, "no grpc-status"
-    if (code, message) == GRPCLIB_CRASH:
-        count("protocol replies: UNKNOWN from grpclib (malformed request)")
-        return
     count(f"protocol replies: {code.name}")
     assert code in PROTOCOL_CODES | SEMANTIC_CODES, f"{code.name}: {message}"
 
@@ -364,17 +359,9 @@ def test_repeated_abuse_keeps_rss_bounded(abused: ServerProcess) -> None:
     assert after - before < RSS_SLACK_KIB // 2, f"RSS {before} -> {after} KiB over {rounds} rounds"
 
 
-# ---------------------------------------------------------------------- the bug
+# ---------------------------------------------------------------------- malformed requests
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: obdsnap/service.py _receive() lets request decoding errors escape to grpclib, "
-        "which answers UNKNOWN 'Internal Server Error' and logs a traceback; grpc-go answers "
-        "INTERNAL (bad protobuf, short frame) or UNIMPLEMENTED (compressed flag)"
-    ),
-)
 @pytest.mark.parametrize(
     "data",
     [
