@@ -33,6 +33,10 @@ class DeviceBackend(Protocol):
         """Whether the snapshot's device is set up (false after a reboot or a detach)."""
         ...
 
+    async def has_entries(self, snapshot_id: int) -> bool:
+        """Whether anything of the snapshot's device is set up, even half of it."""
+        ...
+
     async def find_device(self, snapshot_id: int) -> Path | None:
         """The device node of an attached snapshot, if its disk is there."""
         ...

@@ -58,16 +58,18 @@ class DeviceManager:
         """
         mountpoint = block_dir / MOUNTPOINT
         device = None
-        if await self._backend.is_attached(snapshot_id):
-            if not await self.owns(snapshot_id, block_dir):
+        if await self._backend.has_entries(snapshot_id):
+            if not await self.may_own(snapshot_id, block_dir):
                 raise AttachError(
                     f"device dev_{snapshot_id} is set up for another image "
                     f"({await self._backend.configured_image(snapshot_id)}): "
                     "is another snapshotter using this host's TCMU devices?"
                 )
-            device = await self._backend.find_device(snapshot_id)
+            if await self._backend.is_attached(snapshot_id):
+                device = await self._backend.find_device(snapshot_id)
             if device is None:
-                await self._backend.detach(snapshot_id)  # half set up: start over
+                # A set-up or tear-down that died half-way: start over.
+                await self._backend.detach(snapshot_id)
         fresh = device is None
         if device is None:
             async with self._attaching:

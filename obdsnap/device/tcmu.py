@@ -86,6 +86,11 @@ class TcmuBackend:
         link = self.loopback_dir(snapshot_id) / "tpgt_1" / "lun" / "lun_0" / f"dev_{snapshot_id}"
         return await self._blocking(link.is_symlink)
 
+    async def has_entries(self, snapshot_id: int) -> bool:
+        """Whether any configfs object of the snapshot exists, complete or not."""
+        target, loopback = self.target_dir(snapshot_id), self.loopback_dir(snapshot_id)
+        return await self._blocking(lambda: target.exists() or loopback.exists())
+
     async def find_device(self, snapshot_id: int) -> Path | None:
         """The disk of an attached snapshot, from its LUN's SCSI address."""
         return await self._blocking(self._find_disk, snapshot_id)

@@ -26,6 +26,7 @@ from obdsnap.storage import Kind, Record
 WRITABLE_DATA = "writable_data"
 WRITABLE_INDEX = "writable_index"
 COMMIT_FILE = "overlaybd.commit"
+PARTIAL_COMMIT_FILE = ".overlaybd.commit.partial"
 RESULT_FILE = "init-debug.log"
 
 
@@ -154,15 +155,37 @@ class BlockLayers:
         )
 
     async def commit_writable_layer(self, record: Record, zfile: ZFileConfig) -> None:
-        """``overlaybd-commit`` the writable layer into ``fs/overlaybd.commit``."""
+        """``overlaybd-commit`` the writable layer into ``fs/overlaybd.commit``.
+
+        The tool writes a partial file that is renamed into place once complete, so
+        a commit cut by a crash leaves no half layer file and can simply be retried.
+        """
         block = self._layout.block_dir(record.id)
+        partial = self._layout.fs_dir(record.id) / PARTIAL_COMMIT_FILE
+        await self._blocking(_remove_files, partial)
         await self._tools.commit_writable_layer(
-            block / WRITABLE_DATA, block / WRITABLE_INDEX, self.commit_file(record.id), zfile
+            block / WRITABLE_DATA, block / WRITABLE_INDEX, partial, zfile
         )
+        await self._blocking(_publish, partial, self.commit_file(record.id))
 
     async def drop_writable_layer(self, snapshot_id: int) -> None:
         block = self._layout.block_dir(snapshot_id)
         await self._blocking(_remove_files, block / WRITABLE_DATA, block / WRITABLE_INDEX)
+
+
+def _publish(partial: Path, final: Path) -> None:
+    """Blocking: make ``partial`` durable, then atomically ``final``."""
+    descriptor = os.open(partial, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(partial, final)
+    directory = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _remove_files(*paths: Path) -> None:

@@ -260,7 +260,9 @@ class Client:
 
     async def step(self, stub: api.SnapshotsStub) -> None:
         ledger = self.ledger
-        mine = [k for k, s in ledger.live.items() if s.owner == self.index]
+        mine = [
+            k for k, s in ledger.live.items() if s.owner == self.index and k not in ledger.broken
+        ]
         actives = [k for k in mine if ledger.live[k].kind == ACTIVE]
         removable = [
             k for k in mine if ledger.live[k].kind == ACTIVE or k not in ledger.used_as_parent
