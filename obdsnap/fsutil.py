@@ -57,3 +57,17 @@ def _ignore_vanished(
 ) -> None:
     if not isinstance(exc_info[1], FileNotFoundError):
         raise exc_info[1]
+
+
+def write_file_no_follow(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Blocking: replace the contents of ``path``, refusing (ELOOP) to write through a symlink.
+
+    obdsnap runs as root: a symlink planted under its root must not turn one of
+    its writes into a write to, say, /etc/passwd.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    descriptor = os.open(path, flags, mode)
+    try:
+        os.write(descriptor, data)
+    finally:
+        os.close(descriptor)

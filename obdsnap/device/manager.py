@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import os
 from pathlib import Path
 
 from obdsnap.blocking import BlockingRunner
@@ -23,6 +22,7 @@ from obdsnap.device.filesystem import (
     remove_lost_and_found,
     unmount,
 )
+from obdsnap.fsutil import write_file_no_follow
 from obdsnap.mountinfo import is_mounted
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,7 @@ class DeviceManager:
 
 
 def _write_mark(path: Path, device: Path) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    with os.fdopen(descriptor, "w") as mark:
-        mark.write(str(device))
+    write_file_no_follow(path, str(device).encode())
 
 
 def _read_mark(path: Path) -> Path | None:

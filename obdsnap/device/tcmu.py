@@ -25,6 +25,7 @@ import aiofiles
 
 from obdsnap.blocking import BlockingRunner
 from obdsnap.device.backend import AttachError, DeviceTimeout
+from obdsnap.fsutil import write_file_no_follow
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class TcmuBackend:
         target = self.target_dir(snapshot_id)
         target.mkdir(mode=0o700, parents=True, exist_ok=True)
         # A stale "success" from an earlier attach must not be taken for this one's.
-        result_file.write_bytes(b"")
+        write_file_no_follow(result_file, b"")
         _write_attribute(target / "control", f"dev_config={dev_config(config_path)}")
         _write_attribute(target / "control", f"max_data_area_mb={MAX_DATA_AREA_MB}")
 

@@ -94,3 +94,13 @@ def test_image_ref_prefers_image_ref() -> None:
     assert image_ref({L.IMAGE_REF: "a", L.CRI_IMAGE_REF: "b"}) == "a"
     assert image_ref({L.CRI_IMAGE_REF: "b"}) == "b"
     assert image_ref({}) == ""
+
+
+def test_a_planted_symlink_is_replaced_not_written_through(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    path = tmp_path / "config.v1.json"
+    path.symlink_to(victim)
+    write_config(path, DeviceConfig(result_file="/r"))
+    assert victim.read_text() == "precious"
+    assert not path.is_symlink() and read_config(path).result_file == "/r"

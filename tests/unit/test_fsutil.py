@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from obdsnap import fsutil
-from obdsnap.fsutil import disk_usage, remove_tree
+from obdsnap.fsutil import disk_usage, remove_tree, write_file_no_follow
 from obdsnap.storage import Usage
 
 
@@ -141,3 +141,33 @@ def test_remove_tree_refuses_a_tree_with_a_mount_inside(
     assert caught.value.errno == errno.EBUSY
     assert seen == [root]
     assert (mountpoint / "device-data").read_text() == "precious"
+
+
+def test_write_file_no_follow_refuses_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    planted = tmp_path / "init-debug.log"
+    planted.symlink_to(victim)
+    with pytest.raises(OSError) as raised:
+        write_file_no_follow(planted, b"")
+    assert raised.value.errno == errno.ELOOP
+    assert victim.read_text() == "precious"
+
+
+def test_write_file_no_follow_writes_regular_files(tmp_path: Path) -> None:
+    path = tmp_path / "backstore_mark"
+    write_file_no_follow(path, b"/dev/sdc")
+    write_file_no_follow(path, b"/dev/sd")
+    assert path.read_bytes() == b"/dev/sd"
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_remove_tree_removes_a_planted_symlink_not_its_target(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("keep")
+    planted = tmp_path / "snapshots-99"
+    planted.symlink_to(target)
+    remove_tree(planted)
+    assert not planted.is_symlink()
+    assert (target / "keep.txt").read_text() == "keep"
