@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,7 +71,9 @@ class ServerProcess:
                 start_new_session=True,
             )
         deadline = time.monotonic() + self._start_timeout
-        while not self.address.is_socket():
+        # A connection that gets through, not the socket file: after a crash the
+        # dead server's socket file is still there until the new one replaces it.
+        while not self.accepts_connections():
             if self._process.poll() is not None:
                 raise RuntimeError(f"obdsnap exited with {self._process.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
@@ -80,6 +83,14 @@ class ServerProcess:
                 )
             time.sleep(0.02)
         return self
+
+    def accepts_connections(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(self.address))
+            except OSError:
+                return False
+        return True
 
     @property
     def pid(self) -> int:

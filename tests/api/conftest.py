@@ -20,7 +20,6 @@ from .helpers import (
     prepare,
     store_state,
     view,
-    wait_listening,
 )
 
 GC_ROOT = "containerd.io/gc.root"
@@ -57,8 +56,6 @@ async def populate(client: api.SnapshotsStub, root: Path) -> None:
 
 @pytest_asyncio.fixture
 async def client(server: ServerProcess) -> AsyncIterator[api.SnapshotsStub]:
-    """tests/conftest.py's client, once the server really listens (not just bound its socket)."""
-    await wait_listening(server)
     async with connect(server) as stub:
         yield stub
 
@@ -67,7 +64,6 @@ async def client(server: ServerProcess) -> AsyncIterator[api.SnapshotsStub]:
 async def populated(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Populated]:
     """One server per test module; the tests using it must not change its snapshots."""
     server = ServerProcess(tmp_path_factory.mktemp("populated")).start()
-    await wait_listening(server)
     try:
         async with connect(server) as client:
             await populate(client, server.root)

@@ -16,11 +16,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from api.helpers import expect_status as expect_status
 from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -131,16 +132,6 @@ def copy_blobs(image: Image, store: Path) -> None:
 
 
 # ---------------------------------------------------------------------- gRPC calls
-
-
-async def expect_status(call: Awaitable[Any], status: Status) -> GRPCError:
-    """Await ``call``; it must fail with ``status``. The error, for message checks."""
-    try:
-        result = await call
-    except GRPCError as exc:
-        assert exc.status == status, f"expected {status.name}, got {exc.status.name}: {exc.message}"
-        return exc
-    raise AssertionError(f"expected {status.name}, but the call succeeded: {result!r}")
 
 
 def options_of(mount: Mount) -> dict[str, str]:
@@ -258,26 +249,9 @@ class Obd:
         return api.SnapshotsStub(self.channel)
 
     async def start(self) -> Obd:
-        self.server.start()
-        await self.wait_listening()
+        await asyncio.to_thread(self.server.start)
         self.channel = Channel(path=str(self.server.address))
         return self
-
-    async def wait_listening(self, within: float = 20.0) -> None:
-        deadline = time.monotonic() + within
-        while True:
-            try:
-                _, writer = await asyncio.open_unix_connection(str(self.server.address))
-            except OSError:
-                if not self.server.running():
-                    raise RuntimeError(f"obdsnap exited:\n{self.server.log()}") from None
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.01)
-            else:
-                writer.close()
-                await writer.wait_closed()
-                return
 
     def close_channel(self) -> None:
         if self.channel is not None:

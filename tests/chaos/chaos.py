@@ -209,24 +209,6 @@ def id_of_path(path: str, snapshots: Path) -> int | None:
     return int(first) if first.isdigit() else None
 
 
-async def wait_listening(server: ServerProcess, within: float = 30.0) -> None:
-    """The socket file of a killed server stays: only a connection shows the new one listens."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            _, writer = await asyncio.open_unix_connection(str(server.address))
-        except OSError:
-            if not server.running():
-                raise RuntimeError(f"obdsnap exited:\n{server.log()}") from None
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.01)
-        else:
-            writer.close()
-            await writer.wait_closed()
-            return
-
-
 async def list_infos(stub: api.SnapshotsStub) -> dict[str, api.Info]:
     found: dict[str, api.Info] = {}
     async for reply in stub.list(api.ListSnapshotsRequest(), timeout=CALL_TIMEOUT):
@@ -500,13 +482,11 @@ async def run_chaos(settings: Settings, sim: RunningSimulator | None) -> Report:
         server = ServerProcess.with_config(workdir, config, start_timeout=30.0)
     rng = random.Random(f"{settings.seed}-{settings.variant}")
     try:
-        server.start()
-        await wait_listening(server)
+        await asyncio.to_thread(server.start)
         for round_no in range(settings.kills):
             await load_and_kill(server, ledger, settings, rng, round_no)
             report.kills += 1
-            server.start()
-            await wait_listening(server)
+            await asyncio.to_thread(server.start)
             await checked(server, ledger, report, f"after kill {report.kills}")
         await finish(server, ledger, report, sim)
     finally:

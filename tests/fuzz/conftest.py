@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,21 +27,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_line(f"total cases and steps: {cases}")
 
 
-def wait_listening_sync(server: ServerProcess, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(server.address))
-            return
-        except OSError:
-            if not server.running() or time.monotonic() > deadline:
-                raise RuntimeError(f"obdsnap does not listen:\n{server.log()}") from None
-            time.sleep(0.01)
-        finally:
-            sock.close()
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -55,7 +38,6 @@ def rss_kib(pid: int) -> int:
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One plain-overlayfs server for a whole module; it must survive and exit 0 on SIGTERM."""
     server = ServerProcess(tmp_path_factory.mktemp("fuzz")).start()
-    wait_listening_sync(server)
     try:
         yield server
         assert server.running(), f"obdsnap died during the fuzzing:\n{server.log()}"
