@@ -16,12 +16,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from api.helpers import expect_status as expect_status
+from api.helpers import wait_until as wait_until
 from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -526,12 +527,3 @@ def force_clean(sim: RunningSimulator, roots: Sequence[Path]) -> None:
             if entry.is_dir():
                 with contextlib.suppress(OSError):
                     entry.rmdir()
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> bool:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True

@@ -8,13 +8,13 @@ snapshot IDs start at 1 on each test's fresh server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 
 import pytest
 from grpclib import GRPCError
 from grpclib.const import Status
+from grpclib.exceptions import StreamTerminatedError
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from tcmusim.testing import only
@@ -28,6 +28,7 @@ from .helpers import (
     Obd,
     expect_status,
     remote_labels,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
@@ -244,17 +245,28 @@ async def test_a_prepare_whose_client_gave_up_finishes_or_undoes_cleanly(
     assert obd.sim.loop_devices() == []
 
 
-@pytest.mark.parametrize("killed_at", [0.1, 0.6])
+@pytest.mark.parametrize("phase", ["opening the device", "making the filesystem"])
 async def test_a_prepare_killed_during_set_up_is_rolled_back_at_start_up(
-    start_obd: StartObd, killed_at: float
+    start_obd: StartObd, phase: str
 ) -> None:
-    """A crash inside a writable device's set-up (tools, attach, mkfs) leaves nothing half-made."""
+    """A crash inside a writable device's set-up (attach, mkfs) leaves nothing half-made.
+
+    The kill waits for the phase to be visible rather than for a time, so it always lands
+    inside the set-up: the Prepare must not have answered when the server dies.
+    """
     obd = await start_obd(rwMode="dir")
-    obd.sim.control.set(open_latency=0.5)
+    if phase == "opening the device":
+        obd.sim.control.set(open_latency=only(3, 1))
+        reached = lambda: obd.target_dir(1).exists()  # noqa: E731
+    else:
+        obd.sim.control.set(slow_io_ms=only(50, 1))
+        reached = lambda: obd.device_of(1) is not None  # noqa: E731
     pending = asyncio.ensure_future(obd.prepare("rootfs"))
-    await asyncio.sleep(killed_at)
+    assert await wait_until(reached, 15.0), f"the Prepare never got to {phase}"
+    await asyncio.sleep(0.1)
+    assert not pending.done(), f"the Prepare answered before the kill: {pending}"
     obd.server.kill()
-    with contextlib.suppress(Exception):
+    with pytest.raises((GRPCError, StreamTerminatedError, OSError)):
         await pending
     obd.sim.control.clear()
     obd.close_channel()
