@@ -131,7 +131,7 @@ def build_snapshotter(
         auto_remove_dev=config.auto_remove_dev,
         index_off=overlay_has_index_param(),
     )
-    devices = DeviceManager(backend, blocking, config.max_concurrent_device_ops)
+    devices = DeviceManager(backend, blocking, store, config.max_concurrent_device_ops)
     return Snapshotter(layout, store, layers, devices, options, blocking)
 
 

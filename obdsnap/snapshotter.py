@@ -45,7 +45,7 @@ from obdsnap.mounts import Mount, bind_mount, overlay_mount
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.storage_type import StorageType, is_remote_layer
 from obdsnap.overlaybd.tools import ZFileConfig, parse_zfile_config
-from obdsnap.storage import Info, Kind, MetaStore, Record, Usage
+from obdsnap.storage import Info, Kind, MetaStore, Operation, Record, Usage
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +97,20 @@ class Snapshotter:
         self._remover: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Reconcile the disk and the devices with the metadata before serving."""
+        """Reconcile the disk and the devices with the metadata before serving.
+
+        Operations a crash cut short are finished or rolled back first, then creates
+        that never finished are dropped, then Cleanup reclaims what no snapshot owns.
+        """
+        settled = await self._settle_intents()
         dropped = await self._drop_unfinished_creates()
         report = await self.cleanup()
         log.info(
-            "reconciled at start-up: %d snapshots, %d unfinished creates dropped, %s",
+            "reconciled at start-up: %d snapshots; %d interrupted operations%s; "
+            "%d unfinished creates dropped; %s",
             len(self._store),
+            len(settled),
+            f" ({'; '.join(settled)})" if settled else "",
             dropped,
             report,
         )
@@ -347,23 +355,51 @@ class Snapshotter:
     async def _commit(
         self, active: Record, name: str, labels: Mapping[str, str], zfile: ZFileConfig
     ) -> None:
-        """DESIGN §7: a writable layer becomes a local layer file first."""
-        committed_labels = dict(labels)
         writable = active.rw_mode in (DIR, DEV)
-        acceleration = active.info.labels.get(L.ACCELERATION_LAYER) == "yes"
-        if writable and not acceleration:
-            async with self._locks.hold(active.id):
-                await self._devices.detach(active.id, self._layout.block_dir(active.id))
-                await self._layers.commit_writable_layer(active, zfile)
-        parent = self._store.find(active.parent) if active.parent else None
-        kind = await self._layers.storage_type(active)
-        if kind is StorageType.LOCAL_BLOCK:
+        if not writable or active.info.labels.get(L.ACCELERATION_LAYER) == "yes":
+            await self._commit_record(active, name, labels)
+            return
+        # The lock keeps a Mounts from attaching the device again half-way.
+        async with self._locks.hold(active.id), self._store.intent(active.id, Operation.COMMIT):
+            try:
+                await self._commit_writable(active, name, labels, zfile)
+            finally:
+                committed = self._store.find(name)
+                done = committed is not None and committed.id == active.id
+                await asyncio.shield(self._settle_commit(active.id, committed=done))
+
+    async def _settle_commit(self, snapshot_id: int, *, committed: bool) -> str:
+        """After a writable commit, however it ended: finish it or roll it back.
+
+        The row decides: committed, the writable layer is dropped (the layer file has
+        its data); still active, the writable layer and its config are as before.
+        """
+        if not committed:
+            await self._layers.roll_back_commit(snapshot_id)
+            return "rolled back"
+        try:
+            await self._layers.drop_writable_layer(snapshot_id)
+        except OSError as exc:  # the commit stands all the same
+            log.warning("snapshot %d: writable layer not dropped: %s", snapshot_id, exc)
+        return "finished"
+
+    async def _commit_writable(
+        self, active: Record, name: str, labels: Mapping[str, str], zfile: ZFileConfig
+    ) -> None:
+        """DESIGN §7: the writable layer becomes a local layer file, then the row commits."""
+        await self._devices.detach(active.id, self._layout.block_dir(active.id))
+        await self._layers.commit_writable_layer(active, zfile)
+        await self._layers.keep_writable_config(active.id)
+        await self._commit_record(active, name, labels)
+
+    async def _commit_record(self, active: Record, name: str, labels: Mapping[str, str]) -> None:
+        committed_labels = dict(labels)
+        if await self._layers.storage_type(active) is StorageType.LOCAL_BLOCK:
+            parent = self._store.find(active.parent) if active.parent else None
             await self._layers.write_local_config(active, parent)
             committed_labels[L.LOCAL_COMMIT_PATH] = str(self._layers.commit_file(active.id))
         usage = await self._blocking(disk_usage, self._layout.fs_dir(active.id))
         await self._store.commit(active.key, name, usage, committed_labels)
-        if writable and not acceleration:
-            await self._layers.drop_writable_layer(active.id)
 
     async def remove(self, key: str) -> None:
         validate_key(key)
@@ -504,6 +540,33 @@ class Snapshotter:
                 log.warning("cleanup: could not detach device %d: %s", snapshot_id, exc)
                 return False
         return True
+
+    async def _settle_intents(self) -> list[str]:
+        """Finish or roll back every operation with an open intent; what was done to each.
+
+        Device operations go first: a commit cut short during its detach finds the
+        device detached. An intent that cannot be settled stays for the next start.
+        """
+        by_id = {record.id: record for record in self._store.records()}
+        settled: list[str] = []
+        for intent in sorted(self._store.intents(), key=lambda i: i.operation is Operation.COMMIT):
+            what = f"{intent.operation.value} of snapshot {intent.snapshot_id}"
+            try:
+                if intent.operation is Operation.COMMIT:
+                    record = by_id.get(intent.snapshot_id)
+                    committed = record is not None and record.kind == Kind.COMMITTED
+                    outcome = await self._settle_commit(intent.snapshot_id, committed=committed)
+                else:
+                    block_dir = self._layout.block_dir(intent.snapshot_id)
+                    outcome = await self._devices.reconcile(intent, block_dir)
+                await self._store.clear_intent(intent)
+            except (OSError, SnapshotError) as exc:
+                log.warning("%s, interrupted, could not be settled: %s", what, exc)
+                settled.append(f"{what}: failed, {exc}")
+                continue
+            log.warning("%s was interrupted: %s", what, outcome)
+            settled.append(f"{what} {outcome}")
+        return settled
 
     async def _drop_unfinished_creates(self) -> int:
         """Roll back the creates a crash interrupted; none of them was acknowledged.

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import enum
 import logging
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Protocol
 
 from obdsnap.blocking import BlockingRunner
 from obdsnap.device.backend import AttachError, DeviceBackend
@@ -24,6 +26,7 @@ from obdsnap.device.filesystem import (
 )
 from obdsnap.fsutil import write_file_no_follow
 from obdsnap.mountinfo import is_mounted
+from obdsnap.storage import Intent, Operation
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +42,23 @@ class MountMode(enum.Enum):
     NONE = "none"  # rwMode dev: the device goes to a VM runtime unmounted
 
 
+class IntentJournal(Protocol):
+    def intent(self, snapshot_id: int, operation: Operation) -> AbstractAsyncContextManager[None]:
+        """Durably note the operation before it starts; clear the note when it ends."""
+        ...
+
+
 class DeviceManager:
     def __init__(
-        self, backend: DeviceBackend, blocking: BlockingRunner, max_attaching: int
+        self,
+        backend: DeviceBackend,
+        blocking: BlockingRunner,
+        journal: IntentJournal,
+        max_attaching: int,
     ) -> None:
         self._backend = backend
         self._blocking = blocking
+        self._journal = journal
         # Image opens beyond this many wait their turn instead of all hitting the kernel.
         self._attaching = asyncio.Semaphore(max_attaching)
 
@@ -54,22 +68,50 @@ class DeviceManager:
         """The device of a snapshot, attached and mounted as far as it is not already.
 
         A device that is still set up (the snapshotter died before mounting it, or
-        the mount went away) is mounted again, not set up a second time.
+        the mount went away) is mounted again, not set up a second time. Only an
+        attach with work to do is recorded as an intent.
         """
+        device = await self._set_up_device(snapshot_id, block_dir)
+        if device is not None and await self._complete(device, block_dir, mode):
+            return device
+        async with self._journal.intent(snapshot_id, Operation.ATTACH):
+            return await self._attach(snapshot_id, block_dir, device, spec, mkfs=mkfs, mode=mode)
+
+    async def _set_up_device(self, snapshot_id: int, block_dir: Path) -> Path | None:
+        """The node of the snapshot's device if it is set up; refuses another image's."""
+        if not await self._backend.has_entries(snapshot_id):
+            return None
+        if not await self.may_own(snapshot_id, block_dir):
+            raise AttachError(
+                f"device dev_{snapshot_id} is set up for another image "
+                f"({await self._backend.configured_image(snapshot_id)}): "
+                "is another snapshotter using this host's TCMU devices?"
+            )
+        if not await self._backend.is_attached(snapshot_id):
+            return None
+        return await self._backend.find_device(snapshot_id)
+
+    async def _complete(self, device: Path, block_dir: Path, mode: MountMode) -> bool:
+        """Mounted as asked and marked: the last steps of an attach are done."""
+        if await self._blocking(_read_mark, block_dir / BACKSTORE_MARK) != device:
+            return False
+        return mode is MountMode.NONE or await self._blocking(is_mounted, block_dir / MOUNTPOINT)
+
+    async def _attach(
+        self,
+        snapshot_id: int,
+        block_dir: Path,
+        device: Path | None,
+        spec: FsSpec,
+        *,
+        mkfs: bool,
+        mode: MountMode,
+    ) -> Path:
+        """On from where ``device`` (set up, or None) left off: set up, mkfs, mount, mark."""
         mountpoint = block_dir / MOUNTPOINT
-        device = None
-        if await self._backend.has_entries(snapshot_id):
-            if not await self.may_own(snapshot_id, block_dir):
-                raise AttachError(
-                    f"device dev_{snapshot_id} is set up for another image "
-                    f"({await self._backend.configured_image(snapshot_id)}): "
-                    "is another snapshotter using this host's TCMU devices?"
-                )
-            if await self._backend.is_attached(snapshot_id):
-                device = await self._backend.find_device(snapshot_id)
-            if device is None:
-                # A set-up or tear-down that died half-way: start over.
-                await self._backend.detach(snapshot_id)
+        if device is None and await self._backend.has_entries(snapshot_id):
+            # A set-up or tear-down that died half-way: start over.
+            await self._backend.detach(snapshot_id)
         fresh = device is None
         if device is None:
             async with self._attaching:
@@ -96,6 +138,28 @@ class DeviceManager:
 
     async def detach(self, snapshot_id: int, block_dir: Path) -> None:
         """Unmount and tear down the device; its data is on the layer files when this returns."""
+        async with self._journal.intent(snapshot_id, Operation.DETACH):
+            await self._detach(snapshot_id, block_dir)
+
+    async def reconcile(self, intent: Intent, block_dir: Path) -> str:
+        """Finish or roll back an attach or detach a crash cut short; what was done.
+
+        An attach that got as far as its mark (its last step) is kept: a container
+        may use it. Anything less is torn down; the next Mounts attaches afresh.
+        A detach is finished.
+        """
+        if intent.operation is Operation.ATTACH:
+            device = await self._set_up_device(intent.snapshot_id, block_dir)
+            if device is not None and device == await self._blocking(
+                _read_mark, block_dir / BACKSTORE_MARK
+            ):
+                return "kept: it had finished"
+            await self._detach(intent.snapshot_id, block_dir)
+            return "rolled back"
+        await self._detach(intent.snapshot_id, block_dir)
+        return "finished"
+
+    async def _detach(self, snapshot_id: int, block_dir: Path) -> None:
         mountpoint = block_dir / MOUNTPOINT
         device = await self._blocking(_read_mark, block_dir / BACKSTORE_MARK)
         ours = await self.may_own(snapshot_id, block_dir)

@@ -27,6 +27,8 @@ WRITABLE_DATA = "writable_data"
 WRITABLE_INDEX = "writable_index"
 COMMIT_FILE = "overlaybd.commit"
 PARTIAL_COMMIT_FILE = ".overlaybd.commit.partial"
+# The writable layer's device config, kept while a commit replaces it, for a roll-back.
+WRITABLE_CONFIG_KEPT = "config.v1.json.writable"
 RESULT_FILE = "init-debug.log"
 
 
@@ -168,24 +170,61 @@ class BlockLayers:
         )
         await self._blocking(_publish, partial, self.commit_file(record.id))
 
+    async def keep_writable_config(self, snapshot_id: int) -> None:
+        """Before a commit replaces the writable layer's config: keep it for a roll-back."""
+        kept = self._layout.block_dir(snapshot_id) / WRITABLE_CONFIG_KEPT
+        await self._blocking(_keep, self.config_path(snapshot_id), kept)
+
+    async def roll_back_commit(self, snapshot_id: int) -> None:
+        """Undo a commit that did not reach the metadata: the writable layer is as it was."""
+        kept = self._layout.block_dir(snapshot_id) / WRITABLE_CONFIG_KEPT
+        fs = self._layout.fs_dir(snapshot_id)
+        await self._blocking(_restore, kept, self.config_path(snapshot_id))
+        await self._blocking(_remove_files, fs / PARTIAL_COMMIT_FILE, self.commit_file(snapshot_id))
+
     async def drop_writable_layer(self, snapshot_id: int) -> None:
+        """After the commit reached the metadata: the layer file has the data now."""
         block = self._layout.block_dir(snapshot_id)
-        await self._blocking(_remove_files, block / WRITABLE_DATA, block / WRITABLE_INDEX)
+        await self._blocking(
+            _remove_files,
+            block / WRITABLE_DATA,
+            block / WRITABLE_INDEX,
+            block / WRITABLE_CONFIG_KEPT,
+        )
 
 
 def _publish(partial: Path, final: Path) -> None:
     """Blocking: make ``partial`` durable, then atomically ``final``."""
-    descriptor = os.open(partial, os.O_RDONLY | os.O_CLOEXEC)
+    _fsync(partial)
+    os.replace(partial, final)
+    _fsync(final.parent)
+
+
+def _keep(config: Path, kept: Path) -> None:
+    """Blocking: a durable second name for ``config``; one kept earlier is the original."""
+    try:
+        os.link(config, kept)
+    except FileExistsError:
+        return
+    _fsync(kept.parent)
+
+
+def _restore(kept: Path, config: Path) -> None:
+    """Blocking: put the kept config back, if there is one."""
+    try:
+        os.replace(kept, config)
+    except FileNotFoundError:
+        return
+    _fsync(config.parent)
+
+
+def _fsync(path: Path) -> None:
+    """Blocking: fsync a file or directory."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-    os.replace(partial, final)
-    directory = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _remove_files(*paths: Path) -> None:

@@ -17,9 +17,10 @@ reused; parent links), with two differences that the snapshotter relies on:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +36,7 @@ from obdsnap.errors import (
     SnapshotError,
     Unavailable,
 )
-from obdsnap.storage.model import Info, Kind, Record, Usage, utc_now
+from obdsnap.storage.model import Info, Intent, Kind, Operation, Record, Usage, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,13 @@ CREATE TABLE IF NOT EXISTS sequence (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO sequence (name, value) VALUES ('snapshot_id', 0);
+-- Operations under way (storage.model.Intent); what is left at start-up was cut short.
+CREATE TABLE IF NOT EXISTS intents (
+    snapshot_id INTEGER NOT NULL,
+    operation   TEXT NOT NULL,
+    started_us  INTEGER NOT NULL,
+    PRIMARY KEY (snapshot_id, operation)
+);
 -- The ID sequence follows every insert, so it never goes back, even after deletes.
 CREATE TRIGGER IF NOT EXISTS snapshot_id_sequence AFTER INSERT ON snapshots BEGIN
     UPDATE sequence SET value = NEW.id WHERE name = 'snapshot_id' AND value < NEW.id;
@@ -75,6 +83,14 @@ _DELETE = "DELETE FROM snapshots WHERE id IN ({})"
 # SQLite binds at most 32766 parameters per statement; 11 per row.
 _MAX_ROWS_PER_STATEMENT = 1000
 _ADVANCE_SEQUENCE = "UPDATE sequence SET value = ? WHERE name = ? AND value < ?"
+_RECORD_INTENT = "INSERT OR REPLACE INTO intents VALUES (?, ?, ?)"
+_CLEAR_INTENT = "DELETE FROM intents WHERE snapshot_id = ? AND operation = ?"
+
+
+_IntentKey = tuple[int, Operation]
+_Checkpoint = tuple[
+    dict[str, Record | None], dict[str, frozenset[str]], dict[_IntentKey, Intent | None], int
+]
 
 
 class _Batch:
@@ -87,6 +103,7 @@ class _Batch:
         self._durable_children = children
         self.records: dict[str, Record | None] = {}
         self.children: dict[str, frozenset[str]] = {}
+        self.intents: dict[_IntentKey, Intent | None] = {}  # None: cleared
         self.last_id = last_id
 
     def get(self, key: str) -> Record | None:
@@ -116,13 +133,12 @@ class _Batch:
         self.last_id += 1
         return self.last_id
 
-    def checkpoint(self) -> tuple[dict[str, Record | None], dict[str, frozenset[str]], int]:
-        return dict(self.records), dict(self.children), self.last_id
+    def checkpoint(self) -> _Checkpoint:
+        return dict(self.records), dict(self.children), dict(self.intents), self.last_id
 
-    def restore(
-        self, mark: tuple[dict[str, Record | None], dict[str, frozenset[str]], int]
-    ) -> None:
-        self.records, self.children, self.last_id = dict(mark[0]), dict(mark[1]), mark[2]
+    def restore(self, mark: _Checkpoint) -> None:
+        self.records, self.children = dict(mark[0]), dict(mark[1])
+        self.intents, self.last_id = dict(mark[2]), mark[3]
 
 
 @dataclass
@@ -139,6 +155,7 @@ class MetaStore:
         self._db: aiosqlite.Connection | None = None
         self._records: dict[str, Record] = {}
         self._children: dict[str, frozenset[str]] = {}
+        self._intents: dict[_IntentKey, Intent] = {}
         self._last_id = 0
         self._queue: list[_Write[Any]] = []
         self._wakeup = asyncio.Event()
@@ -187,6 +204,10 @@ class MetaStore:
             if record.parent:
                 children.setdefault(record.parent, set()).add(record.key)
         self._children = {parent: frozenset(keys) for parent, keys in children.items()}
+        async with self._db.execute("SELECT snapshot_id, operation, started_us FROM intents") as c:
+            async for snapshot_id, operation, started in c:
+                intent = Intent(snapshot_id, Operation(operation), _from_micros(started))
+                self._intents[(snapshot_id, intent.operation)] = intent
 
     # ------------------------------------------------------------------ reads
 
@@ -224,6 +245,10 @@ class MetaStore:
     def __len__(self) -> int:
         return len(self._records)
 
+    def intents(self) -> list[Intent]:
+        """Operations begun and not ended; at start-up, those a crash cut short."""
+        return list(self._intents.values())
+
     # ------------------------------------------------------------------ writes
 
     async def create(
@@ -252,6 +277,31 @@ class MetaStore:
 
     async def update(self, key: str, labels: Mapping[str, str], paths: Sequence[str]) -> Info:
         return await self._write(lambda batch: _update(batch, key, labels, paths))
+
+    @contextlib.asynccontextmanager
+    async def intent(self, snapshot_id: int, operation: Operation) -> AsyncIterator[None]:
+        """Record the intent durably, run the operation, clear it however the operation ends.
+
+        Only a crash leaves it: the operation undoes its own failures before raising.
+        A clear that cannot be written is left to start-up, which finds the operation done.
+        """
+        key = (snapshot_id, operation)
+        await self._write(lambda batch: _set_intent(batch, key, Intent(*key, utc_now())))
+        try:
+            yield
+        finally:
+            try:
+                await self._write(lambda batch: _set_intent(batch, key, None))
+            except SnapshotError as exc:
+                log.warning(
+                    "intent %s of snapshot %d not cleared: %s", operation.value, snapshot_id, exc
+                )
+
+    async def clear_intent(self, intent: Intent) -> None:
+        """Start-up has finished or rolled back what the intent was for."""
+        await self._write(
+            lambda batch: _set_intent(batch, (intent.snapshot_id, intent.operation), None)
+        )
 
     async def _write(self, apply: Callable[[_Batch], T]) -> T:
         if self._closing:
@@ -331,6 +381,12 @@ class MetaStore:
             statements.append((_UPSERT + values, tuple(v for row in rows for v in row)))
         for ids in _slices(deleted, _MAX_ROWS_PER_STATEMENT):
             statements.append((_DELETE.format(", ".join("?" * len(ids))), tuple(ids)))
+        for (snapshot_id, operation), intent in batch.intents.items():
+            if intent is None:
+                statements.append((_CLEAR_INTENT, (snapshot_id, operation.value)))
+            else:
+                row = (snapshot_id, operation.value, _micros(intent.started_at))
+                statements.append((_RECORD_INTENT, row))
         if batch.last_id > max((row[0] for row in stored), default=0):
             # An ID went to a row this batch also deleted: keep it used up all the same.
             statements.append((_ADVANCE_SEQUENCE, (batch.last_id, _ID_SEQUENCE, batch.last_id)))
@@ -358,6 +414,11 @@ class MetaStore:
                 self._children[parent] = keys
             else:
                 self._children.pop(parent, None)
+        for intent_key, intent in batch.intents.items():
+            if intent is None:
+                self._intents.pop(intent_key, None)
+            else:
+                self._intents[intent_key] = intent
         self._last_id = batch.last_id
 
 
@@ -416,6 +477,10 @@ def _mark_ready(batch: _Batch, key: str) -> Record:
     ready = replace(record, ready=True)
     batch.put(ready)
     return ready
+
+
+def _set_intent(batch: _Batch, key: _IntentKey, intent: Intent | None) -> None:
+    batch.intents[key] = intent
 
 
 def _remove(batch: _Batch, key: str) -> Record:

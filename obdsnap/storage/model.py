@@ -70,5 +70,27 @@ class Record:
         return self.info.parent
 
 
+class Operation(enum.Enum):
+    """A multi-step operation on a snapshot's device or layer files, recorded as an intent."""
+
+    ATTACH = "attach"  # configfs -> loopback -> disk -> mkfs -> mount -> mark
+    DETACH = "detach"  # flush -> unmount -> configfs teardown -> mark removed
+    COMMIT = "commit"  # detach -> overlaybd-commit -> layer config -> row committed
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """An operation that has started and not yet ended.
+
+    It is durable before the operation's first step and cleared after its last, so
+    an intent found at start-up names an operation a crash cut short. (A create's
+    intent is the row's own ``ready`` flag: the row and its intent are one write.)
+    """
+
+    snapshot_id: int
+    operation: Operation
+    started_at: datetime
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)

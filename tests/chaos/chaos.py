@@ -51,7 +51,9 @@ COMMIT_RETRY = "commit_retry"
 ORPHANS = "orphans_after_cleanup"
 DEVICE_ORPHANS = "device_orphans_after_cleanup"
 TEARDOWN = "teardown_leftovers"
+INTENTS_SETTLED = "intents_settled_at_start_up"
 CATEGORIES = (
+    INTENTS_SETTLED,
     ACKED_PRESENT,
     REMOVED_GONE,
     ALL_OR_NOTHING,
@@ -122,6 +124,8 @@ class Report:
     pending_resolved_present: int = 0
     pending_resolved_absent: int = 0
     orphans_after_cleanup: int = -1
+    # Operations a kill cut short, as their open intents in the metadata, by operation.
+    interrupted: Counter[str] = field(default_factory=Counter)
     runtime: float = 0.0
     violations: dict[str, list[str]] = field(default_factory=dict)
 
@@ -139,6 +143,7 @@ class Report:
             f"{self.acked_live_expected}/{self.acked_live_found} "
             f"pending found present/absent={self.pending_resolved_present}/"
             f"{self.pending_resolved_absent} orphans after Cleanup={self.orphans_after_cleanup} "
+            f"interrupted operations settled at start-up={dict(self.interrupted)} "
             f"violations={counts} errors under load (not killed yet): "
             f"{self.errors.most_common(4)}"
         )
@@ -189,6 +194,21 @@ def snapshot_ids(root: Path) -> dict[str, int]:
         return {str(key): int(i) for key, i in connection.execute("SELECT key, id FROM snapshots")}
     finally:
         connection.close()
+
+
+def open_intents(root: Path) -> list[str]:
+    """The intents in the metadata database, as "operation of ID" (read-only)."""
+    database = root / "metadata.db"
+    if not database.exists():
+        return []
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = connection.execute("SELECT operation, snapshot_id FROM intents").fetchall()
+    except sqlite3.OperationalError:  # killed before the first start-up made the table
+        return []
+    finally:
+        connection.close()
+    return [f"{operation} of {snapshot_id}" for operation, snapshot_id in rows]
 
 
 def mount_points_under(path: Path) -> list[str]:
@@ -486,7 +506,13 @@ async def run_chaos(settings: Settings, sim: RunningSimulator | None) -> Report:
         for round_no in range(settings.kills):
             await load_and_kill(server, ledger, settings, rng, round_no)
             report.kills += 1
+            for intent in await asyncio.to_thread(open_intents, server.root):
+                report.interrupted[intent.split()[0]] += 1
             await asyncio.to_thread(server.start)
+            # Start-up settles every interrupted operation before it serves.
+            left = await asyncio.to_thread(open_intents, server.root)
+            if left:
+                report.add(INTENTS_SETTLED, f"after kill {report.kills}: still open: {left}")
             await checked(server, ledger, report, f"after kill {report.kills}")
         await finish(server, ledger, report, sim)
     finally:

@@ -30,6 +30,7 @@ from .chaos import (
     COMMIT_RETRY,
     DEVICE_ORPHANS,
     DIR,
+    INTENTS_SETTLED,
     ORPHANS,
     OVERLAY,
     REMOVED_GONE,
@@ -139,6 +140,13 @@ def test_unacknowledged_ops_all_or_nothing(chaos: Report) -> None:
 @pytest.mark.parametrize("chaos", BOTH, indirect=True)
 def test_cut_commit_can_be_retried(chaos: Report) -> None:
     assert not chaos.violations.get(COMMIT_RETRY), violations(chaos, COMMIT_RETRY)
+
+
+@pytest.mark.parametrize("chaos", [DIR], indirect=True)
+def test_interrupted_operations_are_settled_at_start_up(chaos: Report) -> None:
+    """Kills cut attaches, detaches and commits; start-up finishes or rolls back each one."""
+    assert not chaos.violations.get(INTENTS_SETTLED), violations(chaos, INTENTS_SETTLED)
+    assert sum(chaos.interrupted.values()) > 0, chaos.summary()
 
 
 @pytest.mark.parametrize("chaos", BOTH, indirect=True)

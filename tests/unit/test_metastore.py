@@ -31,7 +31,7 @@ from obdsnap.errors import (
     SnapshotError,
     Unavailable,
 )
-from obdsnap.storage import Info, Kind, MetaStore, Record, Usage
+from obdsnap.storage import Info, Kind, MetaStore, Operation, Record, Usage
 from obdsnap.storage import metastore as metastore_module
 from obdsnap.storage.metastore import _Batch
 
@@ -1292,3 +1292,78 @@ async def test_ids_never_fall_behind_stored_rows_without_a_sequence(db_path: Pat
         assert (await second.create(Kind.ACTIVE, "b", "", {})).id > second.get("a").id
     finally:
         await second.close()
+
+
+# ---------------------------------------------------------------------- intents
+
+
+def stored_intents(path: Path) -> list[tuple[int, str]]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT snapshot_id, operation FROM intents ORDER BY snapshot_id")
+        return [(int(snapshot_id), str(operation)) for snapshot_id, operation in rows]
+
+
+async def test_an_intent_is_durable_while_its_operation_runs_and_cleared_after(
+    store: MetaStore, db_path: Path, clock: FakeClock
+) -> None:
+    async with store.intent(7, Operation.ATTACH):
+        # On disk before the operation's first step, not just in memory.
+        assert stored_intents(db_path) == [(7, "attach")]
+        [intent] = store.intents()
+        assert (intent.snapshot_id, intent.operation) == (7, Operation.ATTACH)
+        assert intent.started_at == BASE_TIME + clock.calls * timedelta(seconds=1, microseconds=2)
+    assert stored_intents(db_path) == []
+    assert store.intents() == []
+
+
+async def test_an_intent_is_cleared_when_its_operation_fails(
+    store: MetaStore, db_path: Path
+) -> None:
+    with pytest.raises(OSError, match="device gone"):
+        async with store.intent(3, Operation.DETACH):
+            raise OSError("device gone")
+    assert stored_intents(db_path) == []
+    assert store.intents() == []
+
+
+async def test_an_intent_left_by_a_crash_is_found_after_reopening(
+    store: MetaStore, reopened: Callable[[], Awaitable[MetaStore]], clock: FakeClock
+) -> None:
+    # A crash: the operation started and never ended (its context never exits).
+    cut = store.intent(5, Operation.COMMIT)
+    await cut.__aenter__()
+    async with store.intent(6, Operation.ATTACH):
+        pass
+    fresh = await reopened()
+    [found] = fresh.intents()
+    assert (found.snapshot_id, found.operation) == (5, Operation.COMMIT)
+    assert found.started_at == store.intents()[0].started_at
+    assert found.started_at.utcoffset() == timedelta(0)
+    await fresh.clear_intent(found)
+    assert fresh.intents() == []
+    again = await reopened()
+    assert again.intents() == []
+
+
+async def test_intents_of_many_operations_share_transactions(
+    store: MetaStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = count_persists(monkeypatch)
+
+    async def operation(snapshot_id: int) -> None:
+        async with store.intent(snapshot_id, Operation.ATTACH):
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(operation(i) for i in range(100)))
+    assert len(batches) <= 10, f"100 operations' intents took {len(batches)} transactions"
+    assert stored_intents(db_path) == []
+
+
+async def test_intents_and_snapshot_writes_in_one_batch_commit_together(
+    store: MetaStore, reopened: Callable[[], Awaitable[MetaStore]]
+) -> None:
+    cut = store.intent(1, Operation.ATTACH)
+    await asyncio.gather(cut.__aenter__(), store.create(Kind.ACTIVE, "k", "", {}))
+    fresh = await reopened()
+    assert [i.operation for i in fresh.intents()] == [Operation.ATTACH]
+    assert fresh.get("k").id == 1
