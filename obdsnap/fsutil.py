@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import stat
@@ -10,6 +11,8 @@ from pathlib import Path
 
 from obdsnap.mountinfo import mounts_under
 from obdsnap.storage import Usage
+
+log = logging.getLogger(__name__)
 
 
 def disk_usage(path: Path) -> Usage:
@@ -60,14 +63,36 @@ def _ignore_vanished(
 
 
 def write_file_no_follow(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Blocking: replace the contents of ``path``, refusing (ELOOP) to write through a symlink.
+    """Blocking: replace the contents of ``path``; a symlink there is replaced, never followed.
 
     obdsnap runs as root: a symlink planted under its root must not turn one of
     its writes into a write to, say, /etc/passwd.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    descriptor = os.open(path, flags, mode)
+    try:
+        descriptor = os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        log.warning("%s was a symlink (to %s): replaced", path, os.readlink(path))
+        os.unlink(path)
+        descriptor = os.open(path, flags | os.O_EXCL, mode)
     try:
         os.write(descriptor, data)
     finally:
         os.close(descriptor)
+
+
+def make_real_directory(path: Path, mode: int) -> None:
+    """Blocking: ``path`` as a directory of its own; a symlink or file there is replaced.
+
+    A mount follows a symlinked mountpoint: it must never land where a link points.
+    """
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            return
+        log.warning("%s was not a directory: replaced", path)
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    os.mkdir(path, mode)

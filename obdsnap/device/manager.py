@@ -24,7 +24,8 @@ from obdsnap.device.filesystem import (
     remove_lost_and_found,
     unmount,
 )
-from obdsnap.fsutil import write_file_no_follow
+from obdsnap.fsutil import make_real_directory, write_file_no_follow
+from obdsnap.layout import PRIVATE_DIR_MODE
 from obdsnap.mountinfo import is_mounted
 from obdsnap.storage import Intent, Operation
 
@@ -125,6 +126,7 @@ class DeviceManager:
                 await remove_lost_and_found(device, spec)
             mounted = await self._blocking(is_mounted, mountpoint)
             if mode is not MountMode.NONE and not mounted:
+                await self._blocking(make_real_directory, mountpoint, PRIVATE_DIR_MODE)
                 await mount_device(device, mountpoint, spec, readonly=mode is MountMode.READ_ONLY)
                 await self._backend.set_disk_timeout(device)
             await self._blocking(_write_mark, block_dir / BACKSTORE_MARK, device)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import MISSING, Images, StartObd
-from .helpers import HBA, RECORD_TRACE, RECORD_TRACE_PATH, wwn
+from .helpers import HBA, RECORD_TRACE, RECORD_TRACE_PATH, mount_at, wwn
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -78,3 +78,34 @@ async def test_remove_after_a_restart_detaches_the_device(start_obd: StartObd) -
     await obd.remove("rootfs")
     obd.assert_detached(own)
     assert obd.sim.loop_devices() == []
+
+
+async def test_symlinks_planted_in_a_snapshots_block_dir_are_replaced_not_followed(
+    start_obd: StartObd, tmp_path: Path
+) -> None:
+    """obdsnap is root: its mark, result file and mount must never land where a link points."""
+    obd = await start_obd(rwMode="dir")
+    mounts = await obd.prepare("rootfs")
+    own = obd.own_id(mounts)
+    (obd.mountpoint(own) / "file").write_text("data\n")
+    obd.detach_like_reboot(own)
+    victim_file = tmp_path / "victim-file"
+    victim_file.write_text("precious")
+    victim_dir = tmp_path / "victim-dir"
+    victim_dir.mkdir()
+    (victim_dir / "keep").write_text("keep")
+    block = obd.block(own)
+    for name in ("backstore_mark", "init-debug.log"):
+        (block / name).unlink(missing_ok=True)
+        (block / name).symlink_to(victim_file)
+    obd.mountpoint(own).rmdir()
+    obd.mountpoint(own).symlink_to(victim_dir)
+    # The re-attach writes the result file and the mark and mounts: none through a link.
+    assert await obd.mounts("rootfs") == mounts
+    assert victim_file.read_text() == "precious"
+    assert mount_at(victim_dir) is None
+    assert sorted(os.listdir(victim_dir)) == ["keep"]
+    for path in (block / "backstore_mark", block / "init-debug.log", obd.mountpoint(own)):
+        assert not path.is_symlink(), path
+    obd.assert_attached(own, mounted="rw")
+    assert (obd.mountpoint(own) / "file").read_text() == "data\n"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from obdsnap import fsutil
-from obdsnap.fsutil import disk_usage, remove_tree, write_file_no_follow
+from obdsnap.fsutil import disk_usage, make_real_directory, remove_tree, write_file_no_follow
 from obdsnap.storage import Usage
 
 
@@ -143,15 +144,53 @@ def test_remove_tree_refuses_a_tree_with_a_mount_inside(
     assert (mountpoint / "device-data").read_text() == "precious"
 
 
-def test_write_file_no_follow_refuses_a_planted_symlink(tmp_path: Path) -> None:
+def test_write_file_no_follow_replaces_a_planted_symlink(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("precious")
     planted = tmp_path / "init-debug.log"
     planted.symlink_to(victim)
-    with pytest.raises(OSError) as raised:
-        write_file_no_follow(planted, b"")
-    assert raised.value.errno == errno.ELOOP
+    write_file_no_follow(planted, b"/dev/sdc")
     assert victim.read_text() == "precious"
+    assert not planted.is_symlink()
+    assert planted.read_bytes() == b"/dev/sdc"
+
+
+def test_write_file_no_follow_does_not_follow_a_dangling_symlink(tmp_path: Path) -> None:
+    """O_CREAT through a dangling link would create its target: /etc/anything."""
+    target = tmp_path / "would-be-created"
+    planted = tmp_path / "backstore_mark"
+    planted.symlink_to(target)
+    write_file_no_follow(planted, b"x")
+    assert not target.exists()
+    assert planted.read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("planted", ["symlink", "file", "missing", "directory"])
+def test_make_real_directory(tmp_path: Path, planted: str) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("keep")
+    path = tmp_path / "mountpoint"
+    if planted == "symlink":
+        path.symlink_to(victim)
+    elif planted == "file":
+        path.write_text("x")
+    elif planted == "directory":
+        path.mkdir(mode=0o755)
+        (path / "inside").write_text("kept")
+    make_real_directory(path, 0o711)
+    assert path.is_dir() and not path.is_symlink()
+    assert sorted(os.listdir(victim)) == ["keep"]
+    if planted == "directory":
+        assert (path / "inside").read_text() == "kept"
+    else:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o711 & ~current_umask()
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_write_file_no_follow_writes_regular_files(tmp_path: Path) -> None:
