@@ -27,7 +27,7 @@ from pathlib import Path
 from obdsnap import filters
 from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner, CompletionGuard
-from obdsnap.device.filesystem import FsSpec, fs_spec
+from obdsnap.device.filesystem import FsSpec, fs_spec, unmount
 from obdsnap.device.manager import DeviceManager, MountMode
 from obdsnap.errors import (
     AlreadyExists,
@@ -40,7 +40,7 @@ from obdsnap.fsutil import disk_usage, remove_tree
 from obdsnap.labels import validate_key, validate_labels
 from obdsnap.layout import NEW_DIR_PREFIX, Layout
 from obdsnap.locks import KeyedLocks
-from obdsnap.mountinfo import overlay_uses
+from obdsnap.mountinfo import mounts_under, overlay_uses
 from obdsnap.mounts import Mount, bind_mount, overlay_mount
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.storage_type import StorageType, is_remote_layer
@@ -57,13 +57,15 @@ OVERLAYFS, DIR, DEV = "overlayfs", "dir", "dev"
 class CleanupReport:
     directories_removed: int = 0
     devices_released: int = 0
+    mounts_removed: int = 0
     kept: list[str] = field(default_factory=list)  # busy, or failed to go
 
     def __str__(self) -> str:
         kept = f", kept (busy) {', '.join(self.kept)}" if self.kept else ""
         return (
             f"{self.directories_removed} orphan directories removed, "
-            f"{self.devices_released} orphan devices released{kept}"
+            f"{self.devices_released} orphan devices released, "
+            f"{self.mounts_removed} stray mounts removed{kept}"
         )
 
 
@@ -506,6 +508,9 @@ class Snapshotter:
                     report.kept.append(orphan.name)
                     continue
                 report.devices_released += 1
+            if not await self._unmount_strays(orphan, report):
+                report.kept.append(orphan.name)
+                continue
             log.info("cleanup: removing %s, which no snapshot owns", orphan)
             try:
                 await self._blocking(remove_tree, orphan)
@@ -521,6 +526,21 @@ class Snapshotter:
                 else:
                     report.kept.append(f"dev_{snapshot_id}")
         return report
+
+    async def _unmount_strays(self, orphan: Path, report: CleanupReport) -> bool:
+        """Unmount what is mounted under an orphan directory; False if one is still in use."""
+        for point in sorted(await self._blocking(mounts_under, orphan), key=len, reverse=True):
+            if await self._blocking(overlay_uses, Path(point)):
+                log.info("cleanup: %s is the lower of an overlay; kept", point)
+                return False
+            try:
+                await unmount(Path(point))
+            except SnapshotError as exc:
+                log.warning("cleanup: could not unmount %s: %s", point, exc)
+                return False
+            log.info("cleanup: unmounted %s, which no snapshot owns", point)
+            report.mounts_removed += 1
+        return True
 
     async def _has_device(self, snapshot_id: int, attached: set[int]) -> bool:
         block_dir = self._layout.block_dir(snapshot_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -289,6 +290,54 @@ async def test_cleanup_removes_directories_nobody_owns(
     # Everything still works after a Cleanup.
     await commit(client, "solo-layer", "solo")
     await prepare(client, "after", "solo-layer")
+
+
+@pytest.mark.root
+async def test_cleanup_unmounts_what_is_mounted_in_orphans_unless_an_overlay_uses_it(
+    client: api.SnapshotsStub, server: ServerProcess, tmp_path: Path
+) -> None:
+    await prepare(client, "live")
+    known = dir_entries(server.root)
+    snapshots = server.root / "snapshots"
+    stray = snapshots / "777" / "block" / "mountpoint"
+    used = snapshots / "778" / "block" / "mountpoint"
+    mounted: list[Path] = []
+    overlay = tmp_path / "overlay"
+    try:
+        for point in (stray, used):
+            point.mkdir(parents=True)
+            run_root("mount", "-t", "tmpfs", "tmpfs", str(point))
+            mounted.append(point)
+        (used / "file").write_text("in use")
+        upper, work = tmp_path / "upper", tmp_path / "work"
+        for directory in (upper, work, overlay):
+            directory.mkdir()
+        options = f"lowerdir={used},upperdir={upper},workdir={work}"
+        run_root("mount", "-t", "overlay", "overlay", "-o", options, str(overlay))
+        await client.cleanup(api.CleanupRequest())
+        # The stray mount and its directory are gone; the one an overlay uses stays.
+        assert dir_entries(server.root) == known | {"778"}
+        assert not is_mount_point(stray)
+        assert (overlay / "file").read_text() == "in use"
+        run_root("umount", str(overlay))
+        await client.cleanup(api.CleanupRequest())
+        assert dir_entries(server.root) == known
+    finally:
+        for point in (overlay, *mounted):
+            if is_mount_point(point):
+                run_root("umount", str(point))
+    assert await list_names(client) == {"live"}
+
+
+def run_root(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def is_mount_point(path: Path) -> bool:
+    return any(
+        line.split()[4] == str(path)
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    )
 
 
 async def test_cleanup_of_an_empty_store(client: api.SnapshotsStub, server: ServerProcess) -> None:
