@@ -11,6 +11,7 @@ from grpclib.const import Status
 from server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
+from obdsnap.mountinfo import is_mounted
 
 from .helpers import (
     assert_recent_utc,
@@ -317,27 +318,20 @@ async def test_cleanup_unmounts_what_is_mounted_in_orphans_unless_an_overlay_use
         await client.cleanup(api.CleanupRequest())
         # The stray mount and its directory are gone; the one an overlay uses stays.
         assert dir_entries(server.root) == known | {"778"}
-        assert not is_mount_point(stray)
+        assert not is_mounted(stray)
         assert (overlay / "file").read_text() == "in use"
         run_root("umount", str(overlay))
         await client.cleanup(api.CleanupRequest())
         assert dir_entries(server.root) == known
     finally:
         for point in (overlay, *mounted):
-            if is_mount_point(point):
+            if is_mounted(point):
                 run_root("umount", str(point))
     assert await list_names(client) == {"live"}
 
 
 def run_root(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
-
-
-def is_mount_point(path: Path) -> bool:
-    return any(
-        line.split()[4] == str(path)
-        for line in Path("/proc/self/mountinfo").read_text().splitlines()
-    )
 
 
 async def test_cleanup_of_an_empty_store(client: api.SnapshotsStub, server: ServerProcess) -> None:

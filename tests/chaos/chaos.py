@@ -31,6 +31,7 @@ from server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.genproto.containerd.types import Mount
+from obdsnap.mountinfo import mounts_under
 from tcmusim.testing import HBA, RunningSimulator
 
 OVERLAY = "overlayfs"
@@ -209,16 +210,6 @@ def open_intents(root: Path) -> list[str]:
     finally:
         connection.close()
     return [f"{operation} of {snapshot_id}" for operation, snapshot_id in rows]
-
-
-def mount_points_under(path: Path) -> list[str]:
-    prefix = str(path).rstrip("/") + "/"
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point.startswith(prefix):
-            found.append(point)
-    return found
 
 
 def id_of_path(path: str, snapshots: Path) -> int | None:
@@ -624,7 +615,7 @@ def device_leftovers(root: Path, known: set[int], sim: RunningSimulator) -> list
         if name.startswith("naa.199") and int(name[7:]) not in known:
             found.append(f"configfs loopback {name} of no snapshot")
     snapshots = root / "snapshots"
-    for point in mount_points_under(root):
+    for point in mounts_under(root):
         owner = id_of_path(point, snapshots)
         if owner is None or owner not in known:
             found.append(f"mount {point} of no snapshot")
@@ -652,7 +643,7 @@ async def remove_all(stub: api.SnapshotsStub, report: Report) -> None:
 
 def force_clean(workdir: Path, sim: RunningSimulator | None) -> None:
     """Whatever the run left: mounts under the workdir, then the simulator's devices."""
-    for point in sorted(mount_points_under(workdir), key=len, reverse=True):
+    for point in sorted(mounts_under(workdir), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
     if sim is None:
         return

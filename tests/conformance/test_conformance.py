@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pytest
 
+from obdsnap.mountinfo import mounts_under
 from tcmusim.testing import RunningSimulator, missing_requirements, running_simulator
 
 from .gotest_report import SubtestResult, format_report, parse_go_test_verbose
@@ -126,15 +127,9 @@ def block_config(rw_mode: str, sim: RunningSimulator) -> dict[str, str]:
     }
 
 
-def mounts_under(path: Path) -> list[str]:
+def deepest_first_under(path: Path) -> list[str]:
     """Mount points at or under ``path``, deepest first."""
-    prefix = str(path).rstrip("/") + "/"
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mount_point = line.split()[4].replace("\\040", " ")
-        if mount_point == str(path) or mount_point.startswith(prefix):
-            found.append(mount_point)
-    return sorted(found, key=len, reverse=True)
+    return sorted(mounts_under(path), key=len, reverse=True)
 
 
 def configfs_devices(sim: RunningSimulator) -> list[Path]:
@@ -218,12 +213,12 @@ def test_containerd_snapshotter_suite(
         status, output = run_script(args, RUN_TIMEOUT, env)
         elapsed = time.monotonic() - started
         # The driver removed every snapshot: obdsnap must have released all.
-        server_mounts = mounts_under(scratch / "srv")
+        server_mounts = deepest_first_under(scratch / "srv")
         devices = configfs_devices(sim) if sim is not None else []
         # The suite's own, from tests that fail between a mount and its unmount.
-        suite_mounts = mounts_under(scratch / "suite")
+        suite_mounts = deepest_first_under(scratch / "suite")
     finally:
-        unmount_all(mounts_under(scratch))
+        unmount_all(deepest_first_under(scratch))
         if sim is not None:
             remove_configfs_devices(sim)
         shutil.rmtree(scratch, ignore_errors=True)
