@@ -227,3 +227,24 @@ async def test_a_bad_blob_size_is_invalid_argument_and_leaves_nothing(
     await obd.wait_gone(1)
     # The next unpack of the layer works.
     await obd.unpack_remote(images.single)
+
+
+@pytest.mark.parametrize(
+    "reference",
+    ["https://registry.example/app:1", "bad host!/app:1", "/app:1", "registry.example/a b:1"],
+    ids=["url", "bad-host", "no-host", "bad-repository"],
+)
+async def test_a_bad_image_ref_is_invalid_argument_and_leaves_nothing(
+    start_obd: StartObd, images: Images, reference: str
+) -> None:
+    obd = await start_obd()
+    layer = images.single.layers[0]
+    chain_id = images.single.chain_ids[0]
+    labels = remote_labels(chain_id, layer, reference)
+    error = await expect_status(
+        obd.prepare(f"extract-1 {chain_id}", "", labels), Status.INVALID_ARGUMENT
+    )
+    assert "image reference" in (error.message or "")
+    assert await obd.list_infos() == []
+    await obd.wait_gone(1)
+    assert obd.leftovers() == []
