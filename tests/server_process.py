@@ -97,6 +97,13 @@ class ServerProcess:
         assert self._process is not None
         return self._process.pid
 
+    def rss_kib(self) -> int:
+        """The server's resident memory."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError(f"no VmRSS for pid {self.pid}")
+
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from grpclib.client import Channel
 from grpclib.const import Status
+from server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
@@ -66,3 +68,40 @@ async def test_list_follows_creates_and_removes(client: api.SnapshotsStub) -> No
     assert await list_names(client) == {"b"}
     await client.commit(api.CommitSnapshotRequest(name="c", key="b"))
     assert await list_names(client) == {"c"}
+
+
+async def test_slow_list_readers_do_not_pin_memory(
+    client: api.SnapshotsStub, server: ServerProcess
+) -> None:
+    """Streams whose clients stop reading hold a flow-control window each, not the store.
+
+    The store encodes to about 6 MB per List; 40 stalled streams that each held all
+    of it would grow the server by hundreds of MB.
+    """
+    labels = {f"label-{i}": "v" * 500 for i in range(5)}
+    count = 2000
+    for start in range(0, count, 200):
+        await asyncio.gather(
+            *(prepare(client, f"snap-{i:05}", labels=labels) for i in range(start, start + 200))
+        )
+    before = server.rss_kib()
+    # A connection each: on a shared one, the stalled streams would use up the
+    # connection's flow-control window and stall the client's other calls too.
+    channels = [Channel(path=str(server.address)) for _ in range(40)]
+    stalled = []
+    for channel in channels:
+        stream = aiter(api.SnapshotsStub(channel).list(api.ListSnapshotsRequest()))
+        await anext(stream)  # one message, then this client stops reading
+        stalled.append(stream)
+    await asyncio.sleep(1.0)
+    grown_mib = (server.rss_kib() - before) / 1024
+    try:
+        assert grown_mib < 40, f"40 stalled List streams grew obdsnap by {grown_mib:.0f} MiB"
+        # Meanwhile the server serves everyone else, List included.
+        assert len(await list_infos(client)) == count
+    finally:
+        for stream in stalled:
+            await stream.aclose()  # type: ignore[attr-defined]
+        for channel in channels:
+            channel.close()
+    assert len(await list_infos(client)) == count

@@ -64,6 +64,27 @@ async def test_concurrent_container_starts_attach_their_devices_in_parallel(
     assert len(devices) == count
 
 
+async def test_device_opens_beyond_the_cap_wait_their_turn(
+    start_obd: StartObd, images: Images
+) -> None:
+    """maxConcurrentDeviceOps 2: six opens of 0.3 s each take three turns, and all succeed.
+
+    A lower bound, so timing noise cannot make it pass wrongly: without the cap the
+    six opens overlap and finish in one turn.
+    """
+    obd = await start_obd(maxConcurrentDeviceOps=2)
+    parents = await remote_images(obd, images, 6)
+    obd.sim.control.set(open_latency=0.3)
+    started = time.monotonic()
+    await asyncio.gather(
+        *(obd.prepare(f"container-{i}", chain) for i, (chain, _) in enumerate(parents))
+    )
+    wall = time.monotonic() - started
+    assert wall >= 3 * 0.3 * 0.95, f"6 opens with a cap of 2 took only {wall:.2f}s"
+    for _, parent_id in parents:
+        obd.assert_attached(parent_id, mounted="ro")
+
+
 async def test_concurrent_unpacks_of_one_remote_layer_commit_it_once(
     start_obd: StartObd, images: Images
 ) -> None:

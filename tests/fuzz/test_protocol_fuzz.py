@@ -23,7 +23,7 @@ from server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
-from .conftest import count, rss_kib
+from .conftest import count
 from .rawgrpc import METHODS, PREFACE, RawClient, abort, frame, unix_socket
 
 SENTINEL = "fuzz-sentinel"
@@ -90,10 +90,10 @@ def abused(fuzz_server: ServerProcess) -> Iterator[ServerProcess]:
 
     asyncio.run(populate())
     assert_serving(fuzz_server)
-    before = rss_kib(fuzz_server.pid)
+    before = fuzz_server.rss_kib()
     yield fuzz_server
     assert_serving(fuzz_server)
-    after = rss_kib(fuzz_server.pid)
+    after = fuzz_server.rss_kib()
     growth = after - before
     print(f"\nobdsnap RSS: {before} KiB before the abuse, {after} KiB after")
     assert growth < RSS_SLACK_KIB, f"RSS grew by {growth} KiB over the abuse"
@@ -349,13 +349,13 @@ def test_repeated_abuse_keeps_rss_bounded(abused: ServerProcess) -> None:
     for i in range(100):  # warm-up: caches, allocator arenas
         round_of_abuse(i)
     assert_serving(abused)
-    before = rss_kib(abused.pid)
+    before = abused.rss_kib()
     rounds = 600
     for i in range(rounds):
         round_of_abuse(i)
     count("protocol: RSS rounds", 100 + rounds)
     assert_serving(abused)
-    after = rss_kib(abused.pid)
+    after = abused.rss_kib()
     assert after - before < RSS_SLACK_KIB // 2, f"RSS {before} -> {after} KiB over {rounds} rounds"
 
 
