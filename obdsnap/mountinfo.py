@@ -29,6 +29,13 @@ def is_mounted(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
     return any(entry.mount_point == target for entry in read_mounts(mountinfo))
 
 
+def mounted_source(path: Path, mountinfo: Path = MOUNTINFO) -> str | None:
+    """Blocking: the source of what is mounted on ``path`` (the topmost mount), if any."""
+    target = str(path)
+    sources = [entry.source for entry in read_mounts(mountinfo) if entry.mount_point == target]
+    return sources[-1] if sources else None
+
+
 def mounts_under(path: Path, mountinfo: Path = MOUNTINFO) -> list[str]:
     """Blocking: mount points at or below ``path``."""
     top = str(path).rstrip("/")

@@ -26,7 +26,7 @@ from obdsnap.device.filesystem import (
 )
 from obdsnap.fsutil import make_real_directory, write_file_no_follow
 from obdsnap.layout import PRIVATE_DIR_MODE
-from obdsnap.mountinfo import is_mounted
+from obdsnap.mountinfo import is_mounted, mounted_source
 from obdsnap.storage import Intent, Operation
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,11 @@ class DeviceManager:
         the mount went away) is mounted again, not set up a second time. Only an
         attach with work to do is recorded as an intent.
         """
+        if mode is not MountMode.NONE:
+            # The common case, e.g. the next container on an image: one hop, no configfs.
+            mounted = await self._blocking(_marked_and_mounted, block_dir)
+            if mounted is not None:
+                return mounted
         device = await self._set_up_device(snapshot_id, block_dir)
         if device is not None and await self._complete(device, block_dir, mode):
             return device
@@ -196,6 +201,14 @@ class DeviceManager:
             with contextlib.suppress(Exception):
                 await unmount(mountpoint)
         await self._backend.detach(snapshot_id)
+
+
+def _marked_and_mounted(block_dir: Path) -> Path | None:
+    """Blocking: the marked device, if it is what is mounted on the mountpoint."""
+    device = _read_mark(block_dir / BACKSTORE_MARK)
+    if device is None or mounted_source(block_dir / MOUNTPOINT) != str(device):
+        return None
+    return device
 
 
 def _write_mark(path: Path, device: Path) -> None:

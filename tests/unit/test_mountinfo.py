@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from obdsnap.mountinfo import is_mounted, mounts_under, overlay_uses, read_mounts
+from obdsnap.mountinfo import is_mounted, mounted_source, mounts_under, overlay_uses, read_mounts
 
 OVERLAY_OPTIONS = (
     "rw,lowerdir=/r/snapshots/9/block/mountpoint,upperdir=/r/snapshots/12/fs,"
@@ -53,3 +53,13 @@ def test_mounts_under_a_tree(table: Path) -> None:
     assert mounts_under(Path("/r/snapshots/9"), table) == ["/r/snapshots/9/block/mountpoint"]
     assert mounts_under(Path("/r/snapshots/1"), table) == []
     assert mounts_under(Path("/r/snapshots/9/"), table) == ["/r/snapshots/9/block/mountpoint"]
+
+
+def test_mounted_source_is_the_topmost_mounts(table: Path) -> None:
+    assert mounted_source(Path("/r/snapshots/9/block/mountpoint"), table) == "/dev/loop3"
+    assert mounted_source(Path("/r/snapshots/9/block"), table) is None
+    stacked = (
+        table.read_text() + "34 30 0:31 / /r/snapshots/9/block/mountpoint rw - ext4 /dev/loop4 rw\n"
+    )
+    table.write_text(stacked)
+    assert mounted_source(Path("/r/snapshots/9/block/mountpoint"), table) == "/dev/loop4"
