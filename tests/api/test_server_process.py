@@ -254,6 +254,8 @@ async def test_metrics_exporter(tmp_path: Path) -> None:
             await list_chunks(client)
             await expect_status(client.stat(api.StatSnapshotRequest(key="nope")), Status.NOT_FOUND)
             text = await loop.run_in_executor(None, fetch, url)
+            # Bound to the loopback only, unless exporterConfig.host says otherwise.
+            assert tcp_listeners(port) == ["0100007F"]
     finally:
         assert server.stop() == 0
     lines = text.splitlines()
@@ -268,6 +270,18 @@ async def test_metrics_exporter(tmp_path: Path) -> None:
     # List is reported as Walk.
     assert (calls["Stat"], calls["Prepare"], calls["Walk"]) == (2, 1, 1)
     assert errors == {"Stat": 1}
+
+
+def tcp_listeners(port: int) -> list[str]:
+    """Local addresses (kernel hex) listening on ``port``, IPv4 and IPv6."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, _, hex_port = fields[1].partition(":")
+            if int(hex_port, 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                found.append(address)
+    return found
 
 
 def series(lines: list[str], name: str) -> dict[str, float]:
