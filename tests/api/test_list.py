@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from grpclib.client import Channel
+from grpclib.config import Configuration
 from grpclib.const import Status
 from server_process import ServerProcess
 
@@ -87,7 +88,11 @@ async def test_slow_list_readers_do_not_pin_memory(
     before = server.rss_kib()
     # A connection each: on a shared one, the stalled streams would use up the
     # connection's flow-control window and stall the client's other calls too.
-    channels = [Channel(path=str(server.address)) for _ in range(40)]
+    # HTTP/2's default 64 KiB windows: a client takes no more than that unread.
+    small_windows = Configuration(
+        http2_connection_window_size=65535, http2_stream_window_size=65535
+    )
+    channels = [Channel(path=str(server.address), config=small_windows) for _ in range(40)]
     stalled = []
     for channel in channels:
         stream = aiter(api.SnapshotsStub(channel).list(api.ListSnapshotsRequest()))

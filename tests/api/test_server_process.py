@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from grpclib.client import Channel
+from grpclib.config import Configuration
 from grpclib.const import Status
 from server_process import ServerProcess
 
@@ -23,6 +25,7 @@ from .helpers import (
     connect,
     expect_status,
     list_chunks,
+    list_infos,
     prepare,
     start_server,
     stat,
@@ -122,14 +125,27 @@ async def test_socket_group_makes_the_socket_0660_for_that_group(tmp_path: Path)
 
 
 async def test_calls_beyond_the_request_cap_wait_their_turn(tmp_path: Path) -> None:
+    """maxConcurrentRequests 1: a List whose client stopped reading holds the one slot."""
     server = ServerProcess.with_config(tmp_path, {"maxConcurrentRequests": 1})
     await start_server(server)
+    labels = {f"label-{i}": "v" * 500 for i in range(5)}  # a List message is ~250 kB
     try:
         async with connect(server) as client:
-            await asyncio.gather(*(prepare(client, f"k{i}") for i in range(20)))
-            assert {(await stat(client, f"k{i}")).name for i in range(20)} == {
-                f"k{i}" for i in range(20)
-            }
+            await asyncio.gather(*(prepare(client, f"k{i}", labels=labels) for i in range(300)))
+            # HTTP/2's default 64 KiB windows: the client takes no more than that unread.
+            small_windows = Configuration(
+                http2_connection_window_size=65535, http2_stream_window_size=65535
+            )
+            channel = Channel(path=str(server.address), config=small_windows)
+            stalled = aiter(api.SnapshotsStub(channel).list(api.ListSnapshotsRequest()))
+            await anext(stalled)  # then it stops reading: the server blocks on flow control
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(stat(client, "k0"), 1.0)
+            await stalled.aclose()  # type: ignore[attr-defined]
+            channel.close()
+            # The slot is free again; the queued calls that gave up left no trace.
+            assert (await asyncio.wait_for(stat(client, "k0"), 10.0)).name == "k0"
+            assert len(await list_infos(client)) == 300
     finally:
         assert server.stop() == 0
 
@@ -140,6 +156,7 @@ async def test_socket_directory_is_created(tmp_path: Path) -> None:
     await start_server(server)
     try:
         assert server.address.is_socket()
+        assert server.address.stat().st_mode & 0o777 == 0o600
         assert server.address.parent.stat().st_mode & 0o777 == 0o700
     finally:
         assert server.stop() == 0
