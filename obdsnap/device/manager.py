@@ -72,16 +72,28 @@ class DeviceManager:
         the mount went away) is mounted again, not set up a second time. Only an
         attach with work to do is recorded as an intent.
         """
-        if mode is not MountMode.NONE:
-            # The common case, e.g. the next container on an image: one hop, no configfs.
-            mounted = await self._blocking(_marked_and_mounted, block_dir)
-            if mounted is not None:
-                return mounted
-        device = await self._set_up_device(snapshot_id, block_dir)
-        if device is not None and await self._complete(device, block_dir, mode):
-            return device
+        done = await self._finished_attach(snapshot_id, block_dir, mode)
+        if done is not None:
+            return done
         async with self._journal.intent(snapshot_id, Operation.ATTACH):
+            device = await self._set_up_device(snapshot_id, block_dir)
             return await self._attach(snapshot_id, block_dir, device, spec, mkfs=mkfs, mode=mode)
+
+    async def _finished_attach(
+        self, snapshot_id: int, block_dir: Path, mode: MountMode
+    ) -> Path | None:
+        """The device, if its attach is done: marked, and mounted where a mount is wanted."""
+        if mode is MountMode.NONE:
+            return await self._marked_device(snapshot_id, block_dir)
+        # The common case, e.g. the next container on an image: one hop, no configfs.
+        return await self._blocking(_marked_and_mounted, block_dir)
+
+    async def _marked_device(self, snapshot_id: int, block_dir: Path) -> Path | None:
+        """The set-up device, if the mark (an attach's last step) names it."""
+        device = await self._set_up_device(snapshot_id, block_dir)
+        if device is None or device != await self._blocking(_read_mark, block_dir / BACKSTORE_MARK):
+            return None
+        return device
 
     async def _set_up_device(self, snapshot_id: int, block_dir: Path) -> Path | None:
         """The node of the snapshot's device if it is set up; refuses another image's."""
@@ -96,12 +108,6 @@ class DeviceManager:
         if not await self._backend.is_attached(snapshot_id):
             return None
         return await self._backend.find_device(snapshot_id)
-
-    async def _complete(self, device: Path, block_dir: Path, mode: MountMode) -> bool:
-        """Mounted as asked and marked: the last steps of an attach are done."""
-        if await self._blocking(_read_mark, block_dir / BACKSTORE_MARK) != device:
-            return False
-        return mode is MountMode.NONE or await self._blocking(is_mounted, block_dir / MOUNTPOINT)
 
     async def _attach(
         self,
@@ -129,8 +135,7 @@ class DeviceManager:
                 await make_filesystem(device, spec)
                 # containerd expects a snapshot without parent to start empty.
                 await remove_lost_and_found(device, spec)
-            mounted = await self._blocking(is_mounted, mountpoint)
-            if mode is not MountMode.NONE and not mounted:
+            if mode is not MountMode.NONE and not await self._blocking(is_mounted, mountpoint):
                 await self._blocking(make_real_directory, mountpoint, PRIVATE_DIR_MODE)
                 await mount_device(device, mountpoint, spec, readonly=mode is MountMode.READ_ONLY)
                 await self._backend.set_disk_timeout(device)
@@ -156,10 +161,7 @@ class DeviceManager:
         A detach is finished.
         """
         if intent.operation is Operation.ATTACH:
-            device = await self._set_up_device(intent.snapshot_id, block_dir)
-            if device is not None and device == await self._blocking(
-                _read_mark, block_dir / BACKSTORE_MARK
-            ):
+            if await self._marked_device(intent.snapshot_id, block_dir) is not None:
                 return "kept: it had finished"
             await self._detach(intent.snapshot_id, block_dir)
             return "rolled back"
