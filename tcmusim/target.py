@@ -180,7 +180,7 @@ class TcmuDevice(Group):
             if key == "dev_config":
                 if len(value) >= TCMU_CONFIG_LEN:
                     log.warning("%s: dev_config cut to %d bytes", self.name, TCMU_CONFIG_LEN - 1)
-                self.dev_config = value[: TCMU_CONFIG_LEN - 1]
+                self.dev_config = _cut_dev_config(value)
             elif key == "dev_size":
                 self.dev_size = _parse_uint(value)
             elif key == "max_data_area_mb":
@@ -322,7 +322,7 @@ class TcmuAttrib(Group):
     def _dev_config(self, text: str) -> None:
         if self.device.state != "disabled":
             raise fs_error(errno.EINVAL, "device enabled")
-        self.device.dev_config = text.rstrip("\n")[: TCMU_CONFIG_LEN - 1]
+        self.device.dev_config = _cut_dev_config(text.rstrip("\n"))
 
 
 class LoopbackFabric(Group):
@@ -517,3 +517,8 @@ class ScsiExport:
             if self._published:
                 self.kernel.sysfs.remove_disk(self.disk)
                 self._published = False
+
+
+def _cut_dev_config(value: str) -> str:
+    """The kernel keeps 255 bytes (not characters); a cut character reads back as U+FFFD."""
+    return value.encode()[: TCMU_CONFIG_LEN - 1].decode(errors="replace")

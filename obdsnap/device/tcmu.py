@@ -21,8 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiofiles
-
 from obdsnap.blocking import BlockingRunner
 from obdsnap.device.backend import AttachError, DeviceTimeout
 from obdsnap.fsutil import write_file_no_follow
@@ -161,7 +159,7 @@ class TcmuBackend:
     async def _watch_result(self, result_file: Path, enabling: asyncio.Future[None]) -> None:
         """Raise AttachError as soon as the result file says ``failed:``."""
         while True:
-            text = await _read_result_async(result_file)
+            text = await self._blocking(_read_result, result_file)
             if text.startswith("failed"):
                 raise AttachError(f"overlaybd could not open the image: {text}")
             if text.startswith("success") or enabling.done():
@@ -186,7 +184,7 @@ class TcmuBackend:
             names = await self._blocking(_list_dir, disks)
             if names:
                 return Path("/dev") / sorted(names)[0]
-            text = await _read_result_async(result_file)
+            text = await self._blocking(_read_result, result_file)
             if text.startswith("failed"):
                 raise AttachError(f"overlaybd could not open the image: {text}")
             if time.monotonic() > deadline:
@@ -220,7 +218,9 @@ class TcmuBackend:
 
 def dev_config(config_path: Path) -> str:
     """What a target's ``dev_config`` says for a device config file, as the kernel keeps it."""
-    return f"{DEV_CONFIG_PREFIX}{config_path}"[:DEV_CONFIG_MAX]
+    # The kernel cuts bytes, not characters; its info attribute is read back with "replace".
+    value = f"{DEV_CONFIG_PREFIX}{config_path}".encode()[:DEV_CONFIG_MAX]
+    return value.decode(errors="replace")
 
 
 def wwn(snapshot_id: int) -> str:
@@ -231,8 +231,8 @@ def _write_attribute(path: Path, value: str) -> None:
     """One write() of the whole value, as configfs attributes need."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        written = os.write(descriptor, value.encode())
-        if written != len(value):
+        data = value.encode()
+        if os.write(descriptor, data) != len(data):
             raise OSError(errno.EIO, f"short write to {path}")
     finally:
         os.close(descriptor)
@@ -241,14 +241,6 @@ def _write_attribute(path: Path, value: str) -> None:
 def _read_result(result_file: Path) -> str:
     try:
         return result_file.read_text(errors="replace").strip()
-    except FileNotFoundError:
-        return ""
-
-
-async def _read_result_async(result_file: Path) -> str:
-    try:
-        async with aiofiles.open(result_file, errors="replace") as result:
-            return (await result.read()).strip()
     except FileNotFoundError:
         return ""
 

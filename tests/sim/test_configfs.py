@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from obdsnap.device.tcmu import dev_config
 from tcmusim.testing import RunningSimulator
 
 from .protocol import HBA, Protocol, Snapshot, must, read_attr, write_attr, write_config, wwn
@@ -92,6 +93,11 @@ def test_dev_config_is_cut_like_the_kernel_does(sim: RunningSimulator, proto: Pr
         write_attr(target / "control", f"dev_config=overlaybd{long_path}")
         config = read_attr(target / "attrib/dev_config").rstrip("\n")
         assert len(config) == 255
+        # Bytes, not characters: 245 "é" after "overlaybd/" cut 255 bytes inside one.
+        write_attr(target / "control", "dev_config=overlaybd/" + "é" * 245)
+        config = read_attr(target / "attrib/dev_config").rstrip("\n")
+        assert config == "overlaybd/" + "é" * 122 + "\ufffd"
+        assert config == dev_config(Path("é" * 245))
     finally:
         os.rmdir(target)
 
