@@ -83,6 +83,15 @@ def write_file_no_follow(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(descriptor)
 
 
+def fsync_path(path: Path) -> None:
+    """Blocking: fsync a file or a directory (after a rename in it)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def make_real_directory(path: Path, mode: int) -> None:
     """Blocking: ``path`` as a directory of its own; a symlink or file there is replaced.
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from obdsnap import labels as L
 from obdsnap.errors import InvalidArgument
+from obdsnap.fsutil import fsync_path
 
 CONFIG_NAME = "config.v1.json"
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]+)?$")
@@ -103,7 +104,11 @@ def read_config(path: Path) -> DeviceConfig:
 
 
 def write_config(path: Path, config: DeviceConfig) -> bool:
-    """Blocking: write atomically with mode 0600, only if it changes; True when written."""
+    """Blocking: write durably and atomically with mode 0600, only if it changes; True when written.
+
+    Durably: the rename is fsync'ed too, so a config the metadata relies on (a committed
+    layer's) cannot fall back to the one before after a crash.
+    """
     data = encode(config)
     try:
         if path.read_bytes() == data:
@@ -116,11 +121,11 @@ def write_config(path: Path, config: DeviceConfig) -> bool:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
+        os.replace(temporary, path)  # mkstemp made it 0600
     except BaseException:
         os.unlink(temporary)
         raise
+    fsync_path(path.parent)
     return True
 
 

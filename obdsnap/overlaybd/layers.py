@@ -16,6 +16,7 @@ from pathlib import Path
 from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner
 from obdsnap.errors import InvalidArgument
+from obdsnap.fsutil import fsync_path
 from obdsnap.layout import Layout
 from obdsnap.overlaybd import device_config
 from obdsnap.overlaybd.device_config import DeviceConfig, Lower, Upper
@@ -195,9 +196,9 @@ class BlockLayers:
 
 def _publish(partial: Path, final: Path) -> None:
     """Blocking: make ``partial`` durable, then atomically ``final``."""
-    _fsync(partial)
+    fsync_path(partial)
     os.replace(partial, final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
 
 
 def _keep(config: Path, kept: Path) -> None:
@@ -206,7 +207,7 @@ def _keep(config: Path, kept: Path) -> None:
         os.link(config, kept)
     except FileExistsError:
         return
-    _fsync(kept.parent)
+    fsync_path(kept.parent)
 
 
 def _restore(kept: Path, config: Path) -> None:
@@ -215,16 +216,7 @@ def _restore(kept: Path, config: Path) -> None:
         os.replace(kept, config)
     except FileNotFoundError:
         return
-    _fsync(config.parent)
-
-
-def _fsync(path: Path) -> None:
-    """Blocking: fsync a file or directory."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    fsync_path(config.parent)
 
 
 def _remove_files(*paths: Path) -> None:
