@@ -25,8 +25,7 @@ def read_mounts(mountinfo: Path = MOUNTINFO) -> list[MountEntry]:
 
 def is_mounted(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
     """Blocking: whether something is mounted exactly on ``path``."""
-    target = str(path)
-    return any(entry.mount_point == target for entry in read_mounts(mountinfo))
+    return mounted_source(path, mountinfo) is not None
 
 
 def mounted_source(path: Path, mountinfo: Path = MOUNTINFO) -> str | None:

@@ -52,7 +52,7 @@ async def serve(config: BootConfig) -> None:
     store = MetaStore(layout.metadata_db)
     await store.open()
     try:
-        snapshotter = build_snapshotter(config, layout, store, blocking)
+        snapshotter = await build_snapshotter(config, layout, store, blocking)
         await snapshotter.start()
         try:
             await _serve_snapshotter(config, snapshotter, blocking)
@@ -87,14 +87,14 @@ async def _serve_snapshotter(
         await stopping.wait()
         log.info("shutting down: finishing calls in flight")
         metrics.is_alive.set({}, 0)
-        _remove_socket(socket_path)
+        await blocking(_remove_socket, socket_path)
         try:
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 await gate.close()
         except TimeoutError:
             log.warning("calls still running after %.0fs; cancelling them", DRAIN_TIMEOUT_S)
     finally:
-        _remove_socket(socket_path)
+        await blocking(_remove_socket, socket_path)
         server.close()
         await server.wait_closed()
         if exporter is not None:
@@ -120,7 +120,7 @@ def lock_root(layout: Layout) -> IO[str]:
     return lock_file
 
 
-def build_snapshotter(
+async def build_snapshotter(
     config: BootConfig, layout: Layout, store: MetaStore, blocking: BlockingRunner
 ) -> Snapshotter:
     tools = OverlaybdTools(Path(config.overlaybd_util_bin_dir))
@@ -129,7 +129,7 @@ def build_snapshotter(
     options = SnapshotterOptions(
         rw_mode=config.rw_mode,
         auto_remove_dev=config.auto_remove_dev,
-        index_off=overlay_has_index_param(),
+        index_off=await blocking(overlay_has_index_param),
     )
     devices = DeviceManager(backend, blocking, store, config.max_concurrent_device_ops)
     return Snapshotter(layout, store, layers, devices, options, blocking)
