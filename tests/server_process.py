@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +17,12 @@ from types import TracebackType
 DEFAULT_COMMAND = (
     f"{shlex.quote(sys.executable)} -m obdsnap serve --root {{root}} --address {{address}}"
 )
+
+
+def short_tmpdir() -> Path:
+    """A work directory under /tmp/obd-*: the kernel (and the simulator) cut a TCMU
+    device's dev_config, the path of its config under obdsnap's root, at 255 bytes."""
+    return Path(tempfile.mkdtemp(prefix="obd-", dir="/tmp"))
 
 
 class ServerProcess:

@@ -93,6 +93,11 @@ async def store_state(client: api.SnapshotsStub) -> dict[str, Snap]:
     return {info.name: snap(info) for info in await list_infos(client)}
 
 
+async def usage(client: api.SnapshotsStub, key: str) -> tuple[int, int]:
+    reply = await client.usage(api.UsageRequest(key=key))
+    return reply.size, reply.inodes
+
+
 async def stat(client: api.SnapshotsStub, key: str) -> api.Info:
     reply = await client.stat(api.StatSnapshotRequest(key=key))
     info: api.Info = reply.info

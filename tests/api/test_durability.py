@@ -28,6 +28,7 @@ from .helpers import (
     start_server,
     stat,
     store_state,
+    usage,
     view,
     wait_until,
 )
@@ -51,11 +52,6 @@ async def restarted(old: ServerProcess, how: signal.Signals) -> ServerProcess:
         assert old.stop() == 0
         assert not old.address.exists()
     return await start_server(ServerProcess(old.workdir))
-
-
-async def usage(client: api.SnapshotsStub, key: str) -> tuple[int, int]:
-    reply = await client.usage(api.UsageRequest(key=key))
-    return reply.size, reply.inodes
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])

@@ -24,15 +24,11 @@ from .helpers import (
     own_id,
     prepare,
     stat,
+    usage,
     utc_now,
     view,
     wait_until,
 )
-
-
-async def usage(client: api.SnapshotsStub, key: str) -> tuple[int, int]:
-    reply = await client.usage(api.UsageRequest(key=key))
-    return reply.size, reply.inodes
 
 
 def walk_usage(top: Path) -> tuple[int, int]:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from server_process import ServerProcess
+from server_process import ServerProcess, short_tmpdir
 
 from tcmusim.testing import RunningSimulator, missing_requirements, running_simulator
 
@@ -53,10 +52,6 @@ class Images:
     three: Image  # three LSMT layers from docker.io
     zfile: Image  # one ZFile layer from a registry with a port
     single: Image  # one layer, from another repository
-
-
-def short_tmpdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="obd-", dir="/tmp"))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import pytest
 from grpclib.const import Status
 
 from .conftest import MISSING, Images, StartObd
-from .helpers import WRITABLE, Obd, expect_status, mount_at, run, wait_until
+from .helpers import WRITABLE, Obd, expect_status, mount_at, run
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -209,4 +209,4 @@ async def test_auto_remove_dev_with_a_dir_mode_child(start_obd: StartObd, images
     await obd.remove("rootfs")
     obd.assert_detached(own)
     obd.assert_detached(top_id)
-    assert await wait_until(lambda: not obd.snapshot_dir(own).exists())
+    await obd.wait_gone(own)

@@ -18,7 +18,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from grpclib.client import Channel
-from server_process import ServerProcess
+from server_process import ServerProcess, short_tmpdir
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.genproto.containerd.types import Mount
@@ -151,11 +150,6 @@ class Report:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def short_tmpdir() -> Path:
-    """Roots under /tmp/obd-*: the kernel (and the simulator) cut dev_config at 255 bytes."""
-    return Path(tempfile.mkdtemp(prefix="obd-", dir="/tmp"))
 
 
 async def call(awaitable: Awaitable[T]) -> T:

@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+from server_process import short_tmpdir
 
 from tcmusim.testing import missing_requirements, running_simulator
 
@@ -39,7 +40,6 @@ from .chaos import (
     Settings,
     log,
     run_chaos,
-    short_tmpdir,
 )
 
 pytestmark = pytest.mark.root

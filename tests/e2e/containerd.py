@@ -456,3 +456,13 @@ class PrivateContainerd:
     def _remember(self, container_id: str, namespace: str | None = None) -> None:
         with self._ids_lock:
             self._containers.add((namespace or self.namespace, container_id))
+
+
+def parse_facts(output: str) -> dict[str, str]:
+    """``name=value`` lines a container printed, as a dict."""
+    facts = {}
+    for line in output.splitlines():
+        name, separator, value = line.partition("=")
+        if separator:
+            facts[name] = value
+    return facts

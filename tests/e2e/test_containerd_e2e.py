@@ -15,7 +15,13 @@ import pytest
 from server_process import ServerProcess
 
 from . import ociimage
-from .containerd import PROXY_PLUGIN_NAME, PrivateContainerd, SnapshotRow, list_snapshots_direct
+from .containerd import (
+    PROXY_PLUGIN_NAME,
+    PrivateContainerd,
+    SnapshotRow,
+    list_snapshots_direct,
+    parse_facts,
+)
 from .ociimage import ImageInfo
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -60,15 +66,6 @@ echo READY
 exec sleep 600
 """
 )
-
-
-def parse_facts(output: str) -> dict[str, str]:
-    facts = {}
-    for line in output.splitlines():
-        name, separator, value = line.partition("=")
-        if separator:
-            facts[name] = value
-    return facts
 
 
 def expected_read_facts() -> dict[str, str]:

@@ -31,7 +31,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -57,7 +56,7 @@ from block.helpers import (
     mounts_under,
     wwn,
 )
-from server_process import ServerProcess
+from server_process import ServerProcess, short_tmpdir
 
 from tcmusim import loopdev
 from tcmusim.testing import RunningSimulator, running_simulator
@@ -68,6 +67,7 @@ from .containerd import (
     PrivateContainerd,
     SnapshotRow,
     list_snapshots_direct,
+    parse_facts,
     run_command,
     snapshot_info_direct,
 )
@@ -431,15 +431,6 @@ def build_unpack_pull(gocode: Path) -> Path:
 # ---------------------------------------------------------------------- obdsnap + containerd
 
 
-def parse_facts(output: str) -> dict[str, str]:
-    facts = {}
-    for line in output.splitlines():
-        name, separator, value = line.partition("=")
-        if separator:
-            facts[name] = value
-    return facts
-
-
 def parse_mountinfo_line(line: str) -> MountInfo:
     fields = line.split()
     separator = fields.index("-", 6)
@@ -626,11 +617,6 @@ class Stack:
 
 
 StartStack = Callable[..., Stack]
-
-
-def short_tmpdir() -> Path:
-    """The kernel (and the simulator) cut dev_config at 255 bytes: keep obdsnap's root short."""
-    return Path(tempfile.mkdtemp(prefix="obd-", dir="/tmp"))
 
 
 @pytest.fixture(scope="module")
