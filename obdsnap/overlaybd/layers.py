@@ -134,17 +134,11 @@ class BlockLayers:
         trace_path = ""
         if not acceleration and labels.get(L.RECORD_TRACE) == "yes":
             trace_path = labels.get(L.RECORD_TRACE_PATH, "")
-        config = await self.read_config(parent.id)
-        await self.write_config(
-            parent.id,
-            replace(config, acceleration_layer=acceleration, record_trace_path=trace_path),
-        )
-        if own_id is not None:
-            # A writable device opens its own config, not the parent's: it needs the flags too.
-            own = await self.read_config(own_id)
-            await self.write_config(
-                own_id, replace(own, acceleration_layer=acceleration, record_trace_path=trace_path)
-            )
+        # A writable device opens its own config, not the parent's: it needs the flags too.
+        for snapshot_id in (parent.id, *([] if own_id is None else [own_id])):
+            config = await self.read_config(snapshot_id)
+            flagged = replace(config, acceleration_layer=acceleration, record_trace_path=trace_path)
+            await self.write_config(snapshot_id, flagged)
 
     # ------------------------------------------------------------------ writable layers
 
