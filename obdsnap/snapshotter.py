@@ -445,7 +445,7 @@ class Snapshotter:
         if not await self._may_have_device(record):
             return
         block_dir = self._layout.block_dir(record.id)
-        if not await self._blocking((block_dir / "backstore_mark").exists):
+        if not await self._devices.is_marked(block_dir):
             return
         if record.rw_mode != DEV and await self._blocking(
             overlay_uses, self._layout.mountpoint(record.id)
@@ -546,7 +546,7 @@ class Snapshotter:
         block_dir = self._layout.block_dir(snapshot_id)
         if snapshot_id in attached and await self._devices.may_own(snapshot_id, block_dir):
             return True
-        return await self._blocking((block_dir / "backstore_mark").exists)
+        return await self._devices.is_marked(block_dir)
 
     async def _release_orphan_device(self, snapshot_id: int) -> bool:
         """Detach the device of a snapshot that is gone; False if an overlay still uses it."""

@@ -185,6 +185,10 @@ class DeviceManager:
         await self._blocking(_remove_mark, block_dir / BACKSTORE_MARK)
         log.info("snapshot %d: device detached", snapshot_id)
 
+    async def is_marked(self, block_dir: Path) -> bool:
+        """Whether an attach got to its end and no detach has undone it since."""
+        return await self._blocking((block_dir / BACKSTORE_MARK).exists)
+
     async def attached_ids(self) -> set[int]:
         return await self._backend.attached_ids()
 
