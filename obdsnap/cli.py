@@ -2,6 +2,7 @@
 
 obdsnap serve [--config PATH] [--root DIR] [--address SOCK] [--log-level L]
 obdsnap containerd-config [--config PATH] [--address SOCK] [--name NAME]
+obdsnap check-config [--config PATH]
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = load_config(
             args.config,
             root=getattr(args, "root", None),
-            address=args.address,
+            address=getattr(args, "address", None),
             log_level=getattr(args, "log_level", None),
         )
     except ConfigError as exc:
         sys.exit(f"obdsnap: {exc}")
+    if args.command == "check-config":
+        print(json.dumps(config.as_json(), indent=2))
+        return
     if args.command == "containerd-config":
         print(containerd_config_snippet(args.name, config.address))
         return
@@ -55,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--root", help="root directory (overrides the config)")
     serve_cmd.add_argument("--address", help="unix socket path (overrides the config)")
     serve_cmd.add_argument("--log-level", help="trace|debug|info|warn|error (overrides 'verbose')")
+    check_cmd = commands.add_parser(
+        "check-config", help="print the effective config, or why it cannot be used (exit 1)"
+    )
+    check_cmd.add_argument("--config", type=Path, help="boot config (JSON)")
     snippet_cmd = commands.add_parser(
         "containerd-config", help="print the containerd config that points at this snapshotter"
     )

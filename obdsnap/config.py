@@ -67,6 +67,30 @@ class BootConfig:
     max_concurrent_requests: int = 1024
     max_concurrent_device_ops: int = 32
 
+    def as_json(self) -> dict[str, Any]:
+        """The config under the keys of config.json, every default filled in."""
+        return {
+            "root": self.root,
+            "address": self.address,
+            "verbose": self.log_level,
+            "logReportCaller": self.log_report_caller,
+            "rwMode": self.rw_mode,
+            "autoRemoveDev": self.auto_remove_dev,
+            "exporterConfig": {
+                "enable": self.exporter.enable,
+                "uriPrefix": self.exporter.uri_prefix,
+                "port": self.exporter.port,
+                "host": self.exporter.host,
+            },
+            "writableLayerType": self.writable_layer_type,
+            "overlaybd_util_bin_dir": self.overlaybd_util_bin_dir,
+            "configfsRoot": self.configfs_root,
+            "sysfsRoot": self.sysfs_root,
+            "socketGroup": self.socket_group,
+            "maxConcurrentRequests": self.max_concurrent_requests,
+            "maxConcurrentDeviceOps": self.max_concurrent_device_ops,
+        }
+
     @property
     def python_log_level(self) -> int:
         return LOG_LEVELS[self.log_level.lower()]

@@ -23,7 +23,6 @@ shim mounts and runc's container really read and write through them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -56,6 +55,7 @@ from block.helpers import (
     mounts_under,
     wwn,
 )
+from gobuild import build_go_program
 from server_process import ServerProcess, short_tmpdir
 
 from tcmusim import loopdev
@@ -371,61 +371,7 @@ def push_overlaybd_image(
 
 # ---------------------------------------------------------------------- containerd's unpacker
 
-UNPACK_PULL_SOURCE = Path(__file__).with_name("unpackpull") / "main.go"
-GO_PACKAGE = "obdsnaptests/unpackpull"
-
-
-def unpack_pull_unavailable(gocode: Path) -> str | None:
-    if shutil.which("go") is None:
-        return "the remote flow needs go (apt-get install golang-go)"
-    if not (gocode / "src/github.com/containerd/containerd/client.go").is_file():
-        return (
-            f"the remote flow needs containerd's Go sources in {gocode} "
-            "(apt-get install golang-github-containerd-containerd-dev)"
-        )
-    return None
-
-
-def build_unpack_pull(gocode: Path) -> Path:
-    """Build unpackpull/main.go in GOPATH mode against Debian's containerd; again only on change."""
-    build = Path(os.environ.get("OBDSNAP_BUILD_DIR") or REPO_ROOT / ".build") / "e2e-unpackpull"
-    build.mkdir(parents=True, exist_ok=True)
-    binary = build / "unpackpull"
-    go_version = run_command(["go", "version"], timeout=60).stdout
-    version_go = gocode / "src/github.com/containerd/containerd/version/version.go"
-    fingerprint = hashlib.sha256(
-        go_version.encode() + version_go.read_bytes() + UNPACK_PULL_SOURCE.read_bytes()
-    ).hexdigest()
-    stamp = build / "unpackpull.sum"
-    with (build / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if binary.is_file() and stamp.is_file() and stamp.read_text() == fingerprint:
-            return binary
-        source = build / "gopath/src" / GO_PACKAGE
-        shutil.rmtree(source, ignore_errors=True)
-        source.mkdir(parents=True)
-        shutil.copyfile(UNPACK_PULL_SOURCE, source / "main.go")
-        cache = run_command(["go", "env", "GOCACHE"], timeout=60).stdout.strip()
-        env = {
-            **os.environ,
-            "GO111MODULE": "off",
-            "GOFLAGS": "",
-            "GOPATH": f"{build / 'gopath'}:{gocode}",
-            "GOCACHE": cache if cache and cache != "off" else str(build / "go-cache"),
-        }
-        done = subprocess.run(
-            ["go", "build", "-o", f"{binary}.new", GO_PACKAGE],
-            cwd=build,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert done.returncode == 0, f"building {GO_PACKAGE} failed:\n{done.stderr[-4000:]}"
-        os.replace(f"{binary}.new", binary)
-        stamp.write_text(fingerprint)
-    return binary
+UNPACK_PULL_SOURCE = Path(__file__).with_name("unpackpull")
 
 
 # ---------------------------------------------------------------------- obdsnap + containerd
@@ -692,11 +638,7 @@ def registry(tmp_path: Path) -> Iterator[LocalRegistry]:
 
 @pytest.fixture(scope="session")
 def unpack_pull() -> Path:
-    gocode = Path(os.environ.get("GOCODE") or "/usr/share/gocode")
-    reason = unpack_pull_unavailable(gocode)
-    if reason is not None:
-        pytest.skip(reason)
-    return build_unpack_pull(gocode)
+    return build_go_program(UNPACK_PULL_SOURCE, "unpackpull")
 
 
 # ---------------------------------------------------------------------- checks

@@ -319,3 +319,34 @@ def test_resource_caps_and_socket_group() -> None:
 def test_bad_resource_settings_name_the_key(raw: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         parse_config(raw)
+
+
+def test_effective_config_reads_back_as_the_same_config() -> None:
+    config = parse_config({"rwMode": "dir", "exporterConfig": {"enable": True, "port": 9000}})
+    assert parse_config(config.as_json()) == config
+    assert config.as_json()["exporterConfig"]["uriPrefix"] == "/metrics"
+
+
+def test_check_config_prints_the_effective_config_or_one_error_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"rwMode": "dev"}))
+    done = subprocess.run(
+        [sys.executable, "-m", "obdsnap", "check-config", "--config", str(good)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rwMode"] == "dev"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rwMode": 3}))
+    done = subprocess.run(
+        [sys.executable, "-m", "obdsnap", "check-config", "--config", str(bad)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        'obdsnap: config: "rwMode": expected a string, got 3'
+    ]
