@@ -19,6 +19,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 # The layout of bbolt's page.go and db.go (file format version 2), little-endian.
 MAGIC = 0xED0CDAED
@@ -68,9 +69,8 @@ def looks_like_bolt(head: bytes) -> bool:
     them) starts with a bbolt meta page (magic 0xED0CDAED at its place)."""
     if len(head) < PAGE_HEADER.size + 4:
         return False
-    _, flags, _, _ = PAGE_HEADER.unpack_from(head)
     (magic,) = struct.unpack_from("<I", head, PAGE_HEADER.size)
-    return bool(flags & META_PAGE) and magic == MAGIC
+    return bool(magic == MAGIC)
 
 
 def read_bolt(path: Path) -> Bucket:
@@ -250,12 +250,15 @@ class _Reader:
 
     def _branch_children(self, offset: int, end: int, count: int) -> list[int]:
         at = offset + PAGE_HEADER.size
+        floor = at + count * BRANCH_ELEMENT.size
         children = []
         for position, key_size, child in BRANCH_ELEMENT.iter_unpack(
             self._table(offset, end, count)
         ):
-            if at + position + key_size > end:
-                raise BoltError(f"branch element at offset {at} points past its page")
+            key_start = at + position
+            if key_start < floor or key_start + key_size > end:
+                raise BoltError(f"branch element at offset {at} points outside its data")
+            floor = key_start + key_size
             children.append(child)
             at += BRANCH_ELEMENT.size
         return children
@@ -264,6 +267,9 @@ class _Reader:
         """The elements of a leaf page: (flags, key, value start, value end)."""
         data = self.data
         at = offset + PAGE_HEADER.size
+        # node.write lays keys and values out in element order after the table;
+        # holding a file to that keeps elements from sharing (and re-reading) data.
+        floor = at + count * LEAF_ELEMENT.size
         elements = []
         for flags, position, key_size, value_size in LEAF_ELEMENT.iter_unpack(
             self._table(offset, end, count)
@@ -271,8 +277,9 @@ class _Reader:
             key_start = at + position
             value_start = key_start + key_size
             value_end = value_start + value_size
-            if value_end > end:
-                raise BoltError(f"leaf element at offset {at} points past its page")
+            if key_start < floor or value_end > end:
+                raise BoltError(f"leaf element at offset {at} points outside its data")
+            floor = value_end
             elements.append((flags, data[key_start:value_start], value_start, value_end))
             at += LEAF_ELEMENT.size
         return elements
@@ -290,17 +297,18 @@ def write_bolt(path: Path, root: Bucket, *, page_size: int = 4096) -> None:
         raise ValueError(f"page size {page_size} out of range")
     if root.values:
         raise ValueError("bbolt's root bucket holds buckets only")
-    writer = _Writer(page_size)
-    root_page = writer.bucket_pages(root)
-    high_water = writer.next_pgid
     with path.open("wb") as file:
+        file.seek(FIRST_DATA_PGID * page_size)
+        writer = _Writer(file, page_size)
+        root_page = writer.bucket_pages(root)
+        file.seek(0)
         # After one write transaction bbolt leaves txid 2 in meta 0 and txid 1
         # in meta 1; both name the same pages here, so either one is usable.
         for pgid, txid in ((0, 2), (1, 1)):
-            file.write(_meta_page(page_size, pgid, root_page, root.sequence, high_water, txid))
+            file.write(
+                _meta_page(page_size, pgid, root_page, root.sequence, writer.next_pgid, txid)
+            )
         file.write(_empty_freelist_page(page_size))
-        for page in writer.pages:
-            file.write(page)
         file.flush()
         os.fsync(file.fileno())
 
@@ -313,11 +321,11 @@ FILL_PERCENT = 1.0  # as bbolt's compaction packs pages; a fresh bbolt write use
 
 
 class _Writer:
-    """Lays buckets out on pages 3 and up, children before their parents, as bbolt spills."""
+    """Writes buckets on pages 3 and up in order, children before parents as bbolt spills."""
 
-    def __init__(self, page_size: int) -> None:
+    def __init__(self, file: BinaryIO, page_size: int) -> None:
+        self.file = file
         self.page_size = page_size
-        self.pages: list[bytes] = []
         self.next_pgid = FIRST_DATA_PGID
 
     def bucket_pages(self, bucket: Bucket) -> int:
@@ -390,7 +398,7 @@ class _Writer:
         pgid = self.next_pgid
         self.next_pgid += pages
         body = _node_bytes(pgid, flags, pages - 1, items)
-        self.pages.append(body.ljust(pages * self.page_size, b"\0"))
+        self.file.write(body.ljust(pages * self.page_size, b"\0"))
         return pgid
 
 
