@@ -81,6 +81,7 @@ def read_bolt(path: Path) -> Bucket:
     corrupt file, a wrong magic, an unknown version, a bad checksum on both
     metas, page ids out of range, loops.
     """
+    # Read, not mapped: a file that shrinks under a mapping kills the process (SIGBUS).
     return _Reader(path.read_bytes()).read()
 
 
@@ -165,12 +166,13 @@ class _Reader:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-        self.view = memoryview(data)
         self.seen: set[int] = set()
         self.page_size = 0
         self.high_water = 0
 
     def read(self) -> Bucket:
+        if not self.data:
+            raise BoltError("truncated: the file is empty")
         meta = _current_meta(self.data)
         self.page_size = meta.page_size
         self.high_water = meta.high_water
@@ -240,13 +242,13 @@ class _Reader:
             else:
                 stack.append((root, 0, child))
 
-    def _table(self, offset: int, end: int, count: int) -> memoryview:
+    def _table(self, offset: int, end: int, count: int) -> bytes:
         """The element table of the page at ``offset``."""
         first = offset + PAGE_HEADER.size
         table_end = first + count * LEAF_ELEMENT.size
         if table_end > end:
             raise BoltError(f"page at offset {offset} has more elements than room")
-        return self.view[first:table_end]
+        return self.data[first:table_end]
 
     def _branch_children(self, offset: int, end: int, count: int) -> list[int]:
         at = offset + PAGE_HEADER.size
