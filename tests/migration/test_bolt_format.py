@@ -305,6 +305,7 @@ def test_small_buckets_are_inlined(tmp_path: Path) -> None:
         (Bucket(buckets={b"b": Bucket(values={b"x" * 40000: b""})}), "key of 40000 bytes"),
         (Bucket(buckets={b"b": Bucket(values={b"k": b""}, buckets={b"k": Bucket()})}), "both"),
         (Bucket(values={b"k": b"v"}), "root"),
+        (Bucket(buckets={b"b": Bucket(sequence=-1)}), "sequence"),
     ],
 )
 def test_write_refuses_what_bbolt_cannot_hold(tmp_path: Path, tree: Bucket, problem: str) -> None:
