@@ -25,14 +25,16 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-APT_SOURCES = Path(os.environ.get("OBDSNAP_APT_SOURCES_DIR") or "/etc/apt")
+APT_SOURCES = Path("/etc/apt")
 DEBIAN_COMPONENTS = {"main", "contrib", "non-free", "non-free-firmware"}
 
 # unshare runs the shell in a new mount namespace with private propagation: the
-# binds below stay in it and go when the command ends.
+# binds below stay in it and go when the command ends. The command gets a clean
+# environment: nothing of this side's Python or pip set-up leaks into the root.
 IN_ROOT = (
     'root=$1; shift; for fs in proc sys dev; do mount --rbind "/$fs" "$root/$fs" || exit 125; '
-    'done; exec chroot "$root" "$@"'
+    "done; exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
+    'HOME=/root LANG=C.UTF-8 chroot "$root" "$@"'
 )
 
 
