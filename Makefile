@@ -29,7 +29,7 @@ CONFIG_DIR ?= /etc/overlaybd-snapshotter
 SYSTEM_PYTHON ?= /usr/bin/python3
 UNITS := $(wildcard deploy/obdsnap.service deploy/obdsnap.socket)
 BUILD_DIR ?= $(or $(OBDSNAP_BUILD_DIR),$(CURDIR)/.build)
-VERSION := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml)
+PACKAGE_VERSION := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml)
 
 $(STAMP)/apt: Makefile
 	@mkdir -p $(STAMP)
@@ -92,7 +92,7 @@ install:
 	  chmod 0644 $(DESTDIR)$(UNIT_DIR)/.$$(basename $$unit).new && \
 	  mv $(DESTDIR)$(UNIT_DIR)/.$$(basename $$unit).new $(DESTDIR)$(UNIT_DIR)/$$(basename $$unit); \
 	done
-	@if [ -e $(DESTDIR)$(CONFIG_DIR)/config.json ]; then \
+	@if [ -e $(DESTDIR)$(CONFIG_DIR)/config.json ] || [ -L $(DESTDIR)$(CONFIG_DIR)/config.json ]; then \
 	  echo "kept $(DESTDIR)$(CONFIG_DIR)/config.json"; \
 	else \
 	  install -d -m 0755 $(DESTDIR)$(CONFIG_DIR) && \
@@ -108,4 +108,4 @@ DEB_STAGE := $(DEB_DIR)/stage
 deb:
 	rm -rf $(DEB_STAGE)
 	$(MAKE) --no-print-directory install DESTDIR=$(DEB_STAGE) PREFIX=/usr UNIT_DIR=/lib/systemd/system
-	deploy/debian/build-deb $(DEB_STAGE) $(DEB_DIR) $(VERSION) $(SYSTEM_PYTHON)
+	deploy/debian/build-deb $(DEB_STAGE) $(DEB_DIR) $(PACKAGE_VERSION) $(SYSTEM_PYTHON)
