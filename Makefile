@@ -3,6 +3,8 @@
 #   make test    install what is needed, run the whole test suite
 #   make lint    ruff + mypy --strict
 #   make proto   regenerate obdsnap/genproto from proto/
+#   make install install on this node: /opt/obdsnap, /usr/local/bin/obdsnap, units, config
+#   make deb     build .build/deb/obdsnap_<version>_<arch>.deb (same layout, Debian paths)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,10 +12,24 @@ PIP := $(PYTHON) -m pip
 RUN_DIR ?= $(CURDIR)/.run
 APT_PACKAGES := golang-go golang-github-containerd-containerd-dev containerd runc \
 	busybox-static e2fsprogs xfsprogs util-linux kmod fuse3 docker-registry
+APT_PACKAGES += python3-venv mmdebstrap
 PROTO_FILES := $(shell find proto -name '*.proto')
 STAMP := .deps
 
-.PHONY: run test lint proto deps apt-deps py-deps unit-test integration-test clean
+.PHONY: run test lint proto deps apt-deps py-deps unit-test integration-test clean install deb
+
+# Install layout. `make deb` stages the same layout with Debian's paths.
+DESTDIR ?=
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+VENV_DIR ?= /opt/obdsnap
+UNIT_DIR ?= /etc/systemd/system
+CONFIG_DIR ?= /etc/overlaybd-snapshotter
+# Debian's interpreter, not whichever python3 comes first on PATH (pyenv's, say).
+SYSTEM_PYTHON ?= /usr/bin/python3
+UNITS := $(wildcard deploy/obdsnap.service deploy/obdsnap.socket)
+BUILD_DIR ?= $(or $(OBDSNAP_BUILD_DIR),$(CURDIR)/.build)
+PACKAGE_VERSION := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml)
 
 $(STAMP)/apt: Makefile
 	@mkdir -p $(STAMP)
@@ -61,3 +77,35 @@ proto: py-deps
 
 clean:
 	rm -rf $(STAMP) $(RUN_DIR) .pytest_cache .mypy_cache
+
+# The environment is built where it runs, or, with DESTDIR, staged so that its paths
+# still read $(VENV_DIR) (see deploy/make-venv). The units name the command where
+# BINDIR puts it. An existing config is never replaced.
+install:
+	@dpkg -s python3-venv >/dev/null 2>&1 || { [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; }; }
+	deploy/make-venv $(SYSTEM_PYTHON) . $(VENV_DIR) $(DESTDIR)$(VENV_DIR)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNIT_DIR)
+	ln -sfn $(VENV_DIR)/bin/obdsnap $(DESTDIR)$(BINDIR)/obdsnap
+	for unit in $(UNITS); do \
+	  sed 's|/usr/local/bin/obdsnap|$(BINDIR)/obdsnap|g' $$unit > $(DESTDIR)$(UNIT_DIR)/.$$(basename $$unit).new && \
+	  chmod 0644 $(DESTDIR)$(UNIT_DIR)/.$$(basename $$unit).new && \
+	  mv $(DESTDIR)$(UNIT_DIR)/.$$(basename $$unit).new $(DESTDIR)$(UNIT_DIR)/$$(basename $$unit); \
+	done
+	@if [ -e $(DESTDIR)$(CONFIG_DIR)/config.json ] || [ -L $(DESTDIR)$(CONFIG_DIR)/config.json ]; then \
+	  echo "kept $(DESTDIR)$(CONFIG_DIR)/config.json"; \
+	else \
+	  install -d -m 0755 $(DESTDIR)$(CONFIG_DIR) && \
+	  install -m 0600 deploy/config.json $(DESTDIR)$(CONFIG_DIR)/config.json && \
+	  echo "installed $(DESTDIR)$(CONFIG_DIR)/config.json"; \
+	fi
+	@[ -n "$(DESTDIR)" ] || echo "next: systemctl daemon-reload && systemctl enable --now obdsnap"
+
+# A Debian package of the same layout. Debian packages put commands in /usr/bin:
+# /usr/local belongs to the administrator (Policy 9.1.2), and `make install` uses it.
+DEB_DIR := $(BUILD_DIR)/deb
+DEB_STAGE := $(DEB_DIR)/stage
+deb:
+	rm -rf $(DEB_STAGE)
+	$(MAKE) --no-print-directory install DESTDIR=$(DEB_STAGE) PREFIX=/usr UNIT_DIR=/lib/systemd/system
+	deploy/debian/build-deb $(DEB_STAGE) $(DEB_DIR) $(PACKAGE_VERSION) $(SYSTEM_PYTHON)
