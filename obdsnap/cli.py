@@ -24,7 +24,7 @@ from obdsnap.containerd_config import (
     ProxySnapshotter,
     containerd_config,
 )
-from obdsnap.logs import configure_logging
+from obdsnap.logs import configure_logging, hold_logging
 from obdsnap.server import StartupError, serve
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    configure_logging(logging.INFO)
+    hold_logging()  # the config's warnings are written in the format it asks for
     try:
         config = load_config(
             args.config,
@@ -42,7 +42,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             log_format=getattr(args, "log_format", None),
         )
     except ConfigError as exc:
+        configure_logging(logging.INFO)
         sys.exit(f"obdsnap: {exc}")
+    if args.command != "serve":
+        configure_logging(logging.INFO)
     if args.command == "check-config":
         print(json.dumps(config.as_json(), indent=2))
         return

@@ -59,12 +59,18 @@ class TextFormatter(logging.Formatter):
         self._journald = journald
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)  # with the exception's text after a newline
-        fields = "".join(
+        record.message = record.getMessage()
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record) + "".join(
             f" {name}={_text_value(value)}" for name, value in fields_of(record).items()
         )
-        message, newline, rest = line.partition("\n")
-        line = message + fields + (newline + rest if newline else "")
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
         line = _one_line(line)
         if self._journald:
             return f"<{syslog_priority(record.levelno)}>{line}"
@@ -111,6 +117,22 @@ def under_journald(environ: Mapping[str, str], stream: TextIO) -> bool:
     return (status.st_dev, status.st_ino) == (int(device), int(inode))
 
 
+class _Held(logging.Handler):
+    """Keeps records until the format they are to be written in is known."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def hold_logging(level: int = logging.INFO) -> None:
+    """Keep records (e.g. the config's own warnings) for the next configure_logging."""
+    _replace_handlers(_Held(), level)
+
+
 def make_formatter(
     log_format: str, *, report_caller: bool, journald: bool = False
 ) -> logging.Formatter:
@@ -137,16 +159,28 @@ def configure_logging(
             journald=under_journald(os.environ, stream),
         )
     )
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-        old.close()
-    root.addHandler(handler)
-    root.setLevel(level)
+    held = _replace_handlers(handler, level)
+    for record in held:
+        if record.levelno >= level:
+            handler.handle(record)
     for name in CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(level if trace else max(level, logging.INFO))
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def _replace_handlers(handler: logging.Handler, level: int) -> list[logging.LogRecord]:
+    """Make ``handler`` the only handler of the root logger; the records held until now."""
+    root = logging.getLogger()
+    held: list[logging.LogRecord] = []
+    for old in list(root.handlers):
+        if isinstance(old, _Held):
+            held += old.records
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(level)
+    return held
 
 
 def _text_value(value: object) -> str:

@@ -1,4 +1,4 @@
-"""Tests of obdsnap.containerd_config: the printed TOML is read back with tomllib, value by value."""
+"""Tests of obdsnap.containerd_config: the printed TOML read back with tomllib, value by value."""
 
 from __future__ import annotations
 
