@@ -1,7 +1,7 @@
 """Command line.
 
-obdsnap serve [--config PATH] [--root DIR] [--address SOCK] [--log-level L]
-obdsnap containerd-config [--config PATH] [--address SOCK] [--name NAME]
+obdsnap serve [--config PATH] [--root DIR] [--address SOCK] [--log-level L] [--log-format F]
+obdsnap containerd-config [--config PATH] [--address SOCK] [--name NAME] [--config-version 2|3]
 obdsnap check-config [--config PATH]
 """
 
@@ -17,33 +17,53 @@ from pathlib import Path
 import uvloop
 
 from obdsnap import __version__
-from obdsnap.config import ConfigError, load_config
+from obdsnap.config import LOG_FORMATS, ConfigError, load_config
+from obdsnap.containerd_config import (
+    CONFIG_VERSIONS,
+    ContainerdConfigError,
+    ProxySnapshotter,
+    containerd_config,
+)
+from obdsnap.logs import configure_logging, hold_logging
 from obdsnap.server import StartupError, serve
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    _configure_logging(logging.INFO, report_caller=False)
+    hold_logging()  # the config's warnings are written in the format it asks for
     try:
         config = load_config(
             args.config,
             root=getattr(args, "root", None),
             address=getattr(args, "address", None),
             log_level=getattr(args, "log_level", None),
+            log_format=getattr(args, "log_format", None),
         )
     except ConfigError as exc:
+        configure_logging(logging.INFO)
         sys.exit(f"obdsnap: {exc}")
+    if args.command != "serve":
+        configure_logging(logging.INFO)
     if args.command == "check-config":
         print(json.dumps(config.as_json(), indent=2))
         return
     if args.command == "containerd-config":
-        print(containerd_config_snippet(args.name, config.address))
+        snapshotter = ProxySnapshotter(args.name, config.address, config.root)
+        try:
+            print(containerd_config(snapshotter, args.config_version), end="")
+        except ContainerdConfigError as exc:
+            sys.exit(f"obdsnap: {exc}")
         return
-    _configure_logging(
+    configure_logging(
         config.python_log_level,
+        log_format=config.log_format,
         report_caller=config.log_report_caller,
         trace=config.log_level.lower() == "trace",
     )
+    effective = json.dumps(config.as_json(), separators=(",", ":"))
+    log.info("obdsnap %s starting with config %s", __version__, effective)
     try:
         uvloop.run(serve(config))
     except (StartupError, OSError) as exc:
@@ -59,39 +79,23 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--root", help="root directory (overrides the config)")
     serve_cmd.add_argument("--address", help="unix socket path (overrides the config)")
     serve_cmd.add_argument("--log-level", help="trace|debug|info|warn|error (overrides 'verbose')")
+    serve_cmd.add_argument("--log-format", help=f"{'|'.join(LOG_FORMATS)} (overrides 'logFormat')")
     check_cmd = commands.add_parser(
         "check-config", help="print the effective config, or why it cannot be used (exit 1)"
     )
     check_cmd.add_argument("--config", type=Path, help="boot config (JSON)")
     snippet_cmd = commands.add_parser(
-        "containerd-config", help="print the containerd config that points at this snapshotter"
+        "containerd-config",
+        help="print the containerd config (proxy plugin and CRI) that points at this snapshotter",
     )
     snippet_cmd.add_argument("--config", type=Path, help="boot config (JSON)")
     snippet_cmd.add_argument("--address", help="unix socket path (overrides the config)")
     snippet_cmd.add_argument("--name", default="overlaybd", help="snapshotter name in containerd")
+    snippet_cmd.add_argument(
+        "--config-version",
+        type=int,
+        choices=CONFIG_VERSIONS,
+        default=2,
+        help="containerd config version: 2 for containerd 1.6/1.7 (default), 3 for 2.x",
+    )
     return parser
-
-
-def containerd_config_snippet(name: str, address: str) -> str:
-    return (
-        "# containerd config.toml (version 2):\n"
-        f"[proxy_plugins.{name}]\n"
-        '  type = "snapshot"\n'
-        f"  address = {json.dumps(address)}"
-    )
-
-
-# Libraries whose debug output is per frame or per statement: only at "trace".
-CHATTY_LIBRARIES = ("hpack", "h2", "grpclib", "aiosqlite", "asyncio")
-
-
-def _configure_logging(level: int, *, report_caller: bool, trace: bool = False) -> None:
-    caller = " %(pathname)s:%(lineno)d" if report_caller else ""
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s %(name)s{caller}: %(message)s",
-        force=True,
-    )
-    for name in CHATTY_LIBRARIES:
-        logging.getLogger(name).setLevel(level if trace else max(level, logging.INFO))

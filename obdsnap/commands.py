@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 from obdsnap.errors import SnapshotError
 
@@ -12,7 +13,11 @@ log = logging.getLogger(__name__)
 
 
 class CommandError(SnapshotError):
-    """A command failed; the message holds its output."""
+    """A command failed; the message holds its output, ``step`` the command's name."""
+
+    def __init__(self, argv: tuple[str, ...], message: str, reason: str) -> None:
+        super().__init__(message)
+        self.add_context(step=Path(argv[0]).name, reason=reason)
 
 
 async def run_command(*argv: str, time_limit_s: float = 300.0) -> str:
@@ -26,14 +31,17 @@ async def run_command(*argv: str, time_limit_s: float = 300.0) -> str:
             stderr=asyncio.subprocess.PIPE,
         )
     except OSError as exc:
-        raise CommandError(f"cannot run {argv[0]}: {exc.strerror}") from exc
+        raise CommandError(
+            argv, f"cannot run {argv[0]}: {exc.strerror}", str(exc.strerror)
+        ) from exc
     try:
         async with asyncio.timeout(time_limit_s):
             stdout, stderr = await process.communicate()
     except TimeoutError:
         process.kill()
         await process.wait()
-        raise CommandError(f"{argv[0]} did not finish within {time_limit_s:.0f}s") from None
+        message = f"{argv[0]} did not finish within {time_limit_s:.0f}s"
+        raise CommandError(argv, message, "timed out") from None
     except asyncio.CancelledError:
         process.kill()
         await process.wait()
@@ -41,5 +49,7 @@ async def run_command(*argv: str, time_limit_s: float = 300.0) -> str:
     log.debug("%s: exit %s in %.3fs", " ".join(argv), process.returncode, time.monotonic() - start)
     if process.returncode != 0:
         output = (stderr or stdout).decode(errors="replace").strip()
-        raise CommandError(f"{' '.join(argv)} failed (exit {process.returncode}): {output}")
+        raise CommandError(
+            argv, f"{' '.join(argv)} failed (exit {process.returncode}): {output}", output
+        )
     return stdout.decode(errors="replace")

@@ -21,6 +21,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/overlaybd-snapshotter/config.json")
 DEFAULT_ROOT = "/var/lib/containerd/io.containerd.snapshotter.v1.overlaybd"
 DEFAULT_ADDRESS = "/run/overlaybd-snapshotter/overlaybd.sock"
 RW_MODES = ("overlayfs", "dir", "dev")
+LOG_FORMATS = ("text", "json")
 WRITABLE_LAYER_TYPES = ("append", "sparse")
 # logrus level names, as the Go snapshotter's "verbose" accepts them.
 LOG_LEVELS = {
@@ -55,6 +56,7 @@ class BootConfig:
     address: str = DEFAULT_ADDRESS
     log_level: str = "info"
     log_report_caller: bool = False
+    log_format: str = "text"  # obdsnap's own: "text" or "json", one line a record
     rw_mode: str = "overlayfs"
     auto_remove_dev: bool = False
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
@@ -74,6 +76,7 @@ class BootConfig:
             "address": self.address,
             "verbose": self.log_level,
             "logReportCaller": self.log_report_caller,
+            "logFormat": self.log_format,
             "rwMode": self.rw_mode,
             "autoRemoveDev": self.auto_remove_dev,
             "exporterConfig": {
@@ -111,6 +114,7 @@ def load_config(
     root: str | None = None,
     address: str | None = None,
     log_level: str | None = None,
+    log_format: str | None = None,
 ) -> BootConfig:
     """Read ``path`` (or the default path when it exists), then apply command-line overrides."""
     raw: Mapping[str, Any] = {}
@@ -126,6 +130,9 @@ def load_config(
     if log_level is not None:
         _check_choice("--log-level", log_level.lower(), tuple(LOG_LEVELS))
         config = replace(config, log_level=log_level)
+    if log_format is not None:
+        _check_choice("--log-format", log_format, LOG_FORMATS)
+        config = replace(config, log_format=log_format)
     return config.checked()
 
 
@@ -163,6 +170,7 @@ def parse_config(raw: Mapping[str, Any]) -> BootConfig:
         address=reader.get("address", str, default.address),
         log_level=reader.get("verbose", str, default.log_level),
         log_report_caller=reader.get("logReportCaller", bool, default.log_report_caller),
+        log_format=reader.get("logFormat", str, default.log_format),
         rw_mode=reader.get("rwMode", str, default.rw_mode),
         auto_remove_dev=reader.get("autoRemoveDev", bool, default.auto_remove_dev),
         exporter=exporter,
@@ -189,6 +197,7 @@ def parse_config(raw: Mapping[str, Any]) -> BootConfig:
     if config.socket_group:
         socket_group_id(config.socket_group)
     _check_choice('"verbose"', config.log_level.lower(), tuple(LOG_LEVELS))
+    _check_choice('"logFormat"', config.log_format, LOG_FORMATS)
     _check_choice('"rwMode"', config.rw_mode, RW_MODES)
     _check_choice('"writableLayerType"', config.writable_layer_type, WRITABLE_LAYER_TYPES)
     reader.warn_unknown()

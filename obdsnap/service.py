@@ -115,7 +115,7 @@ class SnapshotsService:
     ) -> Callable[[Stream[Any, Any]], Awaitable[None]]:
         async def handle(stream: Stream[Any, Any]) -> None:
             request = await _receive(stream)
-            async with self._call(name):
+            async with self._call(name, _key_of(request)):
                 reply = await call(request)
             await stream.send_message(reply)
 
@@ -128,19 +128,21 @@ class SnapshotsService:
                 await stream.send_message(self._infos.reply(chunk))
 
     @asynccontextmanager
-    async def _call(self, function: str) -> AsyncIterator[None]:
+    async def _call(self, function: str, key: str = "") -> AsyncIterator[None]:
         await self._gate.enter()
         try:
             async with self._metrics.observe(function):
                 try:
                     yield
                 except SnapshotError as exc:
-                    log.debug("%s: %s: %s", function, exc.status.name, exc)
+                    _log_failure(function, key, exc)
                     raise GRPCError(exc.status, str(exc)) from exc
                 except (GRPCError, asyncio.CancelledError):
                     raise
                 except Exception as exc:
-                    log.exception("%s failed", function)
+                    log.exception(
+                        "%s failed: %s", function, exc, extra={"rpc": function, "key": key}
+                    )
                     raise GRPCError(Status.UNKNOWN, f"{function}: {exc}") from exc
         finally:
             self._gate.leave()
@@ -182,6 +184,48 @@ class SnapshotsService:
     async def cleanup(self, request: api.CleanupRequest) -> Reply:
         await self._snapshotter.cleanup()
         return pb.Empty()
+
+
+# The client's own mistakes and the answers containerd expects (e.g. ALREADY_EXISTS
+# for a remote layer, NOT_FOUND from a Stat before a Prepare): not worth a warning.
+EXPECTED_ANSWERS = frozenset(
+    {
+        Status.NOT_FOUND,
+        Status.ALREADY_EXISTS,
+        Status.INVALID_ARGUMENT,
+        Status.FAILED_PRECONDITION,
+        Status.UNIMPLEMENTED,
+    }
+)
+
+
+def _log_failure(function: str, key: str, exc: SnapshotError) -> None:
+    """One line per failed call; a warning or an error when it is not the client's fault."""
+    if exc.status in EXPECTED_ANSWERS:
+        level = logging.DEBUG
+    elif exc.status is Status.UNAVAILABLE:  # e.g. a disk that was slow to appear: may pass
+        level = logging.WARNING
+    else:
+        level = logging.ERROR
+    where = f" at {exc.step}" if exc.step else ""
+    fields = {
+        "rpc": function,
+        "key": key,
+        "id": exc.snapshot_id,
+        "step": exc.step,
+        "reason": exc.reason,
+    }
+    log.log(level, "%s failed%s: %s: %s", function, where, exc.status.name, exc, extra=fields)
+
+
+def _key_of(request: Any) -> str:
+    """The snapshot key a request names (Update names it in its info), or ""."""
+    key = getattr(request, "key", None)
+    if isinstance(key, str):
+        return key
+    info = getattr(request, "info", None)
+    name = getattr(info, "name", None)
+    return name if isinstance(name, str) else ""
 
 
 async def _receive(stream: Stream[Any, Any]) -> Any:

@@ -213,7 +213,9 @@ class Snapshotter:
                 # The row goes again; its ID is never handed out a second time.
                 await self._store.remove(key)
                 await self._blocking(remove_tree, new_dir)
-                raise SnapshotError(f"failed to create the directory of {key!r}: {exc}") from exc
+                raise SnapshotError(
+                    f"failed to create the directory of {key!r}: {exc}"
+                ).add_context(snapshot_id=record.id, step="snapshot-dir") from exc
             return record
         finally:
             self._building.discard(new_dir)

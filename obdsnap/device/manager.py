@@ -24,6 +24,7 @@ from obdsnap.device.filesystem import (
     remove_lost_and_found,
     unmount,
 )
+from obdsnap.errors import failure_context
 from obdsnap.fsutil import make_real_directory, write_file_no_follow
 from obdsnap.layout import PRIVATE_DIR_MODE
 from obdsnap.mountinfo import is_mounted, mounted_source
@@ -72,12 +73,15 @@ class DeviceManager:
         the mount went away) is mounted again, not set up a second time. Only an
         attach with work to do is recorded as an intent.
         """
-        done = await self._finished_attach(snapshot_id, block_dir, mode)
-        if done is not None:
-            return done
-        async with self._journal.intent(snapshot_id, Operation.ATTACH):
-            device = await self._set_up_device(snapshot_id, block_dir)
-            return await self._attach(snapshot_id, block_dir, device, spec, mkfs=mkfs, mode=mode)
+        with failure_context(snapshot_id=snapshot_id, step="attach"):
+            done = await self._finished_attach(snapshot_id, block_dir, mode)
+            if done is not None:
+                return done
+            async with self._journal.intent(snapshot_id, Operation.ATTACH):
+                device = await self._set_up_device(snapshot_id, block_dir)
+                return await self._attach(
+                    snapshot_id, block_dir, device, spec, mkfs=mkfs, mode=mode
+                )
 
     async def _finished_attach(
         self, snapshot_id: int, block_dir: Path, mode: MountMode
@@ -136,10 +140,13 @@ class DeviceManager:
                 # containerd expects a snapshot without parent to start empty.
                 await remove_lost_and_found(device, spec)
             if mode is not MountMode.NONE and not await self._blocking(is_mounted, mountpoint):
-                await self._blocking(make_real_directory, mountpoint, PRIVATE_DIR_MODE)
+                with failure_context(step="mountpoint"):
+                    await self._blocking(make_real_directory, mountpoint, PRIVATE_DIR_MODE)
                 await mount_device(device, mountpoint, spec, readonly=mode is MountMode.READ_ONLY)
-                await self._backend.set_disk_timeout(device)
-            await self._blocking(_write_mark, block_dir / BACKSTORE_MARK, device)
+                with failure_context(step="disk-timeout"):
+                    await self._backend.set_disk_timeout(device)
+            with failure_context(step="mark"):
+                await self._blocking(_write_mark, block_dir / BACKSTORE_MARK, device)
         except BaseException:
             if fresh:
                 await asyncio.shield(self._undo_attach(snapshot_id, mountpoint))
@@ -150,8 +157,9 @@ class DeviceManager:
 
     async def detach(self, snapshot_id: int, block_dir: Path) -> None:
         """Unmount and tear down the device; its data is on the layer files when this returns."""
-        async with self._journal.intent(snapshot_id, Operation.DETACH):
-            await self._detach(snapshot_id, block_dir)
+        with failure_context(snapshot_id=snapshot_id, step="detach"):
+            async with self._journal.intent(snapshot_id, Operation.DETACH):
+                await self._detach(snapshot_id, block_dir)
 
     async def reconcile(self, intent: Intent, block_dir: Path) -> str:
         """Finish or roll back an attach or detach a crash cut short; what was done.

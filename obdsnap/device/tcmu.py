@@ -23,6 +23,7 @@ from pathlib import Path
 
 from obdsnap.blocking import BlockingRunner
 from obdsnap.device.backend import AttachError, DeviceTimeout
+from obdsnap.errors import failure_context
 from obdsnap.fsutil import write_file_no_follow
 
 log = logging.getLogger(__name__)
@@ -70,16 +71,21 @@ class TcmuBackend:
     async def attach(self, snapshot_id: int, config_path: Path, result_file: Path) -> Path:
         """Set up the device of a snapshot; its path, e.g. ``/dev/sdc``. Undone on failure."""
         try:
-            await self._blocking(self._create_target, snapshot_id, config_path, result_file)
-            await self._enable(snapshot_id, result_file)
-            address = await self._blocking(self._create_lun, snapshot_id)
-            return await self._wait_for_disk(address, result_file)
+            with failure_context(snapshot_id=snapshot_id, step="configfs"):
+                await self._blocking(self._create_target, snapshot_id, config_path, result_file)
+            with failure_context(snapshot_id=snapshot_id, step="open"):
+                await self._enable(snapshot_id, result_file)
+            with failure_context(snapshot_id=snapshot_id, step="lun"):
+                address = await self._blocking(self._create_lun, snapshot_id)
+            with failure_context(snapshot_id=snapshot_id, step="disk"):
+                return await self._wait_for_disk(address, result_file)
         except BaseException:
             await asyncio.shield(self.detach(snapshot_id))
             raise
 
     async def detach(self, snapshot_id: int) -> None:
-        await self._blocking(self._remove_configfs_entries, snapshot_id)
+        with failure_context(snapshot_id=snapshot_id, step="configfs"):
+            await self._blocking(self._remove_configfs_entries, snapshot_id)
 
     async def is_attached(self, snapshot_id: int) -> bool:
         link = self.loopback_dir(snapshot_id) / "tpgt_1" / "lun" / "lun_0" / f"dev_{snapshot_id}"
@@ -135,7 +141,7 @@ class TcmuBackend:
             reason = await self._blocking(_read_result, result_file)
             raise AttachError(
                 f"failed to enable the target of snapshot {snapshot_id}: {exc.strerror}: {reason}"
-            ) from exc
+            ).add_context(reason=_overlaybd_reason(reason) or str(exc.strerror)) from exc
         except AttachError:
             # The target can only be removed once the kernel has given up the enable.
             await asyncio.gather(enabling, return_exceptions=True)
@@ -161,7 +167,9 @@ class TcmuBackend:
         while True:
             text = await self._blocking(_read_result, result_file)
             if text.startswith("failed"):
-                raise AttachError(f"overlaybd could not open the image: {text}")
+                raise AttachError(f"overlaybd could not open the image: {text}").add_context(
+                    reason=_overlaybd_reason(text)
+                )
             if text.startswith("success") or enabling.done():
                 return
             await asyncio.sleep(self._timings.result_poll_interval_s)
@@ -186,7 +194,9 @@ class TcmuBackend:
                 return Path("/dev") / sorted(names)[0]
             text = await self._blocking(_read_result, result_file)
             if text.startswith("failed"):
-                raise AttachError(f"overlaybd could not open the image: {text}")
+                raise AttachError(f"overlaybd could not open the image: {text}").add_context(
+                    reason=_overlaybd_reason(text)
+                )
             if time.monotonic() > deadline:
                 raise DeviceTimeout(
                     f"disk of SCSI address {address} did not appear in {disks} "
@@ -243,6 +253,11 @@ def _read_result(result_file: Path) -> str:
         return result_file.read_text(errors="replace").strip()
     except FileNotFoundError:
         return ""
+
+
+def _overlaybd_reason(result: str) -> str:
+    """The reason in overlaybd's result file (``failed:<reason>``), if it has one."""
+    return result.removeprefix("failed:").strip() if result.startswith("failed") else ""
 
 
 def _read_text(path: Path) -> str | None:

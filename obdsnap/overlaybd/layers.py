@@ -15,7 +15,7 @@ from pathlib import Path
 
 from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner
-from obdsnap.errors import InvalidArgument
+from obdsnap.errors import InvalidArgument, failure_context
 from obdsnap.fsutil import fsync_path
 from obdsnap.layout import Layout
 from obdsnap.overlaybd import device_config
@@ -145,7 +145,8 @@ class BlockLayers:
     async def create_writable_layer(self, record: Record, parent: Record | None) -> None:
         block = self._layout.block_dir(record.id)
         data, index = block / WRITABLE_DATA, block / WRITABLE_INDEX
-        await self._tools.create_writable_layer(data, index, sparse=self._sparse)
+        with failure_context(snapshot_id=record.id, step="overlaybd-create"):
+            await self._tools.create_writable_layer(data, index, sparse=self._sparse)
         config = await self.config_from_parent(record.id, parent)
         await self.write_config(
             record.id, replace(config, upper=Upper(index=str(index), data=str(data)))
@@ -159,11 +160,12 @@ class BlockLayers:
         """
         block = self._layout.block_dir(record.id)
         partial = self._layout.fs_dir(record.id) / PARTIAL_COMMIT_FILE
-        await self._blocking(_remove_files, partial)
-        await self._tools.commit_writable_layer(
-            block / WRITABLE_DATA, block / WRITABLE_INDEX, partial, zfile
-        )
-        await self._blocking(_publish, partial, self.commit_file(record.id))
+        with failure_context(snapshot_id=record.id, step="overlaybd-commit"):
+            await self._blocking(_remove_files, partial)
+            await self._tools.commit_writable_layer(
+                block / WRITABLE_DATA, block / WRITABLE_INDEX, partial, zfile
+            )
+            await self._blocking(_publish, partial, self.commit_file(record.id))
 
     async def keep_writable_config(self, snapshot_id: int) -> None:
         """Before a commit replaces the writable layer's config: keep it for a roll-back."""

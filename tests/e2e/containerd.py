@@ -163,6 +163,7 @@ class PrivateContainerd:
         *,
         namespace: str | None = None,
         extra_config: str = "",
+        disabled_plugins: Sequence[str] = DISABLED_PLUGINS,
         command_timeout: float = 120.0,
         containerd_bin: str = "containerd",
         ctr_bin: str = "ctr",
@@ -173,6 +174,7 @@ class PrivateContainerd:
         # Unique, because cgroups (/<namespace>/<id>) are shared with the host.
         self.namespace = namespace or f"obdsnap-e2e-{os.getpid()}-{next(_namespace_counter)}"
         self.extra_config = extra_config
+        self.disabled_plugins = tuple(disabled_plugins)
         self.command_timeout = command_timeout
         self.containerd_bin = containerd_bin
         self.ctr_bin = ctr_bin
@@ -193,7 +195,7 @@ class PrivateContainerd:
     # ------------------------------------------------------------ lifecycle
 
     def config_toml(self) -> str:
-        disabled = ", ".join(f'"{plugin}"' for plugin in DISABLED_PLUGINS)
+        disabled = ", ".join(f'"{plugin}"' for plugin in self.disabled_plugins)
         lines = [
             "version = 2",
             f'root = "{self.workdir / "root"}"',
@@ -386,6 +388,33 @@ class PrivateContainerd:
             if len(fields) >= 4 and fields[0] == plugin_type and fields[1] == plugin_id:
                 return fields[-1]
         return None
+
+    def plugin_exports(self, plugin_type: str, plugin_id: str) -> dict[str, str]:
+        """What a plugin exports, from `ctr plugins ls --detailed`; {} if none or not listed."""
+        output = self.ctr("plugins", "ls", "--detailed", namespaced=False).stdout
+        blocks: list[list[str]] = []
+        for line in output.splitlines():
+            if line.startswith("Type:"):
+                blocks.append([])
+            if blocks:
+                blocks[-1].append(line)
+        for block in blocks:
+            headings = {
+                name: value.strip()
+                for name, _, value in (line.partition(":") for line in block if line[:1].isalpha())
+            }
+            if (headings.get("Type"), headings.get("ID")) != (plugin_type, plugin_id):
+                continue
+            exports: dict[str, str] = {}
+            in_exports = False
+            for line in block:
+                if line[:1].isalpha():
+                    in_exports = line.startswith("Exports:")
+                elif in_exports and line.strip():
+                    name, _, value = line.strip().partition(" ")
+                    exports[name] = value.strip()
+            return exports
+        return {}
 
     def list_snapshots(self, snapshotter: str) -> list[SnapshotRow]:
         """containerd's view (its metadata) of the namespace's snapshots."""

@@ -187,6 +187,8 @@ def test_unknown_keys_are_warnings_only(tmp_path: Path, caplog: pytest.LogCaptur
         ({"root": 5}, "root"),
         ({"address": ["/a"]}, "address"),
         ({"writableLayerType": "thin"}, "writableLayerType"),
+        ({"logFormat": "yaml"}, "logFormat"),
+        ({"logFormat": 1}, "logFormat"),
         ({"overlaybd_util_bin_dir": False}, "overlaybd_util_bin_dir"),
         ({"exporterConfig": "on"}, "exporterConfig"),
         ({"exporterConfig": [1]}, "exporterConfig"),
@@ -349,4 +351,38 @@ def test_check_config_prints_the_effective_config_or_one_error_line(tmp_path: Pa
     assert done.stdout == ""
     assert done.stderr.strip().splitlines() == [
         'obdsnap: config: "rwMode": expected a string, got 3'
+    ]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_log_format_from_the_file_and_the_flag(tmp_path: Path, log_format: str) -> None:
+    assert parse_config({}).log_format == "text"
+    assert parse_config({"logFormat": log_format}).log_format == log_format
+    assert parse_config({"logFormat": log_format}).as_json()["logFormat"] == log_format
+    other = "json" if log_format == "text" else "text"
+    path = write_config(tmp_path, {"logFormat": other})
+    assert load_config(path, log_format=log_format).log_format == log_format
+    with pytest.raises(ConfigError, match="--log-format"):
+        load_config(path, log_format="xml")
+
+
+def test_check_config_shows_the_log_format(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = write_config(tmp_path, {"logFormat": "json"})
+    done = subprocess.run(
+        [sys.executable, "-m", "obdsnap", "check-config", "--config", str(path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["logFormat"] == "json"
+    path = write_config(tmp_path, {"logFormat": "yaml"})
+    done = subprocess.run(
+        [sys.executable, "-m", "obdsnap", "check-config", "--config", str(path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "obdsnap: config: \"logFormat\": must be one of text, json (got 'yaml')"
     ]
