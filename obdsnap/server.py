@@ -55,8 +55,6 @@ async def serve(config: BootConfig) -> None:
     await store.open()
     try:
         snapshotter = await build_snapshotter(config, layout, store, blocking)
-        await notifier.status(f"reconciling {config.root}")
-        await snapshotter.start()
         try:
             await _serve_snapshotter(config, snapshotter, blocking, notifier, listener)
         finally:
@@ -86,12 +84,19 @@ async def _serve_snapshotter(
     gate = CallGate(config.max_concurrent_requests)
     server = GracefulServer([SnapshotsService(snapshotter, metrics, gate)], codec=ReplyCodec())
     if activated is None:
+        await _reconcile(config, snapshotter, notifier)
         own_socket: Path | None = Path(config.address)
         listener = await blocking(open_unix_socket, Path(config.address), _group(config))
     else:
         own_socket, listener = None, activated
     try:
         await server.start(sock=listener, backlog=LISTEN_BACKLOG)
+        if activated is not None:
+            # Connections are queued already: answer their HTTP/2 handshake at once
+            # (containerd's client gives it one second) and let their calls wait for
+            # the reconcile at the gate.
+            await _reconcile(config, snapshotter, notifier)
+        gate.open()
         stopping = _install_signal_handlers()
         metrics.is_alive.set({}, 1)
         where = config.address if activated is None else socket_path(activated)
@@ -123,6 +128,11 @@ async def _serve_snapshotter(
         listener.close()
         if exporter is not None:
             await exporter.stop()
+
+
+async def _reconcile(config: BootConfig, snapshotter: Snapshotter, notifier: Notifier) -> None:
+    await notifier.status(f"reconciling {config.root}")
+    await snapshotter.start()
 
 
 def _activated_listener(config: BootConfig) -> socket.socket | None:

@@ -32,12 +32,18 @@ log = logging.getLogger(__name__)
 
 
 class CallGate:
-    """Calls in flight: at most ``limit`` run at once, the rest wait their turn."""
+    """Calls in flight: none until ``open`` (start-up is not done), then at most
+    ``limit`` at once; the rest wait their turn."""
 
     def __init__(self, limit: int) -> None:
         self._running = asyncio.Semaphore(limit)
+        self._open = asyncio.Event()
+
+    def open(self) -> None:
+        self._open.set()
 
     async def enter(self) -> None:
+        await self._open.wait()
         await self._running.acquire()
 
     def leave(self) -> None:
