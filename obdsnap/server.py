@@ -75,20 +75,17 @@ async def _serve_snapshotter(
 ) -> None:
     """Serve on the socket systemd passed (``activated``), else on one of obdsnap's own."""
     metrics = Metrics()
-    exporter = None
-    if config.exporter.enable:
-        exporter = Exporter(
-            metrics, config.exporter.host, config.exporter.port, config.exporter.uri_prefix
-        )
-        await exporter.start()
     gate = CallGate(config.max_concurrent_requests)
     server = GracefulServer([SnapshotsService(snapshotter, metrics, gate)], codec=ReplyCodec())
-    if activated is None:
+    if activated is None:  # obdsnap's own socket appears once the reconcile is done
         await _reconcile(config, snapshotter, notifier)
+    exporter = await _start_exporter(config, metrics)
+    if activated is None:
         own_socket: Path | None = Path(config.address)
         listener = await blocking(open_unix_socket, Path(config.address), _group(config))
     else:
         own_socket, listener = None, activated
+    stopping = _install_signal_handlers()
     try:
         await server.start(sock=listener, backlog=LISTEN_BACKLOG)
         if activated is not None:
@@ -97,29 +94,13 @@ async def _serve_snapshotter(
             # the reconcile at the gate.
             await _reconcile(config, snapshotter, notifier)
         gate.open()
-        stopping = _install_signal_handlers()
         metrics.is_alive.set({}, 1)
         where = config.address if activated is None else socket_path(activated)
         log.info("obdsnap serving on %s (root %s)", where, config.root)
         await notifier.ready(f"serving on {where}")
         await stopping.wait()
-        calls = server.calls_in_flight
-        log.info("shutting down: finishing %d calls in flight", calls)
-        await notifier.stopping(f"draining {calls} calls")
         metrics.is_alive.set({}, 0)
-        server.stop_accepting()
-        if own_socket is not None:
-            await blocking(_remove_socket, own_socket)
-        server.go_away()
-        try:
-            async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                await server.calls_done()
-        except TimeoutError:
-            log.warning(
-                "%d calls still running after %.0fs; cancelling them",
-                server.calls_in_flight,
-                DRAIN_TIMEOUT_S,
-            )
+        await _drain(server, notifier, own_socket, blocking)
     finally:
         if own_socket is not None:
             await blocking(_remove_socket, own_socket)
@@ -128,6 +109,38 @@ async def _serve_snapshotter(
         listener.close()
         if exporter is not None:
             await exporter.stop()
+
+
+async def _drain(
+    server: GracefulServer, notifier: Notifier, own_socket: Path | None, blocking: BlockingRunner
+) -> None:
+    """Accept no more connections, GOAWAY the open ones, finish the calls they started."""
+    calls = server.calls_in_flight
+    log.info("shutting down: finishing %d calls in flight", calls)
+    await notifier.stopping(f"draining {calls} calls")
+    server.stop_accepting()
+    if own_socket is not None:  # a socket from systemd stays: calls queue there meanwhile
+        await blocking(_remove_socket, own_socket)
+    server.go_away()
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            await server.calls_done()
+    except TimeoutError:
+        log.warning(
+            "%d calls still running after %.0fs; cancelling them",
+            server.calls_in_flight,
+            DRAIN_TIMEOUT_S,
+        )
+
+
+async def _start_exporter(config: BootConfig, metrics: Metrics) -> Exporter | None:
+    if not config.exporter.enable:
+        return None
+    exporter = Exporter(
+        metrics, config.exporter.host, config.exporter.port, config.exporter.uri_prefix
+    )
+    await exporter.start()
+    return exporter
 
 
 async def _reconcile(config: BootConfig, snapshotter: Snapshotter, notifier: Notifier) -> None:
