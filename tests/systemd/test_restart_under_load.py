@@ -22,6 +22,7 @@ connection per client.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -206,6 +207,10 @@ def test_ten_restarts_under_load_fail_no_call(rig: Rig, connections: int, tmp_pa
         "longest_call_ms": report["longest_call_ms"],
         "longest_call": report["longest_call"],
         "obdsnap_pids": [life.pid for life in lifetimes],
+        # From each SIGTERM to the next READY=1 (drain, exit, start, reconcile).
+        "longest_restart_s": round(
+            max(new.ready_at - old.stopped_at for old, new in itertools.pairwise(lifetimes)), 3
+        ),
     }
     (tmp_path / "restart-figures.json").write_text(json.dumps(figures, indent=2))
     print(f"\nrestarts under load ({connections} connections): {json.dumps(figures)}")
