@@ -16,12 +16,11 @@ import traceback
 from pathlib import Path
 from typing import IO
 
-from grpclib.server import Server
-
 from obdsnap.blocking import BlockingRunner
 from obdsnap.config import BootConfig, socket_group_id
 from obdsnap.device.manager import DeviceManager
 from obdsnap.device.tcmu import TcmuBackend
+from obdsnap.grpcserver import GracefulServer
 from obdsnap.layout import PROCESS_UMASK, Layout
 from obdsnap.metrics import Exporter, Metrics
 from obdsnap.mounts import overlay_has_index_param
@@ -30,6 +29,7 @@ from obdsnap.overlaybd.tools import OverlaybdTools
 from obdsnap.service import CallGate, SnapshotsService
 from obdsnap.snapshotter import Snapshotter, SnapshotterOptions
 from obdsnap.storage import MetaStore
+from obdsnap.systemd import ActivationError, Notifier, activated_listener, socket_path
 from obdsnap.wire import ReplyCodec
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ class StartupError(Exception):
 async def serve(config: BootConfig) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully."""
     os.umask(PROCESS_UMASK)
+    notifier = Notifier.from_environment()
+    listener = _activated_listener(config)
     blocking = BlockingRunner()
     layout = Layout(Path(config.root))
     await blocking(layout.create_root)
@@ -53,52 +55,126 @@ async def serve(config: BootConfig) -> None:
     await store.open()
     try:
         snapshotter = await build_snapshotter(config, layout, store, blocking)
-        await snapshotter.start()
         try:
-            await _serve_snapshotter(config, snapshotter, blocking)
+            await _serve_snapshotter(config, snapshotter, blocking, notifier, listener)
         finally:
             await snapshotter.close()
     finally:
         await store.close()
         root_lock.close()
+        notifier.close()
     log.info("obdsnap stopped")
 
 
 async def _serve_snapshotter(
-    config: BootConfig, snapshotter: Snapshotter, blocking: BlockingRunner
+    config: BootConfig,
+    snapshotter: Snapshotter,
+    blocking: BlockingRunner,
+    notifier: Notifier,
+    activated: socket.socket | None,
 ) -> None:
+    """Serve on the socket systemd passed (``activated``), else on one of obdsnap's own."""
     metrics = Metrics()
-    exporter = None
-    if config.exporter.enable:
-        exporter = Exporter(
-            metrics, config.exporter.host, config.exporter.port, config.exporter.uri_prefix
-        )
-        await exporter.start()
     gate = CallGate(config.max_concurrent_requests)
-    server = Server([SnapshotsService(snapshotter, metrics, gate)], codec=ReplyCodec())
-    socket_path = Path(config.address)
-    group = socket_group_id(config.socket_group) if config.socket_group else None
-    listener = await blocking(open_unix_socket, socket_path, group)
+    server = GracefulServer([SnapshotsService(snapshotter, metrics, gate)], codec=ReplyCodec())
+    if activated is None:  # obdsnap's own socket appears once the reconcile is done
+        await _reconcile(config, snapshotter, notifier)
+    exporter = await _start_exporter(config, metrics)
+    if activated is None:
+        own_socket: Path | None = Path(config.address)
+        listener = await blocking(open_unix_socket, Path(config.address), _group(config))
+    else:
+        own_socket, listener = None, activated
+    stopping = _install_signal_handlers()
     try:
         await server.start(sock=listener, backlog=LISTEN_BACKLOG)
-        stopping = _install_signal_handlers()
+        if activated is not None:
+            # Connections are queued already: answer their HTTP/2 handshake at once
+            # (containerd's client gives it one second) and let their calls wait for
+            # the reconcile at the gate.
+            await _reconcile(config, snapshotter, notifier)
+        gate.open()
         metrics.is_alive.set({}, 1)
-        log.info("obdsnap serving on %s (root %s)", config.address, config.root)
+        where = config.address if activated is None else socket_path(activated)
+        log.info("obdsnap serving on %s (root %s)", where, config.root)
+        await notifier.ready(f"serving on {where}")
         await stopping.wait()
-        log.info("shutting down: finishing calls in flight")
         metrics.is_alive.set({}, 0)
-        await blocking(_remove_socket, socket_path)
-        try:
-            async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                await gate.close()
-        except TimeoutError:
-            log.warning("calls still running after %.0fs; cancelling them", DRAIN_TIMEOUT_S)
+        await _drain(server, notifier, own_socket, blocking)
     finally:
-        await blocking(_remove_socket, socket_path)
+        if own_socket is not None:
+            await blocking(_remove_socket, own_socket)
         server.close()
         await server.wait_closed()
+        listener.close()
         if exporter is not None:
             await exporter.stop()
+
+
+async def _drain(
+    server: GracefulServer, notifier: Notifier, own_socket: Path | None, blocking: BlockingRunner
+) -> None:
+    """Accept no more connections, GOAWAY the open ones, finish the calls they started."""
+    calls = server.calls_in_flight
+    log.info("shutting down: finishing %d calls in flight", calls)
+    await notifier.stopping(f"draining {calls} calls")
+    server.stop_accepting()
+    if own_socket is not None:  # a socket from systemd stays: calls queue there meanwhile
+        await blocking(_remove_socket, own_socket)
+    server.go_away()
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            await server.calls_done()
+    except TimeoutError:
+        log.warning(
+            "%d calls still running after %.0fs; cancelling them",
+            server.calls_in_flight,
+            DRAIN_TIMEOUT_S,
+        )
+
+
+async def _start_exporter(config: BootConfig, metrics: Metrics) -> Exporter | None:
+    if not config.exporter.enable:
+        return None
+    exporter = Exporter(
+        metrics, config.exporter.host, config.exporter.port, config.exporter.uri_prefix
+    )
+    await exporter.start()
+    return exporter
+
+
+async def _reconcile(config: BootConfig, snapshotter: Snapshotter, notifier: Notifier) -> None:
+    await notifier.status(f"reconciling {config.root}")
+    await snapshotter.start()
+
+
+def _activated_listener(config: BootConfig) -> socket.socket | None:
+    """The socket from systemd's socket activation; obdsnap then never creates,
+    chmods nor removes the socket file: the socket unit owns it."""
+    try:
+        listener = activated_listener()
+    except ActivationError as exc:
+        raise StartupError(str(exc)) from None
+    if listener is None:
+        return None
+    where = socket_path(listener)
+    if where != config.address:
+        log.warning(
+            "socket from systemd is %s, config address is %s: serving on %s",
+            where,
+            config.address,
+            where,
+        )
+    if config.socket_group:
+        log.warning(
+            "socketGroup is not applied to the socket from systemd: "
+            "set SocketGroup= in its socket unit"
+        )
+    return listener
+
+
+def _group(config: BootConfig) -> int | None:
+    return socket_group_id(config.socket_group) if config.socket_group else None
 
 
 def lock_root(layout: Layout) -> IO[str]:

@@ -32,42 +32,22 @@ log = logging.getLogger(__name__)
 
 
 class CallGate:
-    """Calls in flight: at most ``limit`` run at once, the rest wait their turn.
-
-    Once closed, new calls are refused with UNAVAILABLE.
-    """
+    """Calls in flight: none until ``open`` (start-up is not done), then at most
+    ``limit`` at once; the rest wait their turn."""
 
     def __init__(self, limit: int) -> None:
         self._running = asyncio.Semaphore(limit)
-        self._in_flight = 0
-        self._closed = False
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._open = asyncio.Event()
+
+    def open(self) -> None:
+        self._open.set()
 
     async def enter(self) -> None:
-        if self._closed:
-            raise GRPCError(Status.UNAVAILABLE, "obdsnap is shutting down")
-        self._in_flight += 1
-        self._idle.clear()
-        try:
-            await self._running.acquire()
-        except BaseException:
-            self._count_out()
-            raise
+        await self._open.wait()
+        await self._running.acquire()
 
     def leave(self) -> None:
         self._running.release()
-        self._count_out()
-
-    def _count_out(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
-
-    async def close(self) -> None:
-        """Refuse new calls and wait for the running ones."""
-        self._closed = True
-        await self._idle.wait()
 
 
 SERVICE = "containerd.services.snapshots.v1.Snapshots"

@@ -1,0 +1,1 @@
+"""obdsnap under systemd: the units, readiness notification, socket activation, restarts."""
