@@ -3,11 +3,13 @@
 obdsnap serve [--config PATH] [--root DIR] [--address SOCK] [--log-level L]
 obdsnap containerd-config [--config PATH] [--address SOCK] [--name NAME]
 obdsnap check-config [--config PATH]
+obdsnap migrate --root DIR --to go   (obdsnap stopped)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -18,7 +20,9 @@ import uvloop
 
 from obdsnap import __version__
 from obdsnap.config import ConfigError, load_config
-from obdsnap.server import StartupError, serve
+from obdsnap.layout import Layout
+from obdsnap.server import StartupError, lock_root, serve
+from obdsnap.storage.migration import MigrationError, export_to_go
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -38,6 +42,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.command == "containerd-config":
         print(containerd_config_snippet(args.name, config.address))
+        return
+    if args.command == "migrate":
+        layout = Layout(Path(config.root))
+        try:
+            with contextlib.closing(lock_root(layout)):
+                print(uvloop.run(export_to_go(layout)))
+        except (MigrationError, StartupError, OSError) as exc:
+            sys.exit(f"obdsnap: {exc}")
         return
     _configure_logging(
         config.python_log_level,
@@ -69,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     snippet_cmd.add_argument("--config", type=Path, help="boot config (JSON)")
     snippet_cmd.add_argument("--address", help="unix socket path (overrides the config)")
     snippet_cmd.add_argument("--name", default="overlaybd", help="snapshotter name in containerd")
+    migrate_cmd = commands.add_parser(
+        "migrate", help="with obdsnap stopped, hand the root back to the Go snapshotter"
+    )
+    migrate_cmd.add_argument("--config", type=Path, help="boot config (JSON)")
+    migrate_cmd.add_argument("--root", help="root directory (overrides the config)")
+    migrate_cmd.add_argument("--to", choices=["go"], required=True, help="metadata format")
     return parser
 
 

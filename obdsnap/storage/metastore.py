@@ -20,8 +20,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -267,6 +268,11 @@ class MetaStore:
     def __len__(self) -> int:
         return len(self._records)
 
+    @property
+    def last_id(self) -> int:
+        """The last ID handed out: the next is above it."""
+        return self._last_id
+
     def intents(self) -> list[Intent]:
         """Operations begun and not ended; at start-up, those a crash cut short."""
         return list(self._intents.values())
@@ -442,6 +448,31 @@ class MetaStore:
             else:
                 self._intents[intent_key] = intent
         self._last_id = batch.last_id
+
+
+def write_new_store(path: Path, records: Iterable[Record], last_id: int) -> None:
+    """Blocking: a new store at ``path`` holding these records, in one transaction.
+
+    Rollback journal, not WAL: the file is complete on its own once this returns
+    (fsync'ed), so it can be renamed into place without a ``-wal`` file to follow.
+    """
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=DELETE")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)  # the file is not in place yet: its own transactions will do
+        db.execute("BEGIN IMMEDIATE")
+        rows = [_row_from_record(record) for record in records]
+        db.executemany(_UPSERT + _ROW_PLACEHOLDERS, rows)
+        db.execute(_ADVANCE_SEQUENCE, (last_id, _ID_SEQUENCE, last_id))
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 # ---------------------------------------------------------------------- operations
