@@ -28,7 +28,8 @@ from obdsnap import labels as L
 from obdsnap.fsutil import fsync_path
 from obdsnap.layout import Layout
 from obdsnap.overlaybd.storage_type import StorageType, detect_storage_type
-from obdsnap.storage.bolt import BoltError, looks_like_bolt, read_bolt, write_bolt
+from obdsnap.storage import bolt
+from obdsnap.storage.bolt import BoltError, looks_like_bolt, read_bolt
 from obdsnap.storage.gometa import (
     GoMetadata,
     GoMetadataError,
@@ -200,7 +201,7 @@ async def export_to_go(layout: Layout) -> str:
     _leave_wal_mode(path)
     staging = _sibling(path, EXPORTING_SUFFIX)
     _remove_leftovers(staging)
-    write_bolt(staging, bolt_from_records(records, last_id))
+    bolt.write_bolt(staging, bolt_from_records(records, last_id))
     kept = _replace_keeping(path, staging, SQLITE_KEPT_SUFFIX)
     return (
         f"wrote the Go snapshotter's metadata to {path}: {_counts(records)}, "
