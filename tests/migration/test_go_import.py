@@ -7,6 +7,7 @@ Every fixture's metadata.db is written by containerd's own snapshots/storage cod
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -188,3 +189,220 @@ async def test_every_kind_carries_over(
         again.close()
     assert server.log().count("imported the Go snapshotter's metadata") == 1
     assert not (server.root / "metadata.db.go-bbolt.1").exists()
+
+
+async def test_chain_128_deep(server: ServerProcess, channel: Channel) -> None:
+    ids = write_go_root(server.root, deep_ops())
+    dump = go_dump(server.root / "metadata.db")
+    server.start()
+    await assert_serves_as_go_reads(channel, server, dump)
+    client = api.SnapshotsStub(channel)
+    mounts = (await client.mounts(api.MountsRequest(key="rootfs"))).mounts
+    layers = [ids[f"layer-{i:03}"] for i in range(DEPTH)]
+    assert lower_ids(mounts[0], server.root) == layers[::-1]
+    assert own_id(mounts, server.root) == ids["rootfs"]
+
+
+# ---------------------------------------------------------------------- overlaybd roots
+
+REMOTE = {
+    "containerd.io/snapshot.ref": "sha256:remote",
+    "containerd.io/snapshot/image-ref": "registry.example/app:1",
+    "containerd.io/snapshot/overlaybd/blob-digest": "sha256:blob",
+    "containerd.io/snapshot/overlaybd/blob-size": "4096",
+    "containerd.io/snapshot/remote": "remote snapshot",
+}
+WRITABLE = "containerd.io/snapshot/overlaybd.writable"
+
+
+def overlaybd_ops() -> GoOps:
+    """Remote, local and acceleration layers; dir, dev and overlayfs rootfs snapshots."""
+    ops = GoOps()
+    ops.prepare("extract-remote", "", REMOTE)
+    ops.commit("remote", "extract-remote", REMOTE)
+    ops.prepare("extract-accel", "remote", {"containerd.io/snapshot.ref": "accel",
+                "containerd.io/snapshot/overlaybd/acceleration-layer": "yes"})
+    ops.prepare("wdir", "remote", {WRITABLE: "dir"})
+    ops.prepare("wdev", "remote", {WRITABLE: "dev"})
+    ops.prepare("wlocal", "remote", {WRITABLE: "dir"})
+    ops.commit("local", "wlocal", {
+        "containerd.io/snapshot/overlaybd.localcommitpath": "fs/overlaybd.commit"})
+    ops.prepare("on-local", "local")
+    ops.prepare("by-config", "remote")
+    ops.layer("plain")
+    ops.prepare("dir-on-plain", "plain", {WRITABLE: "dir"})
+    ops.prepare("fresh-dir", "", {WRITABLE: "dir"})
+    return ops
+
+
+def write_block_files(root: Path, ids: dict[str, int]) -> None:
+    """What the Go snapshotter leaves for these snapshots (DESIGN §2, §3, §7)."""
+    from .gohelpers import LSMT_HEADER, ZFILE_HEADER
+
+    def block(key: str) -> Path:
+        return root / "snapshots" / str(ids[key]) / "block"
+
+    for key in ("remote", "wdir", "wdev", "local", "extract-accel", "by-config", "fresh-dir"):
+        config = {"repoBlobUrl": "https://registry.example/v2/app/blobs", "lowers": [],
+                  "upper": {}, "resultFile": str(block(key) / "init-debug.log")}
+        (block(key) / "config.v1.json").write_text(json.dumps(config))
+    for key in ("wdir", "wdev", "by-config", "fresh-dir"):
+        (block(key) / "writable_data").write_bytes(LSMT_HEADER)
+        (block(key) / "writable_index").write_bytes(LSMT_HEADER)
+    (root / "snapshots" / str(ids["local"]) / "fs" / "overlaybd.commit").write_bytes(ZFILE_HEADER)
+
+
+@pytest.mark.parametrize("rw_mode", ["overlayfs", "dir"])
+async def test_overlaybd_layers_and_writable_modes(workdir: Path, rw_mode: str) -> None:
+    server = ServerProcess.with_config(workdir, {"rwMode": rw_mode})
+    ids = write_go_root(server.root, overlaybd_ops())
+    write_block_files(server.root, ids)
+    dump = go_dump(server.root / "metadata.db")
+    with server:
+        channel = Channel(path=str(server.address))
+        try:
+            await assert_serves_as_go_reads(channel, server, dump)
+            client = api.SnapshotsStub(channel)
+            accel = (await client.mounts(api.MountsRequest(key="extract-accel"))).mounts
+            assert [(m.type, m.source, list(m.options)) for m in accel] == [
+                ("bind", fs_of(server, ids["extract-accel"]), ["rw", "bind"])
+            ]
+            on_plain = (await client.mounts(api.MountsRequest(key="dir-on-plain"))).mounts
+            assert lower_ids(on_plain[0], server.root) == [ids["plain"]]
+        finally:
+            channel.close()
+    modes = {key: row["rw_mode"] for key, row in stored_rows(server.root / "metadata.db").items()}
+    assert modes == {
+        "remote": "",
+        "local": "",
+        "plain": "",
+        "extract-accel": "overlayfs",
+        "wdir": "dir",
+        "wdev": "dev",
+        "on-local": "overlayfs",  # no writable layer of its own whatever the config says
+        "by-config": rw_mode,
+        "dir-on-plain": "overlayfs",
+        "fresh-dir": "dir",
+    }
+
+
+# ---------------------------------------------------------------------- refusals
+
+
+def small_go_root(root: Path) -> dict[str, int]:
+    ops = GoOps()
+    ops.layer("base", labels=UNICODE)
+    ops.prepare("ctr", "base")
+    return write_go_root(root, ops)
+
+
+def serve_once(root: Path, workdir: Path) -> subprocess.CompletedProcess[str]:
+    """obdsnap serve on ``root``, expected to refuse to start."""
+    return subprocess.run(
+        [sys.executable, "-m", "obdsnap", "serve", "--root", str(root),
+         "--address", str(workdir / "refused.sock")],
+        capture_output=True, text=True, timeout=20, check=False,
+    )
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with a regular file's content."""
+    return {
+        str(path.relative_to(root)): path.read_bytes() if path.is_file() else None
+        for path in sorted(root.rglob("*"))
+    }
+
+
+def damage_truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2 + 100]
+
+
+def damage_checksums(data: bytes) -> bytes:
+    """One byte of the checksum in both meta pages (page header 16 + meta fields 56)."""
+    out = bytearray(data)
+    page = int.from_bytes(data[24:28], "little")
+    for meta in (0, page):
+        out[meta + 16 + 56] ^= 0xFF
+    return bytes(out)
+
+
+def damage_magic(data: bytes) -> bytes:
+    out = bytearray(data)
+    page = int.from_bytes(data[24:28], "little")
+    for meta in (0, page):
+        out[meta + 16] ^= 0x01
+    return bytes(out)
+
+
+def damage_random(data: bytes) -> bytes:
+    return os.urandom(len(data))
+
+
+def damage_sqlite(_: bytes) -> bytes:
+    """An SQLite header and pages of garbage: the file obdsnap would find after a disk fault."""
+    return b"SQLite format 3\0" + b"\x10\x00\x01\x01" + os.urandom(40000)
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (damage_truncated, "damaged bbolt file"),
+        (damage_checksums, "damaged bbolt file"),
+        (damage_magic, "neither an SQLite database nor a bbolt file"),
+        (damage_random, "neither an SQLite database nor a bbolt file"),
+        (damage_sqlite, ""),
+    ],
+)
+def test_damaged_metadata_is_refused_unchanged(
+    workdir: Path, damage: Any, problem: str
+) -> None:
+    root = workdir / "root"
+    small_go_root(root)
+    db = root / "metadata.db"
+    db.write_bytes(damage(db.read_bytes()))
+    before = tree(root)
+    done = serve_once(root, workdir)
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"obdsnap: {db}: {problem}"), done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    after = tree(root)
+    assert after.pop("obdsnap.lock") is not None  # the root's lock, taken before anything else
+    assert after == before
+    assert not (workdir / "refused.sock").exists()
+
+
+def test_refused_while_the_go_snapshotter_holds_the_file(workdir: Path) -> None:
+    root = workdir / "root"
+    small_go_root(root)
+    before = tree(root)
+    with (root / "metadata.db").open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what bbolt does while it is open
+        done = serve_once(root, workdir)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"obdsnap: {root / 'metadata.db'}: the bbolt file is locked by another process "
+        "(is the Go snapshotter still running? stop it first)"
+    )
+    after = tree(root)
+    after.pop("obdsnap.lock")
+    assert after == before
+
+
+async def test_an_import_cut_short_is_done_again(
+    server: ServerProcess, channel: Channel
+) -> None:
+    """A crash after the store was built and the bolt file linked, before the rename."""
+    small_go_root(server.root)
+    dump = go_dump(server.root / "metadata.db")
+    bolt = (server.root / "metadata.db").read_bytes()
+    (server.root / "metadata.db.importing").write_bytes(b"half an SQLite file")
+    (server.root / "metadata.db.importing-journal").write_bytes(b"its journal")
+    os.link(server.root / "metadata.db", server.root / "metadata.db.go-bbolt")
+    server.start()
+    await assert_serves_as_go_reads(channel, server, dump)
+    names = {path.name for path in server.root.iterdir()}
+    assert names == {"metadata.db", "metadata.db.go-bbolt", "obdsnap.lock", "snapshots"} | {
+        name for name in names if name.startswith("metadata.db-")
+    }
+    assert (server.root / "metadata.db.go-bbolt").read_bytes() == bolt
