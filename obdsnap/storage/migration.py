@@ -28,8 +28,7 @@ from obdsnap import labels as L
 from obdsnap.fsutil import fsync_path
 from obdsnap.layout import Layout
 from obdsnap.overlaybd.storage_type import StorageType, detect_storage_type
-from obdsnap.storage import bolt
-from obdsnap.storage.bolt import BoltError, looks_like_bolt, read_bolt
+from obdsnap.storage.bolt import BoltError, looks_like_bolt, read_bolt, write_bolt
 from obdsnap.storage.gometa import (
     GoMetadata,
     GoMetadataError,
@@ -201,7 +200,11 @@ async def export_to_go(layout: Layout) -> str:
     _leave_wal_mode(path)
     staging = _sibling(path, EXPORTING_SUFFIX)
     _remove_leftovers(staging)
-    bolt.write_bolt(staging, bolt_from_records(records, last_id))
+    try:
+        write_bolt(staging, bolt_from_records(records, last_id))
+    except ValueError as exc:  # a key bbolt cannot hold
+        staging.unlink(missing_ok=True)
+        raise MigrationError(f"{path}: cannot be written as a bbolt file: {exc}") from None
     kept = _replace_keeping(path, staging, SQLITE_KEPT_SUFFIX)
     return (
         f"wrote the Go snapshotter's metadata to {path}: {_counts(records)}, "
@@ -234,8 +237,10 @@ def _leave_wal_mode(path: Path) -> None:
     """Blocking: everything in the main file and no -wal/-shm, so one file is the store."""
     db = sqlite3.connect(path, isolation_level=None)
     try:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        db.execute("PRAGMA journal_mode=DELETE")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        db.execute("PRAGMA journal_mode=DELETE").fetchall()
+    except sqlite3.OperationalError as exc:  # e.g. "database is locked": open elsewhere
+        raise MigrationError(f"{path}: {exc} (is another process using it?)") from None
     finally:
         db.close()
     for suffix in ("-wal", "-shm"):

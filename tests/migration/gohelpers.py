@@ -3,10 +3,12 @@ the snapshot directories the Go snapshotter leaves, and nanosecond-exact reads o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +19,7 @@ import betterproto
 from betterproto.lib.google.protobuf import Timestamp
 from gobuild import build_go_program
 from grpclib.client import Channel, UnaryStreamMethod, UnaryUnaryMethod
+from server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.overlaybd.storage_type import LSMT_MAGIC, ZFILE_MAGIC
@@ -145,14 +148,14 @@ def rfc3339_nanos(text: str) -> int:
 
 def stored_rows(db: Path) -> dict[str, dict[str, Any]]:
     """obdsnap's rows (read with SQLite itself), by key."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
         connection.row_factory = sqlite3.Row
         rows = connection.execute("SELECT * FROM snapshots").fetchall()
     return {row["key"]: dict(row) for row in rows}
 
 
 def stored_sequence(db: Path) -> int:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
         (value,) = connection.execute(
             "SELECT value FROM sequence WHERE name = 'snapshot_id'"
         ).fetchone()
@@ -225,3 +228,14 @@ async def nano_list(channel: Channel) -> list[NanoInfo]:
         channel, f"{SERVICE}/List", api.ListSnapshotsRequest, NanoListResponse
     )
     return [info for reply in await method(api.ListSnapshotsRequest()) for info in reply.info]
+
+
+def start_serving(server: ServerProcess) -> ServerProcess:
+    """Start and wait for the "serving" line: signal handlers are in place only then."""
+    offset = server.log_path.stat().st_size if server.log_path.exists() else 0
+    server.start()
+    deadline = time.monotonic() + 20
+    while b"obdsnap serving on" not in server.log_path.read_bytes()[offset:]:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.02)
+    return server

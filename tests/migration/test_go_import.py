@@ -26,6 +26,7 @@ from obdsnap.mounts import overlay_has_index_param
 
 from api.helpers import commit, lower_ids, mount_options, own_id, prepare, stat, usage
 from .gohelpers import (
+    start_serving,
     GoOps,
     dump_facts,
     dump_snapshots,
@@ -137,7 +138,7 @@ async def test_every_kind_carries_over(
     assert dump["sequence"] > max(ids.values()), "the fixture must end with a gap"
     assert sorted(ids.values()) != list(range(1, len(ids) + 1)), "the fixture must have gaps"
     (Path(fs_of(server, ids["ctr"])) / "file").write_bytes(b"x" * 10000)
-    server.start()
+    start_serving(server)
     await assert_serves_as_go_reads(channel, server, dump)
     assert (server.root / "metadata.db.go-bbolt").read_bytes() == bolt_copy
     assert server.log().count("imported the Go snapshotter's metadata") == 1
@@ -181,7 +182,7 @@ async def test_every_kind_carries_over(
     # A second start serves the SQLite store: nothing is imported again.
     before = {info.name: info_facts(info) for info in await nano_list(channel)}
     assert server.stop() == 0
-    server.start()
+    start_serving(server)
     again = Channel(path=str(server.address))
     try:
         assert {info.name: info_facts(info) for info in await nano_list(again)} == before
@@ -194,7 +195,7 @@ async def test_every_kind_carries_over(
 async def test_chain_128_deep(server: ServerProcess, channel: Channel) -> None:
     ids = write_go_root(server.root, deep_ops())
     dump = go_dump(server.root / "metadata.db")
-    server.start()
+    start_serving(server)
     await assert_serves_as_go_reads(channel, server, dump)
     client = api.SnapshotsStub(channel)
     mounts = (await client.mounts(api.MountsRequest(key="rootfs"))).mounts
@@ -399,7 +400,7 @@ async def test_an_import_cut_short_is_done_again(
     (server.root / "metadata.db.importing").write_bytes(b"half an SQLite file")
     (server.root / "metadata.db.importing-journal").write_bytes(b"its journal")
     os.link(server.root / "metadata.db", server.root / "metadata.db.go-bbolt")
-    server.start()
+    start_serving(server)
     await assert_serves_as_go_reads(channel, server, dump)
     names = {path.name for path in server.root.iterdir()}
     assert names == {"metadata.db", "metadata.db.go-bbolt", "obdsnap.lock", "snapshots"} | {
