@@ -141,16 +141,20 @@ def adopted_records(records: list[Record], layout: Layout, rw_mode: str) -> list
     def parent_is_block(key: str) -> bool:
         if key not in block_parents:
             parent = by_key.get(key)
-            block_parents[key] = parent is not None and detect_storage_type(
-                parent.info.labels, layout.snapshot_dir(parent.id)
-            ) is not StorageType.NORMAL
+            block_parents[key] = (
+                parent is not None
+                and detect_storage_type(parent.info.labels, layout.snapshot_dir(parent.id))
+                is not StorageType.NORMAL
+            )
         return block_parents[key]
 
     def mode(record: Record) -> str:
         if record.kind == Kind.COMMITTED:
             return ""
         labels = record.info.labels
-        if L.is_unpack(record.key, labels) or (record.parent and not parent_is_block(record.parent)):
+        if L.is_unpack(record.key, labels) or (
+            record.parent and not parent_is_block(record.parent)
+        ):
             return OVERLAYFS
         chosen = labels.get(L.WRITABLE, rw_mode)
         if chosen not in (DIR, DEV):
@@ -164,7 +168,9 @@ def adopted_records(records: list[Record], layout: Layout, rw_mode: str) -> list
 def _counts(records: Iterable[Record]) -> str:
     kinds = Counter(record.kind for record in records)
     total = sum(kinds.values())
-    parts = ", ".join(f"{kinds[kind]} {kind.label}" for kind in (Kind.ACTIVE, Kind.VIEW, Kind.COMMITTED))
+    parts = ", ".join(
+        f"{kinds[kind]} {kind.label}" for kind in (Kind.ACTIVE, Kind.VIEW, Kind.COMMITTED)
+    )
     unknown = kinds[Kind.UNKNOWN]
     return f"{total} snapshots ({parts}{f', {unknown} of unknown kind' if unknown else ''})"
 

@@ -77,9 +77,7 @@ class GoOps:
             | {"inodes": inodes}
         )
 
-    def layer(
-        self, name: str, parent: str = "", labels: Mapping[str, str] | None = None
-    ) -> None:
+    def layer(self, name: str, parent: str = "", labels: Mapping[str, str] | None = None) -> None:
         """A committed layer, as containerd unpacks one: prepare, then commit."""
         self.prepare(f"extract-{name}", parent)
         self.commit(name, f"extract-{name}", labels, usage=(4096 * len(name), len(name)))
@@ -171,22 +169,22 @@ class NanoInfo(betterproto.Message):
 
     name: str = betterproto.string_field(1)
     parent: str = betterproto.string_field(2)
-    kind: api.Kind = betterproto.enum_field(3)
-    created_at: Timestamp = betterproto.message_field(4)
-    updated_at: Timestamp = betterproto.message_field(5)
-    labels: dict[str, str] = betterproto.map_field(
+    kind: api.Kind = betterproto.enum_field(3)  # noqa: RUF009 - betterproto's fields
+    created_at: Timestamp = betterproto.message_field(4)  # noqa: RUF009 - betterproto's fields
+    updated_at: Timestamp = betterproto.message_field(5)  # noqa: RUF009 - betterproto's fields
+    labels: dict[str, str] = betterproto.map_field(  # noqa: RUF009 - betterproto's fields
         6, betterproto.TYPE_STRING, betterproto.TYPE_STRING
     )
 
 
 @dataclass(eq=False, repr=False)
 class NanoStatResponse(betterproto.Message):
-    info: NanoInfo = betterproto.message_field(1)
+    info: NanoInfo = betterproto.message_field(1)  # noqa: RUF009 - betterproto's fields
 
 
 @dataclass(eq=False, repr=False)
 class NanoListResponse(betterproto.Message):
-    info: list[NanoInfo] = betterproto.message_field(1)
+    info: list[NanoInfo] = betterproto.message_field(1)  # noqa: RUF009 - betterproto's fields
 
 
 def nanos(timestamp: Timestamp) -> int:
@@ -216,9 +214,7 @@ def dump_facts(snapshot: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def nano_stat(channel: Channel, key: str) -> NanoInfo:
-    method = UnaryUnaryMethod(
-        channel, f"{SERVICE}/Stat", api.StatSnapshotRequest, NanoStatResponse
-    )
+    method = UnaryUnaryMethod(channel, f"{SERVICE}/Stat", api.StatSnapshotRequest, NanoStatResponse)
     reply = await method(api.StatSnapshotRequest(key=key))
     return reply.info
 

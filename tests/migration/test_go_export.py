@@ -11,20 +11,20 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from api.helpers import commit, own_id, prepare
 from grpclib.client import Channel
 from server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
-from api.helpers import commit, own_id, prepare
 from .gohelpers import (
-    start_serving,
     dump_facts,
     dump_snapshots,
     go_dump,
     gometa,
     info_facts,
     nano_list,
+    start_serving,
     stored_rows,
     write_go_root,
 )
@@ -83,7 +83,10 @@ def test_round_trip_reads_identically_in_go(server: ServerProcess, ops: object) 
     assert_go_check_passes(server.root / "metadata.db")
     assert stored_rows(kept).keys() == original["snapshots"].keys()
     leftovers = {p.name for p in server.root.iterdir()} - {
-        "metadata.db", "metadata.db.go-bbolt", "metadata.db.obdsnap-sqlite", "obdsnap.lock",
+        "metadata.db",
+        "metadata.db.go-bbolt",
+        "metadata.db.obdsnap-sqlite",
+        "obdsnap.lock",
         "snapshots",
     }
     assert leftovers == set()
@@ -91,7 +94,7 @@ def test_round_trip_reads_identically_in_go(server: ServerProcess, ops: object) 
 
 async def test_what_obdsnap_did_reaches_go(server: ServerProcess, channel: Channel) -> None:
     """Snapshots made, committed, relabelled and removed by obdsnap, in Go's terms."""
-    ids = write_go_root(server.root, kinds_ops())
+    write_go_root(server.root, kinds_ops())
     sequence = go_dump(server.root / "metadata.db")["sequence"]
     start_serving(server)
     client = api.SnapshotsStub(channel)
@@ -99,9 +102,7 @@ async def test_what_obdsnap_did_reaches_go(server: ServerProcess, channel: Chann
     await commit(client, "new-layer", "new", {"a": "1"})
     await prepare(client, "on-new", "new-layer")
     await client.remove(api.RemoveSnapshotRequest(key="ctr"))
-    await client.update(
-        api.UpdateSnapshotRequest(info=api.Info(name="base", labels={"x": "y"}), update_mask=None)
-    )
+    await client.update(api.UpdateSnapshotRequest(info=api.Info(name="base", labels={"x": "y"})))
     listed = {info.name: info_facts(info) for info in await nano_list(channel)}
     assert server.stop() == 0
     rows = stored_rows(server.root / "metadata.db")
@@ -141,7 +142,9 @@ def test_refused_while_obdsnap_runs(server: ServerProcess) -> None:
     start_serving(server)
     done = migrate_to_go(server.root)
     assert done.returncode == 1
-    assert done.stderr.strip() == f"obdsnap: root {server.root} is in use by obdsnap pid {server.pid}"
+    assert (
+        done.stderr.strip() == f"obdsnap: root {server.root} is in use by obdsnap pid {server.pid}"
+    )
     assert done.stdout == ""
     assert (server.root / "metadata.db").read_bytes().startswith(b"SQLite format 3\0")
 
@@ -158,8 +161,12 @@ def test_refused_with_open_intents(server: ServerProcess) -> None:
     before = db.read_bytes()
     done = migrate_to_go(server.root)
     assert done.returncode == 1
-    assert done.stderr.strip().startswith(f"obdsnap: {db}: 1 operations were cut short (attach of snapshot ")
-    assert done.stderr.strip().endswith("start obdsnap once to settle them, then stop it and migrate")
+    assert done.stderr.strip().startswith(
+        f"obdsnap: {db}: 1 operations were cut short (attach of snapshot "
+    )
+    assert done.stderr.strip().endswith(
+        "start obdsnap once to settle them, then stop it and migrate"
+    )
     assert db.read_bytes()[:16] == before[:16]
     assert not (server.root / "metadata.db.obdsnap-sqlite").exists()
     assert not (server.root / "metadata.db.exporting").exists()

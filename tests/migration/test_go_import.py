@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from api.helpers import commit, lower_ids, mount_options, own_id, prepare, stat, usage
 from grpclib.client import Channel
 from server_process import ServerProcess
 
@@ -24,9 +24,7 @@ from obdsnap.fsutil import disk_usage
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.mounts import overlay_has_index_param
 
-from api.helpers import commit, lower_ids, mount_options, own_id, prepare, stat, usage
 from .gohelpers import (
-    start_serving,
     GoOps,
     dump_facts,
     dump_snapshots,
@@ -34,6 +32,7 @@ from .gohelpers import (
     info_facts,
     nano_list,
     nano_stat,
+    start_serving,
     stored_rows,
     stored_sequence,
     write_go_root,
@@ -60,7 +59,11 @@ def kinds_ops() -> GoOps:
     ops.view("ro-1", "base")
     ops.prepare("solo")
     ops.view("solo-view")
-    ops.update("mid", {"tier": "mid", "containerd.io/gc.root": ""}, ["labels.tier", "labels.containerd.io/gc.root"])
+    ops.update(
+        "mid",
+        {"tier": "mid", "containerd.io/gc.root": ""},
+        ["labels.tier", "labels.containerd.io/gc.root"],
+    )
     ops.prepare("gone-2", "side")
     ops.prepare("gone-3")
     ops.remove("gone-2")
@@ -221,13 +224,22 @@ def overlaybd_ops() -> GoOps:
     ops = GoOps()
     ops.prepare("extract-remote", "", REMOTE)
     ops.commit("remote", "extract-remote", REMOTE)
-    ops.prepare("extract-accel", "remote", {"containerd.io/snapshot.ref": "accel",
-                "containerd.io/snapshot/overlaybd/acceleration-layer": "yes"})
+    ops.prepare(
+        "extract-accel",
+        "remote",
+        {
+            "containerd.io/snapshot.ref": "accel",
+            "containerd.io/snapshot/overlaybd/acceleration-layer": "yes",
+        },
+    )
     ops.prepare("wdir", "remote", {WRITABLE: "dir"})
     ops.prepare("wdev", "remote", {WRITABLE: "dev"})
     ops.prepare("wlocal", "remote", {WRITABLE: "dir"})
-    ops.commit("local", "wlocal", {
-        "containerd.io/snapshot/overlaybd.localcommitpath": "fs/overlaybd.commit"})
+    ops.commit(
+        "local",
+        "wlocal",
+        {"containerd.io/snapshot/overlaybd.localcommitpath": "fs/overlaybd.commit"},
+    )
     ops.prepare("on-local", "local")
     ops.prepare("by-config", "remote")
     ops.layer("plain")
@@ -244,8 +256,12 @@ def write_block_files(root: Path, ids: dict[str, int]) -> None:
         return root / "snapshots" / str(ids[key]) / "block"
 
     for key in ("remote", "wdir", "wdev", "local", "extract-accel", "by-config", "fresh-dir"):
-        config = {"repoBlobUrl": "https://registry.example/v2/app/blobs", "lowers": [],
-                  "upper": {}, "resultFile": str(block(key) / "init-debug.log")}
+        config = {
+            "repoBlobUrl": "https://registry.example/v2/app/blobs",
+            "lowers": [],
+            "upper": {},
+            "resultFile": str(block(key) / "init-debug.log"),
+        }
         (block(key) / "config.v1.json").write_text(json.dumps(config))
     for key in ("wdir", "wdev", "by-config", "fresh-dir"):
         (block(key) / "writable_data").write_bytes(LSMT_HEADER)
@@ -300,9 +316,20 @@ def small_go_root(root: Path) -> dict[str, int]:
 def serve_once(root: Path, workdir: Path) -> subprocess.CompletedProcess[str]:
     """obdsnap serve on ``root``, expected to refuse to start."""
     return subprocess.run(
-        [sys.executable, "-m", "obdsnap", "serve", "--root", str(root),
-         "--address", str(workdir / "refused.sock")],
-        capture_output=True, text=True, timeout=20, check=False,
+        [
+            sys.executable,
+            "-m",
+            "obdsnap",
+            "serve",
+            "--root",
+            str(root),
+            "--address",
+            str(workdir / "refused.sock"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
     )
 
 
@@ -354,9 +381,7 @@ def damage_sqlite(_: bytes) -> bytes:
         (damage_sqlite, ""),
     ],
 )
-def test_damaged_metadata_is_refused_unchanged(
-    workdir: Path, damage: Any, problem: str
-) -> None:
+def test_damaged_metadata_is_refused_unchanged(workdir: Path, damage: Any, problem: str) -> None:
     root = workdir / "root"
     small_go_root(root)
     db = root / "metadata.db"
@@ -390,9 +415,7 @@ def test_refused_while_the_go_snapshotter_holds_the_file(workdir: Path) -> None:
     assert after == before
 
 
-async def test_an_import_cut_short_is_done_again(
-    server: ServerProcess, channel: Channel
-) -> None:
+async def test_an_import_cut_short_is_done_again(server: ServerProcess, channel: Channel) -> None:
     """A crash after the store was built and the bolt file linked, before the rename."""
     small_go_root(server.root)
     dump = go_dump(server.root / "metadata.db")

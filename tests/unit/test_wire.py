@@ -114,7 +114,9 @@ def test_cache_reencodes_after_the_info_changes() -> None:
     encoder = InfoEncoder()
     info = make_info(labels={"a": "1"})
     first = encoder.field(info)
-    changed = replace(info, labels={"a": "2"}, updated_ns=unix_nanos(datetime(2025, 5, 5, tzinfo=UTC)))
+    changed = replace(
+        info, labels={"a": "2"}, updated_ns=unix_nanos(datetime(2025, 5, 5, tzinfo=UTC))
+    )
     second = encoder.field(changed)
     assert second is not first
     assert second != first
@@ -167,8 +169,8 @@ class _NanoInfo(betterproto.Message):
     """Info with its timestamps as Timestamp messages, which keep the nanoseconds."""
 
     name: str = betterproto.string_field(1)
-    created_at: Timestamp = betterproto.message_field(4)
-    updated_at: Timestamp = betterproto.message_field(5)
+    created_at: Timestamp = betterproto.message_field(4)  # noqa: RUF009 - betterproto's fields
+    updated_at: Timestamp = betterproto.message_field(5)  # noqa: RUF009 - betterproto's fields
 
 
 @pytest.mark.parametrize(
