@@ -235,3 +235,23 @@ def start_serving(server: ServerProcess) -> ServerProcess:
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.02)
     return server
+
+
+def many_ops(count: int = 10_000, depth: int = 50) -> GoOps:
+    """``count`` snapshots as a node accumulates them: half committed layers in chains of
+    ``depth``, 40% containers on them, 10% views, and gaps left by removed ones."""
+    ops = GoOps()
+    layers: list[str] = []
+    for index in range(count // 2):
+        parent = layers[-1] if index % depth else ""
+        name = f"sha256:{index:064x}"
+        ops.layer(name, parent, {"containerd.io/snapshot.ref": name, "n": str(index)})
+        layers.append(name)
+        if index % 50 == 0:
+            ops.prepare(f"gap-{index}", name)
+            ops.remove(f"gap-{index}")
+    for index in range(count * 2 // 5):
+        ops.prepare(f"default/{index}/ctr-{index}", layers[index % len(layers)], {"c": "1"})
+    for index in range(count - len(layers) - count * 2 // 5):
+        ops.view(f"default/{index}/view-{index}", layers[(index * 7) % len(layers)])
+    return ops
