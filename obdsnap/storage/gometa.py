@@ -34,8 +34,8 @@ _UNIX_TO_GO_SECONDS = 62_135_596_800
 _NANOS = 1_000_000_000
 _GO_TIME_V1, _GO_TIME_V2 = 1, 2
 _GO_UTC_OFFSET = -1  # offsetMin that time.MarshalBinary writes for UTC
-# What ReadTimestamps leaves when a time is absent: Go's zero time.
-GO_ZERO_TIME_NS = -_UNIX_TO_GO_SECONDS * _NANOS
+# The store keeps 64-bit nanoseconds since 1970: years 1678 to 2262.
+_MIN_NANOS, _MAX_NANOS = -(2**63), 2**63 - 1
 
 
 class GoMetadataError(Exception):
@@ -170,14 +170,18 @@ def _time(data: bytes | None, what: str) -> int:
     The zone offset does not change the instant; UTC is what comes back.
     """
     if data is None:
-        return GO_ZERO_TIME_NS
+        raise GoMetadataError(f"{what}: missing")
     if not data or data[0] not in (_GO_TIME_V1, _GO_TIME_V2):
         raise GoMetadataError(f"{what}: unsupported time encoding version")
     if len(data) != (15 if data[0] == _GO_TIME_V1 else 16):
         raise GoMetadataError(f"{what}: invalid time length {len(data)}")
     seconds = int.from_bytes(data[1:9], "big", signed=True) - _UNIX_TO_GO_SECONDS
     nsec = int.from_bytes(data[9:13], "big", signed=True)
-    return seconds * _NANOS + nsec
+    nanos = seconds * _NANOS + nsec
+    if not _MIN_NANOS <= nanos <= _MAX_NANOS:
+        # containerd writes time.Now(); only a hand-made file gets here.
+        raise GoMetadataError(f"{what}: out of the range obdsnap stores (years 1678 to 2262)")
+    return nanos
 
 
 def uvarint(value: int) -> bytes:

@@ -78,6 +78,8 @@ def import_go_metadata(layout: Layout, rw_mode: str) -> str | None:
         records = adopted_records(metadata.records, layout, rw_mode)
         _remove_leftovers(staging)  # an earlier try that a crash cut short
         write_new_store(staging, records, metadata.last_id)
+        for stale in ("-wal", "-shm", "-journal"):  # SQLite's, of an older store: never the bolt's
+            _sibling(path, stale).unlink(missing_ok=True)
         kept = _replace_keeping(path, staging, GO_KEPT_SUFFIX)
     summary = (
         f"imported the Go snapshotter's metadata into {path}: {_counts(records)}; "

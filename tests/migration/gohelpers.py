@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -255,3 +256,13 @@ def many_ops(count: int = 10_000, depth: int = 50) -> GoOps:
     for index in range(count - len(layers) - count * 2 // 5):
         ops.view(f"default/{index}/view-{index}", layers[(index * 7) % len(layers)])
     return ops
+
+
+def migrate_to_go(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "obdsnap", "migrate", "--root", str(root), "--to", "go"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

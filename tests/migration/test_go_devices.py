@@ -10,13 +10,12 @@ every device and mount and answer Mounts without attaching anything again.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from block.conftest import MISSING, Images, StartObd, images, sim, start_obd
 from block.helpers import WRITABLE, Obd, mount_at
+
+from .gohelpers import migrate_to_go
 
 __all__ = ["images", "sim", "start_obd"]  # the block tests' fixtures, used here
 
@@ -55,13 +54,7 @@ async def test_go_devices_are_adopted(start_obd: StartObd, images: Images) -> No
         before = {i: device_state(obd, i) for i in (layer_id, dir_id)}
         assert await obd.stop() == 0
 
-        done = subprocess.run(
-            [sys.executable, "-m", "obdsnap", "migrate", "--root", str(obd.root), "--to", "go"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = migrate_to_go(obd.root)
         assert done.returncode == 0, done.stderr
         assert not (obd.root / "metadata.db").read_bytes().startswith(b"SQLite")
         log_offset = obd.server.log_path.stat().st_size

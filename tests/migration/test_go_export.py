@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from .gohelpers import (
     go_dump,
     gometa,
     info_facts,
+    migrate_to_go,
     nano_list,
     start_serving,
     stored_rows,
@@ -46,16 +45,6 @@ async def channel(server: ServerProcess) -> AsyncIterator[Channel]:
     channel = Channel(path=str(server.address))
     yield channel
     channel.close()
-
-
-def migrate_to_go(root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "obdsnap", "migrate", "--root", str(root), "--to", "go"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def assert_go_check_passes(db: Path) -> None:
