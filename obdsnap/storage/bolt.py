@@ -31,19 +31,23 @@ CHECKSUM = struct.Struct("<Q")  # FNV-64a of the META fields, right after them
 LEAF_ELEMENT = struct.Struct("<IIII")  # flags, pos, key size, value size
 BRANCH_ELEMENT = struct.Struct("<IIQ")  # pos, key size, child page id
 BUCKET_HEADER = struct.Struct("<QQ")  # root page id (0: inline), sequence
-FREELIST_COUNT = struct.Struct("<Q")
 
 BRANCH_PAGE = 0x01
 LEAF_PAGE = 0x02
 META_PAGE = 0x04
 FREELIST_PAGE = 0x10
 BUCKET_LEAF_FLAG = 0x01
-NO_FREELIST = 0xFFFFFFFFFFFFFFFF
 MIN_KEYS_PER_PAGE = 2
 MAX_KEY_SIZE = 32768
 MAX_VALUE_SIZE = (1 << 31) - 2
 MIN_PAGE_SIZE = 512
 MAX_PAGE_SIZE = 1 << 20
+MAX_SEQUENCE = (1 << 64) - 1
+
+# What write_bolt lays out: metas on pages 0 and 1, an empty freelist, then the buckets.
+FREELIST_PGID = 2
+FIRST_DATA_PGID = 3
+FILL_PERCENT = 1.0  # pages packed as bbolt's compaction packs them (a bbolt write: 0.5)
 
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
@@ -81,6 +85,7 @@ def read_bolt(path: Path) -> Bucket:
     corrupt file, a wrong magic, an unknown version, a bad checksum on both
     metas, page ids out of range, loops.
     """
+    # Read, not mapped: a file that shrinks under a mapping kills the process (SIGBUS).
     return _Reader(path.read_bytes()).read()
 
 
@@ -165,12 +170,13 @@ class _Reader:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-        self.view = memoryview(data)
         self.seen: set[int] = set()
         self.page_size = 0
         self.high_water = 0
 
     def read(self) -> Bucket:
+        if not self.data:
+            raise BoltError("truncated: the file is empty")
         meta = _current_meta(self.data)
         self.page_size = meta.page_size
         self.high_water = meta.high_water
@@ -240,13 +246,13 @@ class _Reader:
             else:
                 stack.append((root, 0, child))
 
-    def _table(self, offset: int, end: int, count: int) -> memoryview:
+    def _table(self, offset: int, end: int, count: int) -> bytes:
         """The element table of the page at ``offset``."""
         first = offset + PAGE_HEADER.size
         table_end = first + count * LEAF_ELEMENT.size
         if table_end > end:
             raise BoltError(f"page at offset {offset} has more elements than room")
-        return self.view[first:table_end]
+        return self.data[first:table_end]
 
     def _branch_children(self, offset: int, end: int, count: int) -> list[int]:
         at = offset + PAGE_HEADER.size
@@ -289,14 +295,16 @@ def write_bolt(path: Path, root: Bucket, *, page_size: int = 4096) -> None:
     """Blocking: write ``root`` as a new bbolt file at ``path``.
 
     The file is created or truncated, written and fsync'ed; the caller makes it
-    atomic by writing a temporary name and renaming. Raises ValueError for a
-    tree bbolt cannot hold (an empty or oversized key, a key that is both a
-    value and a bucket, plain values at the root).
+    atomic by writing a temporary name and renaming. Raises ValueError, the
+    file left incomplete, for a tree bbolt cannot hold: an empty or oversized
+    key, a key that is both a value and a bucket, plain values at the root, a
+    sequence out of range.
     """
     if not MIN_PAGE_SIZE <= page_size <= MAX_PAGE_SIZE:
         raise ValueError(f"page size {page_size} out of range")
     if root.values:
         raise ValueError("bbolt's root bucket holds buckets only")
+    _check_sequence(root)
     with path.open("wb") as file:
         file.seek(FIRST_DATA_PGID * page_size)
         writer = _Writer(file, page_size)
@@ -314,10 +322,6 @@ def write_bolt(path: Path, root: Bucket, *, page_size: int = 4096) -> None:
 
 
 _Item = tuple[bytes, bytes, int]  # key, value (a child page id for a branch), element flags
-
-FREELIST_PGID = 2
-FIRST_DATA_PGID = 3
-FILL_PERCENT = 1.0  # as bbolt's compaction packs pages; a fresh bbolt write uses 0.5
 
 
 class _Writer:
@@ -353,6 +357,7 @@ class _Writer:
 
     def _bucket_value(self, bucket: Bucket) -> bytes:
         """The bucket's header, followed by its leaf where bbolt's Bucket.inlineable says so."""
+        _check_sequence(bucket)
         items = self._items(bucket)
         if bucket.buckets or _node_size(items, LEAF_ELEMENT.size) > self.page_size // 4:
             return BUCKET_HEADER.pack(self._tree(items), bucket.sequence)
@@ -400,6 +405,11 @@ class _Writer:
         body = _node_bytes(pgid, flags, pages - 1, items)
         self.file.write(body.ljust(pages * self.page_size, b"\0"))
         return pgid
+
+
+def _check_sequence(bucket: Bucket) -> None:
+    if not 0 <= bucket.sequence <= MAX_SEQUENCE:
+        raise ValueError(f"bucket sequence {bucket.sequence} out of range")
 
 
 def _node_size(items: list[_Item], element_size: int) -> int:
