@@ -68,7 +68,8 @@ def import_go_metadata(layout: Layout, rw_mode: str) -> str | None:
     staging = _sibling(path, IMPORTING_SUFFIX)
     head = _head(path)
     if head is None or not head or head.startswith(SQLITE_MAGIC):
-        _remove_leftovers(staging)
+        for leftover in (staging, _sibling(path, EXPORTING_SUFFIX)):  # of a try cut short
+            _remove_leftovers(leftover)
         return None
     if not looks_like_bolt(head):
         raise MigrationError(f"{path}: neither an SQLite database nor a bbolt file")

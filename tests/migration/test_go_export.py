@@ -159,3 +159,14 @@ def test_refused_with_open_intents(server: ServerProcess) -> None:
     assert db.read_bytes()[:16] == before[:16]
     assert not (server.root / "metadata.db.obdsnap-sqlite").exists()
     assert not (server.root / "metadata.db.exporting").exists()
+
+
+def test_a_go_root_is_not_migrated_twice(server: ServerProcess) -> None:
+    write_go_root(server.root, kinds_ops())
+    before = (server.root / "metadata.db").read_bytes()
+    done = migrate_to_go(server.root)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"obdsnap: {server.root / 'metadata.db'}: already a bbolt file; nothing to migrate"
+    )
+    assert (server.root / "metadata.db").read_bytes() == before
