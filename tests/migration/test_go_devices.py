@@ -45,13 +45,15 @@ async def test_go_devices_are_adopted(start_obd: StartObd, images: Images) -> No
     writable = await obd.prepare("ctr-dir", layer, {WRITABLE: "dir"})
     dir_id = obd.own_id(writable)
     overlay = await obd.prepare("ctr-overlay", layer)
+    dev = await obd.prepare("ctr-dev", layer, {WRITABLE: "dev"})
+    dev_id = obd.own_id(dev)
     rootfs = obd.root.parent / "rootfs"
     obd.mount_for_real(writable[0], rootfs)
     running = (rootfs / "running.log").open("w")  # a container's open file
     try:
         running.write("before\n")
         running.flush()
-        before = {i: device_state(obd, i) for i in (layer_id, dir_id)}
+        before = {i: device_state(obd, i) for i in (layer_id, dir_id, dev_id)}
         assert await obd.stop() == 0
 
         done = migrate_to_go(obd.root)
@@ -64,10 +66,11 @@ async def test_go_devices_are_adopted(start_obd: StartObd, images: Images) -> No
         assert "imported the Go snapshotter's metadata" in log
         assert " attached (" not in log and "detached" not in log, log
         assert "0 orphan devices released" in log
-        assert {i: device_state(obd, i) for i in (layer_id, dir_id)} == before
+        assert {i: device_state(obd, i) for i in (layer_id, dir_id, dev_id)} == before
         assert await obd.mounts("ctr-dir") == writable
         assert await obd.mounts("ctr-overlay") == overlay
-        assert {i: device_state(obd, i) for i in (layer_id, dir_id)} == before
+        assert await obd.mounts("ctr-dev") == dev
+        assert {i: device_state(obd, i) for i in (layer_id, dir_id, dev_id)} == before
         running.write("after\n")
         running.flush()
         assert (obd.mountpoint(dir_id) / "running.log").read_text() == "before\nafter\n"
