@@ -45,7 +45,7 @@ from obdsnap.storage.model import (
     Operation,
     Record,
     Usage,
-    unix_nanos,
+    now_ns,
     utc_now,
 )
 
@@ -497,7 +497,7 @@ def _create(
             raise InvalidArgument(f"parent {parent!r} is not a committed snapshot")
     if batch.get(key) is not None:
         raise AlreadyExists(f"snapshot {key!r} already exists")
-    now = unix_nanos(utc_now())
+    now = now_ns()
     info = Info(key, parent, kind, _stored_labels(labels), now, now)
     record = Record(batch.next_id(), info, rw_mode=rw_mode, ready=ready)
     batch.put(record)
@@ -513,7 +513,7 @@ def _commit(batch: _Batch, key: str, name: str, usage: Usage, labels: Mapping[st
         raise AlreadyExists(f"snapshot {name!r} already exists")
     if active.kind != Kind.ACTIVE:
         raise FailedPrecondition(f"snapshot {key!r} is not active")
-    now = unix_nanos(utc_now())
+    now = now_ns()
     info = Info(name, active.parent, Kind.COMMITTED, _stored_labels(labels), now, now)
     committed = Record(active.id, info, usage, active.rw_mode, ready=True)
     batch.delete(key)
@@ -565,7 +565,7 @@ def _update(batch: _Batch, key: str, labels: Mapping[str, str], paths: Sequence[
                 updated.pop(label, None)
         else:
             raise InvalidArgument(f"cannot update {path!r} field on snapshot {key!r}")
-    info = replace(record.info, labels=_stored_labels(updated), updated_ns=unix_nanos(utc_now()))
+    info = replace(record.info, labels=_stored_labels(updated), updated_ns=now_ns())
     batch.put(replace(record, info=info))
     return info
 

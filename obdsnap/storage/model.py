@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,8 +42,8 @@ class Info:
     parent: str
     kind: Kind
     labels: Mapping[str, str] = field(default_factory=dict)
-    created_ns: int = field(default_factory=lambda: unix_nanos(utc_now()))
-    updated_ns: int = field(default_factory=lambda: unix_nanos(utc_now()))
+    created_ns: int = field(default_factory=lambda: now_ns())
+    updated_ns: int = field(default_factory=lambda: now_ns())
 
     @property
     def created_at(self) -> datetime:
@@ -107,6 +108,11 @@ class Intent:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def now_ns() -> int:
+    """Now, in nanoseconds since the Unix epoch (Go's time.Now() has them too)."""
+    return time.time_ns()
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -105,3 +105,14 @@ async def test_a_file_that_is_no_store_is_one_error(tmp_path: Path, content: byt
     assert str(caught.value).startswith(f"{db}: ")
     assert "\n" not in str(caught.value)
     assert db.read_bytes() == content
+
+
+async def test_new_timestamps_have_nanoseconds(tmp_path: Path) -> None:
+    store = MetaStore(tmp_path / "metadata.db")
+    await store.open()
+    try:
+        records = [await store.create(Kind.ACTIVE, f"k{i}", "", {}) for i in range(10)]
+    finally:
+        await store.close()
+    # As Go's time.Now(): not all of them fall on a whole microsecond.
+    assert any(record.info.created_ns % 1000 for record in records)
