@@ -13,6 +13,7 @@ start imports again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -78,10 +79,14 @@ def import_go_metadata(layout: Layout, rw_mode: str) -> str | None:
         metadata = _read_go_metadata(path)
         records = adopted_records(metadata.records, layout, rw_mode)
         _remove_leftovers(staging)  # an earlier try that a crash cut short
-        write_new_store(staging, records, metadata.last_id)
-        for stale in ("-wal", "-shm", "-journal"):  # SQLite's, of an older store: never the bolt's
-            _sibling(path, stale).unlink(missing_ok=True)
-        kept = _replace_keeping(path, staging, GO_KEPT_SUFFIX)
+        try:
+            write_new_store(staging, records, metadata.last_id)
+            for stale in ("-wal", "-shm", "-journal"):  # of an older SQLite store, not the bolt's
+                _sibling(path, stale).unlink(missing_ok=True)
+            kept = _replace_keeping(path, staging, GO_KEPT_SUFFIX)
+        except (OSError, sqlite3.Error) as exc:  # e.g. a full disk: the bolt file stays the store
+            _remove_leftovers(staging)
+            raise MigrationError(f"{path}: the import failed, nothing changed: {exc}") from None
     summary = (
         f"imported the Go snapshotter's metadata into {path}: {_counts(records)}; "
         f"highest ID {max((r.id for r in records), default=0)}, "
@@ -205,16 +210,22 @@ async def export_to_go(layout: Layout) -> str:
     finally:
         await store.close()
     _check_parents(path, records)
-    # blocking from here on; the caller runs nothing else meanwhile
+    return await asyncio.to_thread(_write_go_metadata, path, records, last_id)
+
+
+def _write_go_metadata(path: Path, records: list[Record], last_id: int) -> str:
+    """Blocking: the bolt file in place of the (closed) SQLite store, which is kept."""
     _leave_wal_mode(path)
     staging = _sibling(path, EXPORTING_SUFFIX)
     _remove_leftovers(staging)
     try:
         write_bolt(staging, bolt_from_records(records, last_id))
-    except ValueError as exc:  # a key bbolt cannot hold
-        staging.unlink(missing_ok=True)
-        raise MigrationError(f"{path}: cannot be written as a bbolt file: {exc}") from None
-    kept = _replace_keeping(path, staging, SQLITE_KEPT_SUFFIX)
+        kept = _replace_keeping(path, staging, SQLITE_KEPT_SUFFIX)
+    except (OSError, ValueError) as exc:  # a full disk; a key bbolt cannot hold
+        _remove_leftovers(staging)
+        raise MigrationError(
+            f"{path}: not written as a bbolt file, nothing changed: {exc}"
+        ) from None
     return (
         f"wrote the Go snapshotter's metadata to {path}: {_counts(records)}, "
         f"ID sequence {last_id}; obdsnap's SQLite store is kept as {kept}"
