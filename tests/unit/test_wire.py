@@ -173,6 +173,11 @@ class _NanoInfo(betterproto.Message):
     updated_at: Timestamp = betterproto.message_field(5)  # noqa: RUF009 - betterproto's fields
 
 
+@dataclass(eq=False, repr=False)
+class _NanoReply(betterproto.Message):
+    info: _NanoInfo = betterproto.message_field(1)  # noqa: RUF009 - betterproto's fields
+
+
 @pytest.mark.parametrize(
     "created_ns",
     [1_700_000_000_123_456_789, 999_999_999, 5 * 1_000_000_000, 0, -1_500_000_001],
@@ -183,7 +188,7 @@ def test_timestamps_keep_nanoseconds(created_ns: int) -> None:
     decoded = api.StatSnapshotResponse().parse(field).info
     assert decoded.labels == info.labels
     assert decoded.created_at == info.created_at
-    nano = _NanoInfo().parse(field[2:])  # past the reply's tag and length
+    nano = _NanoReply().parse(field).info
     created = nano.created_at.seconds * 1_000_000_000 + nano.created_at.nanos
     updated = nano.updated_at.seconds * 1_000_000_000 + nano.updated_at.nanos
     assert (created, updated) == (created_ns, created_ns + 1)
