@@ -3,11 +3,13 @@
 obdsnap serve [--config PATH] [--root DIR] [--address SOCK] [--log-level L] [--log-format F]
 obdsnap containerd-config [--config PATH] [--address SOCK] [--name NAME] [--config-version 2|3]
 obdsnap check-config [--config PATH]
+obdsnap migrate --root DIR --to go   (obdsnap stopped)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -24,8 +26,10 @@ from obdsnap.containerd_config import (
     ProxySnapshotter,
     containerd_config,
 )
+from obdsnap.layout import Layout
 from obdsnap.logs import configure_logging, hold_logging
-from obdsnap.server import StartupError, serve
+from obdsnap.server import StartupError, lock_root, serve
+from obdsnap.storage.migration import MigrationError, export_to_go
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             print(containerd_config(snapshotter, args.config_version), end="")
         except ContainerdConfigError as exc:
+            sys.exit(f"obdsnap: {exc}")
+        return
+    if args.command == "migrate":
+        layout = Layout(Path(config.root))
+        try:
+            with contextlib.closing(lock_root(layout)):
+                print(uvloop.run(export_to_go(layout)))
+        except (MigrationError, StartupError, OSError) as exc:
             sys.exit(f"obdsnap: {exc}")
         return
     configure_logging(
@@ -98,4 +110,10 @@ def _parser() -> argparse.ArgumentParser:
         default=2,
         help="containerd config version: 2 for containerd 1.6/1.7 (default), 3 for 2.x",
     )
+    migrate_cmd = commands.add_parser(
+        "migrate", help="with obdsnap stopped, hand the root back to the Go snapshotter"
+    )
+    migrate_cmd.add_argument("--config", type=Path, help="boot config (JSON)")
+    migrate_cmd.add_argument("--root", help="root directory (overrides the config)")
+    migrate_cmd.add_argument("--to", choices=["go"], required=True, help="metadata format")
     return parser

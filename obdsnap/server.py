@@ -28,7 +28,8 @@ from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.tools import OverlaybdTools
 from obdsnap.service import CallGate, SnapshotsService
 from obdsnap.snapshotter import Snapshotter, SnapshotterOptions
-from obdsnap.storage import MetaStore
+from obdsnap.storage import MetaStore, StoreError
+from obdsnap.storage.migration import MigrationError, import_go_metadata
 from obdsnap.systemd import ActivationError, Notifier, activated_listener, socket_path
 from obdsnap.wire import ReplyCodec
 
@@ -52,7 +53,11 @@ async def serve(config: BootConfig) -> None:
     await blocking(layout.create_root)
     root_lock = await blocking(lock_root, layout)
     store = MetaStore(layout.metadata_db)
-    await store.open()
+    try:
+        await blocking(import_go_metadata, layout, config.rw_mode)
+        await store.open()
+    except (MigrationError, StoreError) as exc:
+        raise StartupError(str(exc)) from None
     try:
         snapshotter = await build_snapshotter(config, layout, store, blocking)
         try:

@@ -47,7 +47,7 @@ class InfoEncoder:
         cached = self._cache.get(info.name)
         if cached is not None and cached[0] is info:
             return cached[1]
-        encoded = bytes(info_message(info))
+        encoded = _encode_info(info)
         data = _LENGTH_DELIMITED_FIELD_1 + _varint(len(encoded)) + encoded
         self._cache[info.name] = (info, data)
         return data
@@ -69,6 +69,39 @@ def info_message(info: Info) -> api.Info:
         updated_at=info.updated_at,
         labels=dict(info.labels),
     )
+
+
+def _encode_info(info: Info) -> bytes:
+    """The Info message with its timestamps to the nanosecond, in field order.
+
+    betterproto takes timestamps as datetimes, which stop at microseconds, so the
+    two Timestamp fields (4 and 5) are encoded here, between fields 1-3 and 6.
+    """
+    head = api.Info(name=info.name, parent=info.parent, kind=api.Kind(int(info.kind)))
+    return b"".join(
+        (
+            bytes(head),
+            _timestamp_field(_CREATED_AT, info.created_ns),
+            _timestamp_field(_UPDATED_AT, info.updated_ns),
+            bytes(api.Info(labels=dict(info.labels))),
+        )
+    )
+
+
+_CREATED_AT = b"\x22"  # field 4, wire type 2
+_UPDATED_AT = b"\x2a"  # field 5, wire type 2
+_MASK64 = (1 << 64) - 1
+
+
+def _timestamp_field(tag: bytes, nanos: int) -> bytes:
+    """A google.protobuf.Timestamp field; zero seconds and nanos are left out as proto3 does."""
+    seconds, nanos = divmod(nanos, 1_000_000_000)
+    body = b""
+    if seconds:
+        body += b"\x08" + _varint(seconds & _MASK64)  # int64: negative as two's complement
+    if nanos:
+        body += b"\x10" + _varint(nanos)
+    return tag + _varint(len(body)) + body
 
 
 def _varint(value: int) -> bytes:

@@ -20,7 +20,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,7 +38,16 @@ from obdsnap.errors import (
     SnapshotError,
     Unavailable,
 )
-from obdsnap.storage.model import Info, Intent, Kind, Operation, Record, Usage, utc_now
+from obdsnap.storage.model import (
+    Info,
+    Intent,
+    Kind,
+    Operation,
+    Record,
+    Usage,
+    now_ns,
+    utc_now,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +60,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     parent     TEXT NOT NULL,
     kind       INTEGER NOT NULL,
     labels     TEXT NOT NULL,
-    created_us INTEGER NOT NULL,
-    updated_us INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL,
     size       INTEGER NOT NULL,
     inodes     INTEGER NOT NULL,
     rw_mode    TEXT NOT NULL,
@@ -75,6 +86,8 @@ END;
 """
 # Columns added since the first schema, with the value rows written before them get.
 _ADDED_COLUMNS = (("rw_mode", "TEXT NOT NULL DEFAULT ''"), ("ready", "INTEGER NOT NULL DEFAULT 1"))
+# Timestamp columns that held microseconds before they held nanoseconds.
+_MICROSECOND_COLUMNS = (("created_us", "created_ns"), ("updated_us", "updated_ns"))
 _ID_SEQUENCE = "snapshot_id"
 # REPLACE drops the row holding the same ID or key: a commit renames its row this way.
 _UPSERT = "INSERT OR REPLACE INTO snapshots VALUES "
@@ -147,6 +160,10 @@ class _Write(Generic[T]):
     done: asyncio.Future[T]
 
 
+class StoreError(Exception):
+    """The metadata file cannot be opened as a store; the message names it."""
+
+
 class MetaStore:
     """Snapshot metadata in ``metadata.db``; see the module docstring for the model."""
 
@@ -166,13 +183,19 @@ class MetaStore:
 
     async def open(self) -> None:
         db = await aiosqlite.connect(self.path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsync'ed at every commit, so an acknowledged write survives a crash.
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.executescript(_SCHEMA)
-        await _add_missing_columns(db)
-        self._db = db
-        await self._load()
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is fsync'ed at every commit, so an acknowledged write survives a crash.
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.executescript(_SCHEMA)
+            await _add_missing_columns(db)
+            await _timestamps_to_nanos(db)
+            self._db = db
+            await self._load()
+        except sqlite3.DatabaseError as exc:  # not SQLite, or damaged: say so, no traceback
+            self._db = None
+            await db.close()
+            raise StoreError(f"{self.path}: {exc}") from exc
         self._writer = asyncio.create_task(self._write_loop(), name="metastore-writer")
 
     async def close(self) -> None:
@@ -244,6 +267,11 @@ class MetaStore:
 
     def __len__(self) -> int:
         return len(self._records)
+
+    @property
+    def last_id(self) -> int:
+        """The last ID handed out: the next is above it."""
+        return self._last_id
 
     def intents(self) -> list[Intent]:
         """Operations begun and not ended; at start-up, those a crash cut short."""
@@ -422,6 +450,31 @@ class MetaStore:
         self._last_id = batch.last_id
 
 
+def write_new_store(path: Path, records: Iterable[Record], last_id: int) -> None:
+    """Blocking: a new store at ``path`` holding these records, in one transaction.
+
+    Rollback journal, not WAL: the file is complete on its own once this returns
+    (fsync'ed), so it can be renamed into place without a ``-wal`` file to follow.
+    """
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=DELETE")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)  # the file is not in place yet: its own transactions will do
+        db.execute("BEGIN IMMEDIATE")
+        rows = [_row_from_record(record) for record in records]
+        db.executemany(_UPSERT + _ROW_PLACEHOLDERS, rows)
+        db.execute(_ADVANCE_SEQUENCE, (last_id, _ID_SEQUENCE, last_id))
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 # ---------------------------------------------------------------------- operations
 
 
@@ -444,7 +497,7 @@ def _create(
             raise InvalidArgument(f"parent {parent!r} is not a committed snapshot")
     if batch.get(key) is not None:
         raise AlreadyExists(f"snapshot {key!r} already exists")
-    now = utc_now()
+    now = now_ns()
     info = Info(key, parent, kind, _stored_labels(labels), now, now)
     record = Record(batch.next_id(), info, rw_mode=rw_mode, ready=ready)
     batch.put(record)
@@ -460,7 +513,7 @@ def _commit(batch: _Batch, key: str, name: str, usage: Usage, labels: Mapping[st
         raise AlreadyExists(f"snapshot {name!r} already exists")
     if active.kind != Kind.ACTIVE:
         raise FailedPrecondition(f"snapshot {key!r} is not active")
-    now = utc_now()
+    now = now_ns()
     info = Info(name, active.parent, Kind.COMMITTED, _stored_labels(labels), now, now)
     committed = Record(active.id, info, usage, active.rw_mode, ready=True)
     batch.delete(key)
@@ -512,7 +565,7 @@ def _update(batch: _Batch, key: str, labels: Mapping[str, str], paths: Sequence[
                 updated.pop(label, None)
         else:
             raise InvalidArgument(f"cannot update {path!r} field on snapshot {key!r}")
-    info = replace(record.info, labels=_stored_labels(updated), updated_at=utc_now())
+    info = replace(record.info, labels=_stored_labels(updated), updated_ns=now_ns())
     batch.put(replace(record, info=info))
     return info
 
@@ -523,6 +576,24 @@ async def _add_missing_columns(db: aiosqlite.Connection) -> None:
     for name, declaration in _ADDED_COLUMNS:
         if name not in present:
             await db.execute(f"ALTER TABLE snapshots ADD COLUMN {name} {declaration}")
+
+
+async def _timestamps_to_nanos(db: aiosqlite.Connection) -> None:
+    """A store written before timestamps had nanoseconds: convert it in one transaction."""
+    async with db.execute("PRAGMA table_info(snapshots)") as cursor:
+        present = {row[1] async for row in cursor}
+    renames = [(old, new) for old, new in _MICROSECOND_COLUMNS if old in present]
+    if not renames:
+        return
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        for old, new in renames:
+            await db.execute(f"ALTER TABLE snapshots RENAME COLUMN {old} TO {new}")
+            await db.execute(f"UPDATE snapshots SET {new} = {new} * 1000")
+        await db.execute("COMMIT")
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
 
 
 def _stored_labels(labels: Mapping[str, str]) -> dict[str, str]:
@@ -553,8 +624,8 @@ def _row_from_record(record: Record) -> tuple[Any, ...]:
         info.parent,
         int(info.kind),
         json.dumps(dict(info.labels), separators=(",", ":")),
-        _micros(info.created_at),
-        _micros(info.updated_at),
+        info.created_ns,
+        info.updated_ns,
         record.usage.size,
         record.usage.inodes,
         record.rw_mode,
@@ -564,9 +635,7 @@ def _row_from_record(record: Record) -> tuple[Any, ...]:
 
 def _record_from_row(row: Any) -> Record:
     record_id, key, parent, kind, labels, created, updated, size, inodes, rw_mode, ready = row
-    info = Info(
-        key, parent, Kind(kind), json.loads(labels), _from_micros(created), _from_micros(updated)
-    )
+    info = Info(key, parent, Kind(kind), json.loads(labels), created, updated)
     return Record(record_id, info, Usage(size, inodes), rw_mode, bool(ready))
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 
 class Kind(enum.IntEnum):
@@ -30,14 +31,27 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Info:
-    """What Stat, List and Update answer about a snapshot."""
+    """What Stat, List and Update answer about a snapshot.
+
+    Timestamps are nanoseconds since the Unix epoch (UTC), the precision Go's
+    snapshotters store; ``created_at``/``updated_at`` give them as datetimes,
+    which hold microseconds only.
+    """
 
     name: str
     parent: str
     kind: Kind
     labels: Mapping[str, str] = field(default_factory=dict)
-    created_at: datetime = field(default_factory=lambda: utc_now())
-    updated_at: datetime = field(default_factory=lambda: utc_now())
+    created_ns: int = field(default_factory=lambda: now_ns())
+    updated_ns: int = field(default_factory=lambda: now_ns())
+
+    @property
+    def created_at(self) -> datetime:
+        return from_unix_nanos(self.created_ns)
+
+    @property
+    def updated_at(self) -> datetime:
+        return from_unix_nanos(self.updated_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +108,22 @@ class Intent:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def now_ns() -> int:
+    """Now, in nanoseconds since the Unix epoch (Go's time.Now() has them too)."""
+    return time.time_ns()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def unix_nanos(moment: datetime) -> int:
+    """Nanoseconds since the Unix epoch of an aware datetime."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def from_unix_nanos(nanos: int) -> datetime:
+    """The UTC datetime of a nanosecond timestamp, truncated to microseconds."""
+    return _EPOCH + timedelta(microseconds=nanos // 1_000)

@@ -34,6 +34,7 @@ from obdsnap.errors import (
 from obdsnap.storage import Info, Kind, MetaStore, Operation, Record, Usage
 from obdsnap.storage import metastore as metastore_module
 from obdsnap.storage.metastore import _Batch
+from obdsnap.storage.model import unix_nanos
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BASE_TIME = datetime(2024, 2, 29, 23, 59, 58, 123457, tzinfo=UTC)
@@ -59,6 +60,7 @@ class FakeClock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(metastore_module, "utc_now", fake)
+    monkeypatch.setattr(metastore_module, "now_ns", lambda: unix_nanos(fake()))
     return fake
 
 

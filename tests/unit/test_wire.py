@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+import betterproto
 import pytest
+from betterproto.lib.google.protobuf import Timestamp
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.storage import Info, Kind
+from obdsnap.storage.model import unix_nanos
 from obdsnap.wire import Encoded, InfoEncoder, ReplyCodec, info_message
 
 CREATED = datetime(2023, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
@@ -27,8 +30,8 @@ def make_info(
         parent,
         kind,
         {"containerd.io/gc.root": "2024", "ünï": "cødé ✓"} if labels is None else labels,
-        CREATED,
-        UPDATED,
+        unix_nanos(CREATED),
+        unix_nanos(UPDATED),
     )
 
 
@@ -111,7 +114,9 @@ def test_cache_reencodes_after_the_info_changes() -> None:
     encoder = InfoEncoder()
     info = make_info(labels={"a": "1"})
     first = encoder.field(info)
-    changed = replace(info, labels={"a": "2"}, updated_at=datetime(2025, 5, 5, tzinfo=UTC))
+    changed = replace(
+        info, labels={"a": "2"}, updated_ns=unix_nanos(datetime(2025, 5, 5, tzinfo=UTC))
+    )
     second = encoder.field(changed)
     assert second is not first
     assert second != first
@@ -157,3 +162,33 @@ def test_reply_codec_encodes_normal_messages() -> None:
     assert codec.decode(data, api.UsageResponse) == message
     with pytest.raises(TypeError):
         codec.encode(message, api.StatSnapshotResponse)
+
+
+@dataclass(eq=False, repr=False)
+class _NanoInfo(betterproto.Message):
+    """Info with its timestamps as Timestamp messages, which keep the nanoseconds."""
+
+    name: str = betterproto.string_field(1)
+    created_at: Timestamp = betterproto.message_field(4)  # noqa: RUF009 - betterproto's fields
+    updated_at: Timestamp = betterproto.message_field(5)  # noqa: RUF009 - betterproto's fields
+
+
+@dataclass(eq=False, repr=False)
+class _NanoReply(betterproto.Message):
+    info: _NanoInfo = betterproto.message_field(1)  # noqa: RUF009 - betterproto's fields
+
+
+@pytest.mark.parametrize(
+    "created_ns",
+    [1_700_000_000_123_456_789, 999_999_999, 5 * 1_000_000_000, 0, -1_500_000_001],
+)
+def test_timestamps_keep_nanoseconds(created_ns: int) -> None:
+    info = replace(make_info(), created_ns=created_ns, updated_ns=created_ns + 1)
+    field = InfoEncoder().field(info)
+    decoded = api.StatSnapshotResponse().parse(field).info
+    assert decoded.labels == info.labels
+    assert decoded.created_at == info.created_at
+    nano = _NanoReply().parse(field).info
+    created = nano.created_at.seconds * 1_000_000_000 + nano.created_at.nanos
+    updated = nano.updated_at.seconds * 1_000_000_000 + nano.updated_at.nanos
+    assert (created, updated) == (created_ns, created_ns + 1)
