@@ -79,6 +79,7 @@ async def _serve_snapshotter(
     activated: socket.socket | None,
 ) -> None:
     """Serve on the socket systemd passed (``activated``), else on one of obdsnap's own."""
+    stopping = _install_signal_handlers()  # before any socket appears: a stop is never lost
     metrics = Metrics()
     gate = CallGate(config.max_concurrent_requests)
     server = GracefulServer([SnapshotsService(snapshotter, metrics, gate)], codec=ReplyCodec())
@@ -90,7 +91,6 @@ async def _serve_snapshotter(
         listener = await blocking(open_unix_socket, Path(config.address), _group(config))
     else:
         own_socket, listener = None, activated
-    stopping = _install_signal_handlers()
     try:
         await server.start(sock=listener, backlog=LISTEN_BACKLOG)
         if activated is not None:

@@ -152,3 +152,13 @@ class ServerProcess:
     ) -> None:
         if self._process is not None:
             self.stop()
+
+
+def refusal(output: str) -> str:
+    """The one line with which obdsnap refused to start: it may log its start-up line
+    (version and config) before, but it says what is wrong in exactly one line, never
+    with a traceback."""
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("obdsnap: ")]
+    assert len(errors) == 1, output
+    return errors[0]

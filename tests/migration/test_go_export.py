@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,21 +29,6 @@ from .gohelpers import (
 from .test_go_import import deep_ops, kinds_ops
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path)
-    yield process
-    if process.running():
-        assert process.stop() == 0, process.log()
-
-
-@pytest.fixture
-async def channel(server: ServerProcess) -> AsyncIterator[Channel]:
-    channel = Channel(path=str(server.address))
-    yield channel
-    channel.close()
 
 
 def assert_go_check_passes(db: Path) -> None:

@@ -11,14 +11,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from api.helpers import commit, lower_ids, mount_options, own_id, prepare, stat, usage
 from grpclib.client import Channel
-from server_process import ServerProcess
+from server_process import ServerProcess, refusal
 
 from obdsnap.fsutil import disk_usage
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
@@ -84,21 +83,6 @@ def deep_ops() -> GoOps:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
-
-
-@pytest.fixture
-def server(workdir: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(workdir)
-    yield process
-    if process.running():
-        assert process.stop() == 0, process.log()
-
-
-@pytest.fixture
-async def channel(server: ServerProcess) -> AsyncIterator[Channel]:
-    channel = Channel(path=str(server.address))
-    yield channel
-    channel.close()
 
 
 async def assert_serves_as_go_reads(
@@ -392,9 +376,7 @@ def test_damaged_metadata_is_refused_unchanged(workdir: Path, damage: Any, probl
     before = tree(root)
     done = serve_once(root, workdir)
     assert done.returncode == 1, done.stderr
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"obdsnap: {db}: {problem}"), done.stderr
-    assert "Traceback" not in done.stderr, done.stderr
+    assert refusal(done.stderr).startswith(f"obdsnap: {db}: {problem}"), done.stderr
     after = tree(root)
     assert after.pop("obdsnap.lock") is not None  # the root's lock, taken before anything else
     assert after == before
@@ -409,7 +391,7 @@ def test_refused_while_the_go_snapshotter_holds_the_file(workdir: Path) -> None:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what bbolt does while it is open
         done = serve_once(root, workdir)
     assert done.returncode == 1
-    assert done.stderr.strip() == (
+    assert refusal(done.stderr) == (
         f"obdsnap: {root / 'metadata.db'}: the bbolt file is locked by another process "
         "(is the Go snapshotter still running? stop it first)"
     )

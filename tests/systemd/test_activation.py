@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from grpclib.client import Channel
-from server_process import ServerProcess, short_tmpdir
+from server_process import ServerProcess, refusal, short_tmpdir
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.systemd import activated_listener
@@ -163,9 +163,7 @@ def start_failure(workdir: Path, fd3: int | None, variables: str) -> tuple[int, 
 
 def assert_one_line_error(status: int, output: str, message: str) -> None:
     assert status == 1, output
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], output
-    assert lines[0].startswith("obdsnap: ")
+    assert message in refusal(output), output
 
 
 def test_fd_3_that_is_not_a_socket_stops_start_up(workdir: Path) -> None:
