@@ -92,9 +92,5 @@ def private_containerd(
     containerd = PrivateContainerd(
         tmp_path / "logs", {PROXY_PLUGIN_NAME: snapshotter_server.address}
     )
-    try:
-        containerd.start()
+    with containerd.running():
         yield containerd
-    finally:
-        for note in containerd.stop():
-            warnings.warn(f"containerd cleanup: {note}", stacklevel=1)

@@ -23,7 +23,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -251,6 +252,16 @@ class PrivateContainerd:
     @property
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[PrivateContainerd]:
+        """Started for the block; stopped after it, leftovers reported as warnings."""
+        try:
+            self.start()
+            yield self
+        finally:
+            for note in self.stop():
+                warnings.warn(f"containerd cleanup: {note}", stacklevel=1)
 
     def stop(self) -> list[str]:
         """Stops containerd and removes all it left; returns notes on leftovers."""

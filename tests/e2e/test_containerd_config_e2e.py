@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -73,12 +72,8 @@ def cri_containerd(
     containerd.extra_config = cri_private_dirs(containerd.workdir) + printed_config(
         snapshotter_server
     )
-    try:
-        containerd.start()
+    with containerd.running():
         yield containerd
-    finally:
-        for note in containerd.stop():
-            warnings.warn(f"containerd cleanup: {note}", stacklevel=1)
 
 
 def test_the_printed_config_loads_cri_and_the_snapshotter(
