@@ -4,6 +4,7 @@ obdsnap serve [--config PATH] [--root DIR] [--address SOCK] [--log-level L] [--l
 obdsnap containerd-config [--config PATH] [--address SOCK] [--name NAME] [--config-version 2|3]
 obdsnap check-config [--config PATH]
 obdsnap migrate --root DIR --to go   (obdsnap stopped)
+obdsnap health [--config PATH] [--address SOCK] [--timeout S]   (exit 0 serving, 1 not)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from obdsnap.containerd_config import (
     ProxySnapshotter,
     containerd_config,
 )
+from obdsnap.health import DEFAULT_TIMEOUT_S, check_health
 from obdsnap.layout import Layout
 from obdsnap.logs import configure_logging, hold_logging
 from obdsnap.server import StartupError, lock_root, serve
@@ -60,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ContainerdConfigError as exc:
             sys.exit(f"obdsnap: {exc}")
         return
+    if args.command == "health":
+        health = uvloop.run(check_health(config.address, args.timeout))
+        print(f"obdsnap health: {health.line()}")
+        sys.exit(0 if health.healthy else 1)
     if args.command == "migrate":
         layout = Layout(Path(config.root))
         try:
@@ -116,4 +122,15 @@ def _parser() -> argparse.ArgumentParser:
     migrate_cmd.add_argument("--config", type=Path, help="boot config (JSON)")
     migrate_cmd.add_argument("--root", help="root directory (overrides the config)")
     migrate_cmd.add_argument("--to", choices=["go"], required=True, help="metadata format")
+    health_cmd = commands.add_parser(
+        "health", help="one Stat against a running obdsnap: exit 0 if it answers, 1 if not"
+    )
+    health_cmd.add_argument("--config", type=Path, help="boot config (JSON)")
+    health_cmd.add_argument("--address", help="unix socket path (overrides the config)")
+    health_cmd.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds to wait for the answer (default {DEFAULT_TIMEOUT_S:g})",
+    )
     return parser
