@@ -5,6 +5,7 @@
 #   make proto   regenerate obdsnap/genproto from proto/
 #   make install install on this node: /opt/obdsnap, /usr/local/bin/obdsnap, units, config
 #   make deb     build .build/deb/obdsnap_<version>_<arch>.deb (same layout, Debian paths)
+#   make image   build .build/image/obdsnap-<version>.oci.tar (localhost/obdsnap:<version>)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -16,7 +17,7 @@ APT_PACKAGES += python3-venv mmdebstrap
 PROTO_FILES := $(shell find proto -name '*.proto')
 STAMP := .deps
 
-.PHONY: run test lint proto deps apt-deps py-deps unit-test integration-test clean install deb
+.PHONY: run test lint proto deps apt-deps py-deps unit-test integration-test clean install deb image
 
 # Install layout. `make deb` stages the same layout with Debian's paths.
 DESTDIR ?=
@@ -109,3 +110,12 @@ deb:
 	rm -rf $(DEB_STAGE)
 	$(MAKE) --no-print-directory install DESTDIR=$(DEB_STAGE) PREFIX=/usr UNIT_DIR=/lib/systemd/system
 	deploy/debian/build-deb $(DEB_STAGE) $(DEB_DIR) $(PACKAGE_VERSION) $(SYSTEM_PYTHON)
+
+# The container image: a Debian 12 root by mmdebstrap (cached under $(BUILD_DIR)/debian-root,
+# keyed on its packages and apt sources) with the .deb installed, as an OCI archive.
+# Timestamps are the last commit's unless SOURCE_DATE_EPOCH says otherwise.
+IMAGE_DIR := $(BUILD_DIR)/image
+DEB_ARCH = $(shell dpkg --print-architecture)
+image: deb
+	$(SYSTEM_PYTHON) -m deploy.image.build_image --version $(PACKAGE_VERSION) \
+	  --deb $(DEB_DIR)/obdsnap_$(PACKAGE_VERSION)_$(DEB_ARCH).deb --output $(IMAGE_DIR)
