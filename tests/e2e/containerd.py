@@ -449,6 +449,7 @@ class PrivateContainerd:
         detach: bool = False,
         log_file: Path | None = None,
         snapshotter_labels: Mapping[str, str] | None = None,
+        run_options: Sequence[str] = (),
         timeout: float | None = None,
         check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
@@ -457,7 +458,8 @@ class PrivateContainerd:
         Without detach, ctr waits for the process and deletes the task; the
         container stays until remove_container(). snapshotter_labels go on the
         container's snapshot (containerd passes the ``containerd.io/snapshot/``
-        ones on to a proxy snapshotter).
+        ones on to a proxy snapshotter). run_options are further ``ctr run``
+        options (--mount, --privileged, ...).
         """
         self._remember(container_id)
         options = [
@@ -471,6 +473,7 @@ class PrivateContainerd:
             options += ["--log-uri", f"file://{log_file}"]
         for name, value in (snapshotter_labels or {}).items():
             options += ["--snapshotter-label", f"{name}={value}"]
+        options += run_options
         return self.ctr(
             "run", *options, image, container_id, *command, timeout=timeout, check=check
         )

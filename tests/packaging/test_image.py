@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from e2e.conftest import missing_requirements
 from e2e.containerd import PrivateContainerd
+from e2e.obdsnap_image import OciArchive, make_image, project_version, sha256
 
 from deploy.image import build_image
 
 from .debian_root import DebianRoot, unpacked_root
-from .image_archive import OciArchive, make_image, project_version, sha256
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

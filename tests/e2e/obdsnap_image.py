@@ -15,9 +15,7 @@ from typing import Any
 import pytest
 
 from deploy.image import build_image
-from deploy.image.debian_root import RootUnavailable
-
-from .debian_root import REPO_ROOT, build_dir
+from deploy.image.debian_root import REPO_ROOT, RootUnavailable, build_dir
 
 
 def project_version() -> str:
