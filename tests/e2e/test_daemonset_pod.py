@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,7 +135,7 @@ class PodRunner:
         return self.log.read_text(errors="replace") if self.log.exists() else "(no output)"
 
 
-def node_config(spec: ContainerSpec, scratch: Path) -> dict[str, object]:
+def node_config(spec: ContainerSpec, scratch: Path) -> dict[str, Any]:
     """The ConfigMap's config with its root and socket where place_on_host put their mounts.
 
     The exporter gets a free port: with the host's network, the manifest's port
@@ -217,7 +218,7 @@ def test_daemonset_pod_serves_containerd_across_a_restart(
         assert spec.image in node_a.ctr("images", "ls", "-q").stdout.split(), spec.image
         pod = PodRunner(spec, scratch, node_a)
         ready_seconds = pod.start()
-        metrics_url = f"http://127.0.0.1:{pod.config['exporterConfig']['port']}/metrics"  # type: ignore[index]
+        metrics_url = f"http://127.0.0.1:{pod.config['exporterConfig']['port']}/metrics"
         with urllib.request.urlopen(metrics_url, timeout=10) as answer:
             assert answer.status == 200, "the exporter does not answer on the host's network"
 
@@ -251,7 +252,7 @@ def test_daemonset_pod_serves_containerd_across_a_restart(
         pod.stop()
         assert "Traceback" not in pod.output(), pod.output()
 
-    root = Path(pod.config["root"])  # type: ignore[arg-type]
+    root = Path(pod.config["root"])
     assert sorted(p.name for p in (root / "snapshots").iterdir()) == [], "snapshots left"
     configfs = [
         placed.host_path
