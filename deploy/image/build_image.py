@@ -40,8 +40,14 @@ from deploy.image.debian_root import (
 )
 
 SUITE = "bookworm"
-VARIANT = "apt"
+VARIANT = "essential"
 ROOT_NAME = f"image-{SUITE}"
+# merged-/usr by symlinks rather than by the usrmerge package, which pulls in perl;
+# and no Recommends: the image holds what obdsnap runs, nothing more.
+MMDEBSTRAP_OPTIONS = (
+    "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+    '--aptopt=APT::Install-Recommends "false"',
+)
 # What obdsnap runs (mkfs, mount, modprobe) and what the package depends on.
 PACKAGES = ("e2fsprogs", "kmod", "mount", "python3", "util-linux", "xfsprogs")
 ENTRYPOINT = ["/usr/bin/obdsnap"]
@@ -108,7 +114,7 @@ def reference(version: str) -> str:
 
 def base_root() -> Path:
     """The cached tarball of the Debian root without obdsnap."""
-    return root_tarball(SUITE, PACKAGES, variant=VARIANT, name=ROOT_NAME)
+    return root_tarball(SUITE, PACKAGES, VARIANT, ROOT_NAME, MMDEBSTRAP_OPTIONS)
 
 
 def install_root(base: Path, deb: Path, root: Path) -> None:
@@ -226,7 +232,7 @@ def _image_config(version: str, epoch: int, diff_id: str) -> dict[str, Any]:
         "history": [
             {
                 "created": created,
-                "created_by": f"mmdebstrap --variant={VARIANT} {SUITE}; dpkg -i obdsnap",
+                "created_by": f"mmdebstrap --variant={VARIANT} {SUITE}; dpkg -i obdsnap.deb",
             }
         ],
     }

@@ -143,12 +143,17 @@ def in_root_command(root: Path, argv: Sequence[str]) -> list[str]:
 
 
 def root_tarball(
-    suite: str, packages: Sequence[str], variant: str = "apt", name: str | None = None
+    suite: str,
+    packages: Sequence[str],
+    variant: str = "apt",
+    name: str | None = None,
+    options: Sequence[str] = (),
 ) -> Path:
     """The cached tarball of a ``suite`` root with ``packages``; made by mmdebstrap when missing.
 
     ``name`` (the suite by default) tells roots of different uses apart: a new key
-    replaces only the stale tarball of the same name.
+    replaces only the stale tarball of the same name. ``options`` are further
+    mmdebstrap options, part of the key.
     Raises RootUnavailable where mmdebstrap or a Debian ``suite`` apt source is missing.
     """
     if shutil.which("mmdebstrap") is None:
@@ -157,7 +162,14 @@ def root_tarball(
     if not sources:
         raise RootUnavailable(f"no apt source of Debian {suite} on this machine")
     name = name or suite
-    inputs = {"suite": suite, "variant": variant, "packages": sorted(packages), "sources": sources}
+    inputs: dict[str, object] = {
+        "suite": suite,
+        "variant": variant,
+        "packages": sorted(packages),
+        "sources": sources,
+    }
+    if options:
+        inputs["options"] = list(options)
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     cache = build_dir() / "debian-root"
     cache.mkdir(parents=True, exist_ok=True)
@@ -179,6 +191,7 @@ def root_tarball(
                 "--format=tar",
                 f"--variant={variant}",
                 f"--include={','.join(sorted(packages))}",
+                *options,
                 suite,
                 str(partial),
                 str(sources_file),
