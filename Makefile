@@ -116,6 +116,9 @@ deb:
 # Timestamps are the last commit's unless SOURCE_DATE_EPOCH says otherwise.
 IMAGE_DIR := $(BUILD_DIR)/image
 DEB_ARCH = $(shell dpkg --print-architecture)
+# Exported to the package build too: pip then writes bytecode that does not depend on
+# when the sources were unpacked, and dpkg-deb clamps the package's times.
+image: export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000000)
 image: deb
 	$(SYSTEM_PYTHON) -m deploy.image.build_image --version $(PACKAGE_VERSION) \
 	  --deb $(DEB_DIR)/obdsnap_$(PACKAGE_VERSION)_$(DEB_ARCH).deb --output $(IMAGE_DIR)

@@ -133,3 +133,11 @@ def test_ctr_imports_it_under_its_name(archive: Path, tmp_path: Path) -> None:
         # Unpacked by containerd's own snapshotter: the entry point is there.
         containerd.ctr("images", "check", timeout=60)
         containerd.remove_image(reference)
+
+
+def test_make_image_again_gives_the_same_image(archive: Path, image: OciArchive) -> None:
+    """From the repository alone: the package is built again, installed into the cached root
+    again, and the image's bytes are the same."""
+    first_manifest = image.only_manifest()[0]["digest"]
+    again = OciArchive.read(make_image())
+    assert again.only_manifest()[0]["digest"] == first_manifest
