@@ -98,6 +98,9 @@ _MAX_ROWS_PER_STATEMENT = 1000
 _ADVANCE_SEQUENCE = "UPDATE sequence SET value = ? WHERE name = ? AND value < ?"
 _RECORD_INTENT = "INSERT OR REPLACE INTO intents VALUES (?, ?, ?)"
 _CLEAR_INTENT = "DELETE FROM intents WHERE snapshot_id = ? AND operation = ?"
+# The reads of a whole store; rows decode with record_from_row and intent_from_row.
+SELECT_RECORDS = "SELECT * FROM snapshots"
+SELECT_INTENTS = "SELECT snapshot_id, operation, started_us FROM intents"
 
 
 _IntentKey = tuple[int, Operation]
@@ -216,9 +219,9 @@ class MetaStore:
         ) as c:
             row = await c.fetchone()
             self._last_id = int(row[0]) if row else 0
-        async with self._db.execute("SELECT * FROM snapshots") as cursor:
+        async with self._db.execute(SELECT_RECORDS) as cursor:
             async for row in cursor:
-                record = _record_from_row(row)
+                record = record_from_row(row)
                 self._records[record.key] = record
         # Never behind a stored ID, whatever happened to the sequence row.
         self._last_id = max([self._last_id, *(r.id for r in self._records.values())])
@@ -227,10 +230,10 @@ class MetaStore:
             if record.parent:
                 children.setdefault(record.parent, set()).add(record.key)
         self._children = {parent: frozenset(keys) for parent, keys in children.items()}
-        async with self._db.execute("SELECT snapshot_id, operation, started_us FROM intents") as c:
-            async for snapshot_id, operation, started in c:
-                intent = Intent(snapshot_id, Operation(operation), _from_micros(started))
-                self._intents[(snapshot_id, intent.operation)] = intent
+        async with self._db.execute(SELECT_INTENTS) as c:
+            async for row in c:
+                intent = intent_from_row(row)
+                self._intents[(intent.snapshot_id, intent.operation)] = intent
 
     # ------------------------------------------------------------------ reads
 
@@ -633,10 +636,17 @@ def _row_from_record(record: Record) -> tuple[Any, ...]:
     )
 
 
-def _record_from_row(row: Any) -> Record:
+def record_from_row(row: Any) -> Record:
+    """A record from a row of SELECT_RECORDS."""
     record_id, key, parent, kind, labels, created, updated, size, inodes, rw_mode, ready = row
     info = Info(key, parent, Kind(kind), json.loads(labels), created, updated)
     return Record(record_id, info, Usage(size, inodes), rw_mode, bool(ready))
+
+
+def intent_from_row(row: Any) -> Intent:
+    """An intent from a row of SELECT_INTENTS."""
+    snapshot_id, operation, started_us = row
+    return Intent(snapshot_id, Operation(operation), _from_micros(started_us))
 
 
 def _slices(items: list[T], size: int) -> list[list[T]]:
