@@ -213,9 +213,8 @@ def status_text(status: Status) -> str:
     else:
         reconcile = process.reconcile
         lines.append(("process", f"pid {process.pid}, obdsnap {process.version}"))
-        lines.append(
-            ("last reconcile", f"{reconcile.finished} ({reconcile.seconds:.3f}s): {_did(process)}")
-        )
+        lines.append(("last reconcile", f"{reconcile.finished} ({reconcile.seconds:.3f}s)"))
+        lines.append(("reconcile did", _did(process)))
     width = max(len(name) for name, _ in lines)
     return "".join(f"{name + ':':<{width + 1}} {value}\n" for name, value in lines)
 
