@@ -119,6 +119,11 @@ async def test_inspection_of_attached_failed_and_interrupted_devices(
     assert live["intents"] == {"intents": []}
     filtered = as_json(obd, "ls", "--filter", "kind==active")["snapshots"]
     assert [row["key"] for row in filtered] == ["ctr-running"]
+    by_image = 'labels."containerd.io/snapshot/image-ref"==' + images.three.ref
+    layers = as_json(obd, "ls", "--filter", by_image)["snapshots"]
+    assert [row["key"] for row in layers] == chain
+    by_name = as_json(obd, "ls", "--filter", "name~=running", "--filter", "id==none")
+    assert [row["key"] for row in by_name["snapshots"]] == ["ctr-running"]
     bad = obdsnap(obd, "ls", "--filter", "kind==", check=False)
     assert bad.returncode == 1 and bad.stderr.startswith("obdsnap: bad filter: ")
     assert len(bad.stderr.strip().splitlines()) == 1
