@@ -181,7 +181,7 @@ class Inspector:
         configured = info_config(self._tcmu.read_info(snapshot_id) or "") if target else None
         ours = target and record is not None and configured == dev_config(block_dir / CONFIG)
         under_root = configured is not None and configured.startswith(
-            dev_config(self.layout.snapshots)
+            dev_config(self.layout.snapshots) + "/"
         )
         mark = _read_line(block_dir / BACKSTORE_MARK)
         result = self._result(snapshot_id) if record is not None or under_root else ""

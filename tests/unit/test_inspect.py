@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -207,3 +209,19 @@ def test_the_status_file_round_trips(tmp_path: Path) -> None:
     path.write_text("{}")
     with pytest.raises(ValueError, match="not a status file"):
         read_status(path)
+
+
+@pytest.mark.parametrize("command", ["status", "ls", "devices", "intents"])
+def test_each_command_refuses_a_missing_root_in_one_line(tmp_path: Path, command: str) -> None:
+    root = tmp_path / "none"
+    done = subprocess.run(
+        [sys.executable, "-m", "obdsnap", command, "--root", str(root), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr == f"obdsnap: root {root} does not exist\n"
+    assert done.stdout == ""
+    assert not root.exists()
