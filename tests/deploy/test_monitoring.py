@@ -16,7 +16,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from server_process import ServerProcess
 
-from .kustomize import REPO_ROOT
+from .kustomize import REPO_ROOT, find, render
 from .third_party import import_with_packaging
 
 promql_parser = import_with_packaging("promql_parser")
@@ -206,6 +206,18 @@ def test_every_named_metric_is_in_the_contract() -> None:
         if name not in CONTRACT | SCRAPE_SERIES
     }
     assert not unknown, unknown
+
+
+def test_the_configmaps_carry_the_files_as_they_are() -> None:
+    kubernetes_validate = import_with_packaging("kubernetes_validate")
+    objects = render(MONITORING_DIR)
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.30", strict=True)
+    rules_map = find(objects, "ConfigMap", "obdsnap-prometheus-rules")
+    assert rules_map["data"]["obdsnap.rules.yaml"] == RULES.read_text()
+    dashboard_map = find(objects, "ConfigMap", "obdsnap-grafana-dashboard")
+    assert dashboard_map["data"]["obdsnap.json"] == DASHBOARD.read_text()
+    assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 
 # A live obdsnap.
