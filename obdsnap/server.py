@@ -57,16 +57,17 @@ async def serve(config: BootConfig) -> None:
     layout = Layout(Path(config.root))
     await blocking(layout.create_root)
     root_lock = await blocking(lock_root, layout)
-    store = MetaStore(layout.metadata_db)
+    metrics = Metrics()
+    store = MetaStore(layout.metadata_db, metrics)
     try:
         await blocking(import_go_metadata, layout, config.rw_mode)
         await store.open()
     except (MigrationError, StoreError) as exc:
         raise StartupError(str(exc)) from None
     try:
-        snapshotter = await build_snapshotter(config, layout, store, blocking)
+        snapshotter = await build_snapshotter(config, layout, store, blocking, metrics)
         try:
-            await _serve_snapshotter(config, snapshotter, blocking, notifier, listener)
+            await _serve_snapshotter(config, snapshotter, metrics, blocking, notifier, listener)
         finally:
             await snapshotter.close()
     finally:
@@ -79,13 +80,13 @@ async def serve(config: BootConfig) -> None:
 async def _serve_snapshotter(
     config: BootConfig,
     snapshotter: Snapshotter,
+    metrics: Metrics,
     blocking: BlockingRunner,
     notifier: Notifier,
     activated: socket.socket | None,
 ) -> None:
     """Serve on the socket systemd passed (``activated``), else on one of obdsnap's own."""
     stopping = _install_signal_handlers()  # before any socket appears: a stop is never lost
-    metrics = Metrics()
     gate = CallGate(config.max_concurrent_requests)
     server = GracefulServer([SnapshotsService(snapshotter, metrics, gate)], codec=ReplyCodec())
     if activated is None:  # obdsnap's own socket appears once the reconcile is done
@@ -234,7 +235,11 @@ def lock_root(layout: Layout) -> IO[str]:
 
 
 async def build_snapshotter(
-    config: BootConfig, layout: Layout, store: MetaStore, blocking: BlockingRunner
+    config: BootConfig,
+    layout: Layout,
+    store: MetaStore,
+    blocking: BlockingRunner,
+    metrics: Metrics | None = None,
 ) -> Snapshotter:
     tools = OverlaybdTools(Path(config.overlaybd_util_bin_dir))
     layers = BlockLayers(layout, tools, blocking, sparse=config.writable_layer_type == "sparse")
@@ -244,7 +249,14 @@ async def build_snapshotter(
         auto_remove_dev=config.auto_remove_dev,
         index_off=await blocking(overlay_has_index_param),
     )
-    devices = DeviceManager(backend, blocking, store, config.max_concurrent_device_ops)
+    metrics = metrics or Metrics()
+    devices = DeviceManager(backend, blocking, store, config.max_concurrent_device_ops, metrics)
+
+    async def count_attached() -> int:
+        return len(await devices.attached_ids() & store.ids())
+
+    metrics.watch_devices(devices.attaching, count_attached)
+    metrics.watch_store(store)
     return Snapshotter(layout, store, layers, devices, options, blocking)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from obdsnap.blocking import BlockingRunner
-from obdsnap.device.backend import AttachError, DeviceTimeout
+from obdsnap.device.backend import AttachError, DeviceTimeout, OpenFailed
 from obdsnap.errors import failure_context
 from obdsnap.fsutil import write_file_no_follow
 
@@ -151,7 +151,8 @@ class TcmuBackend:
             await enabling
         except OSError as exc:
             reason = await self._blocking(_read_result, result_file)
-            raise AttachError(
+            error = OpenFailed if reason.startswith("failed") else AttachError
+            raise error(
                 f"failed to enable the target of snapshot {snapshot_id}: {exc.strerror}: {reason}"
             ).add_context(reason=_overlaybd_reason(reason) or str(exc.strerror)) from exc
         except AttachError:
@@ -179,7 +180,7 @@ class TcmuBackend:
         while True:
             text = await self._blocking(_read_result, result_file)
             if text.startswith("failed"):
-                raise AttachError(f"overlaybd could not open the image: {text}").add_context(
+                raise OpenFailed(f"overlaybd could not open the image: {text}").add_context(
                     reason=_overlaybd_reason(text)
                 )
             if text.startswith("success") or enabling.done():
@@ -206,7 +207,7 @@ class TcmuBackend:
                 return Path("/dev") / sorted(names)[0]
             text = await self._blocking(_read_result, result_file)
             if text.startswith("failed"):
-                raise AttachError(f"overlaybd could not open the image: {text}").add_context(
+                raise OpenFailed(f"overlaybd could not open the image: {text}").add_context(
                     reason=_overlaybd_reason(text)
                 )
             if time.monotonic() > deadline:

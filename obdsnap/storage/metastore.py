@@ -22,11 +22,12 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import aiosqlite
 
@@ -167,11 +168,28 @@ class StoreError(Exception):
     """The metadata file cannot be opened as a store; the message names it."""
 
 
+class CommitObserver(Protocol):
+    """Told of every transaction the writer commits (the metrics)."""
+
+    def committed(self, writes: int, seconds: float) -> None:
+        """A transaction of ``writes`` writes was committed and fsync'ed in ``seconds``."""
+        ...
+
+
+class _Unobserved:
+    def committed(self, writes: int, seconds: float) -> None:
+        pass
+
+
+_UNOBSERVED = _Unobserved()
+
+
 class MetaStore:
     """Snapshot metadata in ``metadata.db``; see the module docstring for the model."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, observer: CommitObserver = _UNOBSERVED) -> None:
         self.path = path
+        self._observer = observer
         self._db: aiosqlite.Connection | None = None
         self._records: dict[str, Record] = {}
         self._children: dict[str, frozenset[str]] = {}
@@ -366,6 +384,7 @@ class MetaStore:
                 log.exception("metadata write failed")
                 batch.restore(mark)
                 outcomes.append((write, None, SnapshotError(f"metadata write failed: {exc}")))
+        started = time.perf_counter()
         try:
             await self._persist(batch)
         except Exception as exc:  # disk full, I/O error: nothing of this batch happened
@@ -376,6 +395,9 @@ class MetaStore:
             self._last_id = batch.last_id
         else:
             self._apply(batch)
+            written = sum(1 for _, _, error in outcomes if error is None)
+            if written:  # each write that passed validation changed the batch
+                self._observer.committed(written, time.perf_counter() - started)
         for write, result, error in outcomes:
             if write.done.done():
                 continue
