@@ -86,7 +86,13 @@ class Result:
 class Server:
     """obdsnap serving on the simulator, from a config file, in its own process group."""
 
-    def __init__(self, workdir: Path, sim: RunningSimulator, rw_mode: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        sim: RunningSimulator,
+        rw_mode: str,
+        settings: dict[str, object] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.address = workdir / "obdsnap.sock"
         config = {
@@ -97,6 +103,7 @@ class Server:
             "sysfsRoot": str(sim.sysfs),
             "overlaybd_util_bin_dir": str(sim.tools_dir),
             "verbose": "warn",
+            **(settings or {}),
         }
         config_path = workdir / "config.json"
         config_path.write_text(json.dumps(config))

@@ -5,6 +5,10 @@ obdsnap containerd-config [--config PATH] [--address SOCK] [--name NAME] [--conf
 obdsnap check-config [--config PATH]
 obdsnap migrate --root DIR --to go   (obdsnap stopped)
 obdsnap health [--config PATH] [--address SOCK] [--timeout S]   (exit 0 serving, 1 not)
+obdsnap status [--config PATH] [--root DIR] [--address SOCK] [--json]   (read-only, as are:)
+obdsnap ls [--config PATH] [--root DIR] [--filter F]... [--usage] [--json]
+obdsnap devices [--config PATH] [--root DIR] [--json]
+obdsnap intents [--config PATH] [--root DIR] [--json]
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -28,6 +33,8 @@ from obdsnap.containerd_config import (
     containerd_config,
 )
 from obdsnap.health import DEFAULT_TIMEOUT_S, check_health
+from obdsnap.inspect import command as inspection
+from obdsnap.inspect.state import InspectError
 from obdsnap.layout import Layout
 from obdsnap.logs import configure_logging, hold_logging
 from obdsnap.server import StartupError, lock_root, serve
@@ -66,6 +73,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         health = uvloop.run(check_health(config.address, args.timeout))
         print(f"obdsnap health: {health.line()}")
         sys.exit(0 if health.healthy else 1)
+    if args.command in inspection.COMMANDS:
+        request = inspection.Request(
+            args.command,
+            as_json=args.json,
+            filters=getattr(args, "filter", None) or (),
+            usage=getattr(args, "usage", False),
+            timeout_s=getattr(args, "timeout", inspection.STATUS_TIMEOUT_S),
+        )
+        try:
+            print(inspection.run(config, request), end="")
+        except InspectError as exc:
+            sys.exit(f"obdsnap: {exc}")
+        return
     if args.command == "migrate":
         layout = Layout(Path(config.root))
         try:
@@ -133,4 +153,36 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT_S,
         help=f"seconds to wait for the answer (default {DEFAULT_TIMEOUT_S:g})",
     )
+    _add_inspection_commands(commands)
     return parser
+
+
+def _add_inspection_commands(commands: argparse._SubParsersAction[Any]) -> None:
+    helps = {
+        "status": "read-only: version, root, socket, snapshots, devices, intents, last reconcile",
+        "ls": "read-only: the snapshots, with storage type, device and mount",
+        "devices": "read-only: every configfs target, its snapshot and overlaybd's result",
+        "intents": "read-only: operations begun and not ended",
+    }
+    for name in inspection.COMMANDS:
+        cmd = commands.add_parser(name, help=helps[name])
+        cmd.add_argument("--config", type=Path, help="boot config (JSON)")
+        cmd.add_argument("--root", help="root directory (overrides the config)")
+        cmd.add_argument("--json", action="store_true", help="JSON for scripts, not a table")
+        if name == "status":
+            cmd.add_argument("--address", help="unix socket path (overrides the config)")
+            cmd.add_argument(
+                "--timeout",
+                type=float,
+                default=inspection.STATUS_TIMEOUT_S,
+                help=f"seconds to wait for the socket (default {inspection.STATUS_TIMEOUT_S:g})",
+            )
+        if name == "ls":
+            cmd.add_argument(
+                "--filter",
+                action="append",
+                help="containerd filter, e.g. 'kind==active' (repeat for OR)",
+            )
+            cmd.add_argument(
+                "--usage", action="store_true", help="add disk usage (walks active snapshots)"
+            )

@@ -20,6 +20,10 @@ class CommandError(SnapshotError):
         self.add_context(step=Path(argv[0]).name, reason=reason)
 
 
+class CommandTimedOut(CommandError):
+    """A command ran past its time limit and was killed."""
+
+
 async def run_command(*argv: str, time_limit_s: float = 300.0) -> str:
     """Run ``argv``; its stdout, or CommandError with its status and output."""
     start = time.monotonic()
@@ -41,7 +45,7 @@ async def run_command(*argv: str, time_limit_s: float = 300.0) -> str:
         process.kill()
         await process.wait()
         message = f"{argv[0]} did not finish within {time_limit_s:.0f}s"
-        raise CommandError(argv, message, "timed out") from None
+        raise CommandTimedOut(argv, message, "timed out") from None
     except asyncio.CancelledError:
         process.kill()
         await process.wait()

@@ -1,6 +1,7 @@
 """Where a snapshot lives under the root, and how its directory is built.
 
     root/metadata.db
+    root/status.json    (the serving process and its last reconcile; see runstatus.py)
     root/snapshots/<ID>/{fs, work, block/{mountpoint, init-debug.log, ...}}
 
 A new directory is built as ``snapshots/new-XXXX`` and renamed to its ID only
@@ -35,6 +36,10 @@ class Layout:
     @property
     def lock_file(self) -> Path:
         return self.root / "obdsnap.lock"
+
+    @property
+    def status_file(self) -> Path:
+        return self.root / "status.json"
 
     @property
     def snapshots(self) -> Path:

@@ -43,3 +43,30 @@ class KeyedLocks:
         if self._users[key] == 0:
             del self._users[key]
             del self._locks[key]
+
+
+class CountedSemaphore:
+    """A semaphore that tells how many hold it and how many wait for it (for metrics)."""
+
+    def __init__(self, limit: int) -> None:
+        self._semaphore = asyncio.Semaphore(limit)
+        self.in_flight = 0
+        self.waiting = 0
+
+    async def acquire(self) -> None:
+        self.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._semaphore.release()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()

@@ -12,10 +12,13 @@ import socket
 import stat
 import sys
 import threading
+import time
 import traceback
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
+from obdsnap import __version__
 from obdsnap.blocking import BlockingRunner
 from obdsnap.config import BootConfig, socket_group_id
 from obdsnap.device.manager import DeviceManager
@@ -26,8 +29,9 @@ from obdsnap.metrics import Exporter, Metrics
 from obdsnap.mounts import overlay_has_index_param
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.tools import OverlaybdTools
+from obdsnap.runstatus import ReconcileSummary, ServingStatus, write_status
 from obdsnap.service import CallGate, SnapshotsService
-from obdsnap.snapshotter import Snapshotter, SnapshotterOptions
+from obdsnap.snapshotter import ReconcileReport, Snapshotter, SnapshotterOptions
 from obdsnap.storage import MetaStore, StoreError
 from obdsnap.storage.migration import MigrationError, import_go_metadata
 from obdsnap.systemd import ActivationError, Notifier, activated_listener, socket_path
@@ -36,6 +40,7 @@ from obdsnap.wire import ReplyCodec
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 10.0
+_STARTED = datetime.now(UTC)  # the process's start, as near as obdsnap sees it
 LISTEN_BACKLOG = 1024
 
 
@@ -52,16 +57,17 @@ async def serve(config: BootConfig) -> None:
     layout = Layout(Path(config.root))
     await blocking(layout.create_root)
     root_lock = await blocking(lock_root, layout)
-    store = MetaStore(layout.metadata_db)
+    metrics = Metrics()
+    store = MetaStore(layout.metadata_db, metrics)
     try:
         await blocking(import_go_metadata, layout, config.rw_mode)
         await store.open()
     except (MigrationError, StoreError) as exc:
         raise StartupError(str(exc)) from None
     try:
-        snapshotter = await build_snapshotter(config, layout, store, blocking)
+        snapshotter = await build_snapshotter(config, layout, store, blocking, metrics)
         try:
-            await _serve_snapshotter(config, snapshotter, blocking, notifier, listener)
+            await _serve_snapshotter(config, snapshotter, metrics, blocking, notifier, listener)
         finally:
             await snapshotter.close()
     finally:
@@ -74,17 +80,17 @@ async def serve(config: BootConfig) -> None:
 async def _serve_snapshotter(
     config: BootConfig,
     snapshotter: Snapshotter,
+    metrics: Metrics,
     blocking: BlockingRunner,
     notifier: Notifier,
     activated: socket.socket | None,
 ) -> None:
     """Serve on the socket systemd passed (``activated``), else on one of obdsnap's own."""
     stopping = _install_signal_handlers()  # before any socket appears: a stop is never lost
-    metrics = Metrics()
     gate = CallGate(config.max_concurrent_requests)
     server = GracefulServer([SnapshotsService(snapshotter, metrics, gate)], codec=ReplyCodec())
     if activated is None:  # obdsnap's own socket appears once the reconcile is done
-        await _reconcile(config, snapshotter, notifier)
+        await _reconcile(config, snapshotter, notifier, blocking)
     exporter = await _start_exporter(config, metrics)
     if activated is None:
         own_socket: Path | None = Path(config.address)
@@ -97,7 +103,7 @@ async def _serve_snapshotter(
             # Connections are queued already: answer their HTTP/2 handshake at once
             # (containerd's client gives it one second) and let their calls wait for
             # the reconcile at the gate.
-            await _reconcile(config, snapshotter, notifier)
+            await _reconcile(config, snapshotter, notifier, blocking)
         gate.open()
         metrics.is_alive.set({}, 1)
         where = config.address if activated is None else socket_path(activated)
@@ -148,9 +154,36 @@ async def _start_exporter(config: BootConfig, metrics: Metrics) -> Exporter | No
     return exporter
 
 
-async def _reconcile(config: BootConfig, snapshotter: Snapshotter, notifier: Notifier) -> None:
+async def _reconcile(
+    config: BootConfig, snapshotter: Snapshotter, notifier: Notifier, blocking: BlockingRunner
+) -> None:
     await notifier.status(f"reconciling {config.root}")
-    await snapshotter.start()
+    started, clock = datetime.now(UTC), time.monotonic()
+    report = await snapshotter.start()
+    status = _serving_status(config, started, time.monotonic() - clock, report)
+    try:
+        await blocking(write_status, Layout(Path(config.root)).status_file, status)
+    except OSError as exc:  # only `obdsnap status` reads it: serve all the same
+        log.warning("could not write the status file: %s", exc)
+
+
+def _serving_status(
+    config: BootConfig, started: datetime, seconds: float, report: ReconcileReport
+) -> ServingStatus:
+    cleanup = report.cleanup
+    reconcile = ReconcileSummary(
+        started=started.isoformat(),
+        finished=(started + timedelta(seconds=seconds)).isoformat(),
+        seconds=round(seconds, 6),
+        snapshots=report.snapshots,
+        interrupted_operations=report.settled,
+        creates_dropped=report.creates_dropped,
+        directories_removed=cleanup.directories_removed,
+        devices_released=cleanup.devices_released,
+        mounts_removed=cleanup.mounts_removed,
+        kept=cleanup.kept,
+    )
+    return ServingStatus(os.getpid(), __version__, config.address, _STARTED.isoformat(), reconcile)
 
 
 def _activated_listener(config: BootConfig) -> socket.socket | None:
@@ -202,7 +235,11 @@ def lock_root(layout: Layout) -> IO[str]:
 
 
 async def build_snapshotter(
-    config: BootConfig, layout: Layout, store: MetaStore, blocking: BlockingRunner
+    config: BootConfig,
+    layout: Layout,
+    store: MetaStore,
+    blocking: BlockingRunner,
+    metrics: Metrics | None = None,
 ) -> Snapshotter:
     tools = OverlaybdTools(Path(config.overlaybd_util_bin_dir))
     layers = BlockLayers(layout, tools, blocking, sparse=config.writable_layer_type == "sparse")
@@ -212,7 +249,14 @@ async def build_snapshotter(
         auto_remove_dev=config.auto_remove_dev,
         index_off=await blocking(overlay_has_index_param),
     )
-    devices = DeviceManager(backend, blocking, store, config.max_concurrent_device_ops)
+    metrics = metrics or Metrics()
+    devices = DeviceManager(backend, blocking, store, config.max_concurrent_device_ops, metrics)
+
+    async def count_attached() -> int:
+        return len(await devices.attached_ids() & store.ids())
+
+    metrics.watch_devices(devices.attaching, count_attached)
+    metrics.watch_store(store)
     return Snapshotter(layout, store, layers, devices, options, blocking)
 
 

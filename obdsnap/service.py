@@ -22,6 +22,7 @@ from grpclib.server import Stream
 from obdsnap.errors import SnapshotError
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.genproto.containerd.types import Mount as MountMessage
+from obdsnap.locks import CountedSemaphore
 from obdsnap.metrics import Metrics
 from obdsnap.mounts import Mount
 from obdsnap.snapshotter import Snapshotter
@@ -36,7 +37,7 @@ class CallGate:
     ``limit`` at once; the rest wait their turn."""
 
     def __init__(self, limit: int) -> None:
-        self._running = asyncio.Semaphore(limit)
+        self.running = CountedSemaphore(limit)
         self._open = asyncio.Event()
 
     def open(self) -> None:
@@ -44,10 +45,10 @@ class CallGate:
 
     async def enter(self) -> None:
         await self._open.wait()
-        await self._running.acquire()
+        await self.running.acquire()
 
     def leave(self) -> None:
-        self._running.release()
+        self.running.release()
 
 
 SERVICE = "containerd.services.snapshots.v1.Snapshots"
@@ -62,6 +63,7 @@ class SnapshotsService:
         self._snapshotter = snapshotter
         self._metrics = metrics
         self._gate = gate
+        metrics.watch_requests(gate.running)
         self._infos = InfoEncoder()
 
     def __mapping__(self) -> dict[str, Handler]:
@@ -109,23 +111,24 @@ class SnapshotsService:
 
     @asynccontextmanager
     async def _call(self, function: str, key: str = "") -> AsyncIterator[None]:
-        await self._gate.enter()
-        try:
-            async with self._metrics.observe(function):
-                try:
-                    yield
-                except SnapshotError as exc:
-                    _log_failure(function, key, exc)
-                    raise GRPCError(exc.status, str(exc)) from exc
-                except (GRPCError, asyncio.CancelledError):
-                    raise
-                except Exception as exc:
-                    log.exception(
-                        "%s failed: %s", function, exc, extra={"rpc": function, "key": key}
-                    )
-                    raise GRPCError(Status.UNKNOWN, f"{function}: {exc}") from exc
-        finally:
-            self._gate.leave()
+        async with self._metrics.answer(function):  # a call given up at the gate counts too
+            await self._gate.enter()
+            try:
+                async with self._metrics.observe(function):
+                    try:
+                        yield
+                    except SnapshotError as exc:
+                        _log_failure(function, key, exc)
+                        raise GRPCError(exc.status, str(exc)) from exc
+                    except (GRPCError, asyncio.CancelledError):
+                        raise
+                    except Exception as exc:
+                        log.exception(
+                            "%s failed: %s", function, exc, extra={"rpc": function, "key": key}
+                        )
+                        raise GRPCError(Status.UNKNOWN, f"{function}: {exc}") from exc
+            finally:
+                self._gate.leave()
 
     async def prepare(self, request: api.PrepareSnapshotRequest) -> Reply:
         mounts = await self._snapshotter.prepare(request.key, request.parent, request.labels)

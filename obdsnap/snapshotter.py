@@ -70,6 +70,16 @@ class CleanupReport:
 
 
 @dataclass(frozen=True)
+class ReconcileReport:
+    """What the start-up reconcile did."""
+
+    snapshots: int
+    settled: list[str]  # interrupted operations, and how each was settled
+    creates_dropped: int
+    cleanup: CleanupReport
+
+
+@dataclass(frozen=True)
 class SnapshotterOptions:
     rw_mode: str = OVERLAYFS  # the boot config's default for new rootfs snapshots
     auto_remove_dev: bool = False
@@ -98,7 +108,7 @@ class Snapshotter:
         self._removals: asyncio.Queue[Path] = asyncio.Queue()
         self._remover: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self) -> ReconcileReport:
         """Reconcile the disk and the devices with the metadata before serving.
 
         Operations a crash cut short are finished or rolled back first, then creates
@@ -117,6 +127,7 @@ class Snapshotter:
             report,
         )
         self._remover = asyncio.create_task(self._remove_dirs(), name="snapshot-dir-remover")
+        return ReconcileReport(len(self._store), settled, dropped, report)
 
     async def close(self) -> None:
         await self._guard.drain()
@@ -480,7 +491,7 @@ class Snapshotter:
         selected = filters.parse_all(filter_strings)
         return _chunks(
             (record.info for record in self._store.records()),
-            lambda info: selected.match(_info_fields(info)),
+            lambda info: selected.match(info_fields(info)),
         )
 
     async def usage(self, key: str) -> Usage:
@@ -609,7 +620,7 @@ class Snapshotter:
         return dropped
 
 
-def _info_fields(info: Info) -> filters.Lookup:
+def info_fields(info: Info) -> filters.Lookup:
     def lookup(path: Sequence[str]) -> str | None:
         if not path:
             return None

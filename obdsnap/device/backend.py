@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Protocol
 
 from grpclib.const import Status
 
+from obdsnap.commands import CommandTimedOut
 from obdsnap.errors import SnapshotError
 
 
 class AttachError(SnapshotError):
     """The image could not be opened or the device set up; the message says why."""
+
+
+class OpenFailed(AttachError):
+    """overlaybd reported that it could not open the image (its result file says failed)."""
 
 
 class DeviceTimeout(AttachError):
@@ -56,3 +62,26 @@ class DeviceBackend(Protocol):
     async def set_disk_timeout(self, device: Path) -> None:
         """Give the mounted disk the command timeout overlaybd needs."""
         ...
+
+
+# Why an attach failed, in a few words an alert can name (obdsnap_attach_failures_total).
+ATTACH_FAILURE_REASONS = ("open_failed", "timeout", "busy", "kernel")
+_BUSY_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN})
+
+
+def attach_failure_reason(error: BaseException) -> str:
+    """The reason of ATTACH_FAILURE_REASONS that a failed attach's error falls under.
+
+    ``open_failed``: overlaybd could not open the image (e.g. a missing or corrupt
+    layer); ``timeout``: the disk did not appear, or a command ran out of time;
+    ``busy``: the kernel still said EBUSY/EAGAIN after the retries; ``kernel``:
+    any other configfs, sysfs, mkfs or mount failure.
+    """
+    if isinstance(error, OpenFailed):
+        return "open_failed"
+    if isinstance(error, DeviceTimeout | CommandTimedOut | TimeoutError):
+        return "timeout"
+    cause = error if isinstance(error, OSError) else error.__cause__
+    if isinstance(cause, OSError) and cause.errno in _BUSY_ERRNOS:
+        return "busy"
+    return "kernel"

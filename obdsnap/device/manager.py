@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +28,7 @@ from obdsnap.device.filesystem import (
 from obdsnap.errors import failure_context
 from obdsnap.fsutil import make_real_directory, write_file_no_follow
 from obdsnap.layout import PRIVATE_DIR_MODE
+from obdsnap.locks import CountedSemaphore
 from obdsnap.mountinfo import is_mounted, mounted_source
 from obdsnap.storage import Intent, Operation
 
@@ -50,6 +52,29 @@ class IntentJournal(Protocol):
         ...
 
 
+class AttachObserver(Protocol):
+    """Told how each fresh attach went (the metrics)."""
+
+    def attached(self, seconds: float) -> None:
+        """An attach set up a device, from the end of its wait at the cap to its mark."""
+        ...
+
+    def attach_failed(self, error: Exception) -> None:
+        """An attach failed with ``error``; everything it did is being undone."""
+        ...
+
+
+class _Unobserved:
+    def attached(self, seconds: float) -> None:
+        pass
+
+    def attach_failed(self, error: Exception) -> None:
+        pass
+
+
+_UNOBSERVED = _Unobserved()
+
+
 class DeviceManager:
     def __init__(
         self,
@@ -57,12 +82,14 @@ class DeviceManager:
         blocking: BlockingRunner,
         journal: IntentJournal,
         max_attaching: int,
+        observer: AttachObserver = _UNOBSERVED,
     ) -> None:
         self._backend = backend
         self._blocking = blocking
         self._journal = journal
+        self._observer = observer
         # Image opens beyond this many wait their turn instead of all hitting the kernel.
-        self._attaching = asyncio.Semaphore(max_attaching)
+        self.attaching = CountedSemaphore(max_attaching)
 
     async def attach(
         self, snapshot_id: int, block_dir: Path, spec: FsSpec, *, mkfs: bool, mode: MountMode
@@ -129,11 +156,9 @@ class DeviceManager:
             # A set-up or tear-down that died half-way: start over.
             await self._backend.detach(snapshot_id)
         fresh = device is None
+        started = time.perf_counter()
         if device is None:
-            async with self._attaching:
-                device = await self._backend.attach(
-                    snapshot_id, block_dir / CONFIG, block_dir / RESULT_FILE
-                )
+            device, started = await self._new_device(snapshot_id, block_dir)
         try:
             if mkfs and fresh:
                 await make_filesystem(device, spec)
@@ -147,13 +172,29 @@ class DeviceManager:
                     await self._backend.set_disk_timeout(device)
             with failure_context(step="mark"):
                 await self._blocking(_write_mark, block_dir / BACKSTORE_MARK, device)
-        except BaseException:
+        except BaseException as exc:
             if fresh:
+                if isinstance(exc, Exception):
+                    self._observer.attach_failed(exc)
                 await asyncio.shield(self._undo_attach(snapshot_id, mountpoint))
             raise
         if fresh:
+            self._observer.attached(time.perf_counter() - started)
             log.info("snapshot %d: device %s attached (%s)", snapshot_id, device, mode.value)
         return device
+
+    async def _new_device(self, snapshot_id: int, block_dir: Path) -> tuple[Path, float]:
+        """Set up the device, in turn at the cap; the node, and when its turn came."""
+        async with self.attaching:
+            started = time.perf_counter()
+            try:
+                device = await self._backend.attach(
+                    snapshot_id, block_dir / CONFIG, block_dir / RESULT_FILE
+                )
+            except Exception as exc:
+                self._observer.attach_failed(exc)
+                raise
+        return device, started
 
     async def detach(self, snapshot_id: int, block_dir: Path) -> None:
         """Unmount and tear down the device; its data is on the layer files when this returns."""

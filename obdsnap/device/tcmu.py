@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from obdsnap.blocking import BlockingRunner
-from obdsnap.device.backend import AttachError, DeviceTimeout
+from obdsnap.device.backend import AttachError, DeviceTimeout, OpenFailed
 from obdsnap.errors import failure_context
 from obdsnap.fsutil import write_file_no_follow
 
@@ -62,6 +62,11 @@ class TcmuBackend:
             ThreadPoolExecutor(max_workers=DEVICE_THREADS, thread_name_prefix="tcmu")
         )
 
+    @property
+    def core_dir(self) -> Path:
+        """The HBA's directory: one ``dev_<ID>`` target in it per device."""
+        return self._core
+
     def target_dir(self, snapshot_id: int) -> Path:
         return self._core / f"dev_{snapshot_id}"
 
@@ -98,7 +103,7 @@ class TcmuBackend:
 
     async def find_device(self, snapshot_id: int) -> Path | None:
         """The disk of an attached snapshot, from its LUN's SCSI address."""
-        return await self._blocking(self._find_disk, snapshot_id)
+        return await self._blocking(self.find_disk, snapshot_id)
 
     def dev_config(self, config_path: Path) -> str:
         return dev_config(config_path)
@@ -106,13 +111,20 @@ class TcmuBackend:
     async def configured_image(self, snapshot_id: int) -> str | None:
         """The ``dev_config`` a target was set up with, as its ``info`` attribute shows it."""
         info = await self._blocking(_read_text, self.target_dir(snapshot_id) / "info")
-        found = _INFO_CONFIG.search(info or "")
-        return found.group(1) if found and found.group(1) != "NULL" else None
+        return info_config(info or "")
 
     async def attached_ids(self) -> set[int]:
         """IDs of every snapshot that has a target under the HBA."""
-        names = await self._blocking(_list_dir, self._core)
+        return await self._blocking(self.target_ids)
+
+    def target_ids(self) -> set[int]:
+        """Blocking: IDs of every snapshot that has a target under the HBA."""
+        names = _list_dir(self._core)
         return {int(name[4:]) for name in names if name.startswith("dev_") and name[4:].isdigit()}
+
+    def read_info(self, snapshot_id: int) -> str | None:
+        """Blocking: a target's ``info`` attribute, None if there is no such target."""
+        return _read_text(self.target_dir(snapshot_id) / "info")
 
     async def set_disk_timeout(self, device: Path) -> None:
         timeout_file = self._sysfs / "block" / device.name / "device" / "timeout"
@@ -139,7 +151,8 @@ class TcmuBackend:
             await enabling
         except OSError as exc:
             reason = await self._blocking(_read_result, result_file)
-            raise AttachError(
+            error = OpenFailed if reason.startswith("failed") else AttachError
+            raise error(
                 f"failed to enable the target of snapshot {snapshot_id}: {exc.strerror}: {reason}"
             ).add_context(reason=_overlaybd_reason(reason) or str(exc.strerror)) from exc
         except AttachError:
@@ -167,7 +180,7 @@ class TcmuBackend:
         while True:
             text = await self._blocking(_read_result, result_file)
             if text.startswith("failed"):
-                raise AttachError(f"overlaybd could not open the image: {text}").add_context(
+                raise OpenFailed(f"overlaybd could not open the image: {text}").add_context(
                     reason=_overlaybd_reason(text)
                 )
             if text.startswith("success") or enabling.done():
@@ -194,7 +207,7 @@ class TcmuBackend:
                 return Path("/dev") / sorted(names)[0]
             text = await self._blocking(_read_result, result_file)
             if text.startswith("failed"):
-                raise AttachError(f"overlaybd could not open the image: {text}").add_context(
+                raise OpenFailed(f"overlaybd could not open the image: {text}").add_context(
                     reason=_overlaybd_reason(text)
                 )
             if time.monotonic() > deadline:
@@ -204,7 +217,8 @@ class TcmuBackend:
                 )
             await asyncio.sleep(self._timings.disk_poll_interval_s)
 
-    def _find_disk(self, snapshot_id: int) -> Path | None:
+    def find_disk(self, snapshot_id: int) -> Path | None:
+        """Blocking: the disk of an attached snapshot, from its LUN's SCSI address."""
         try:
             address = (self.loopback_dir(snapshot_id) / "tpgt_1" / "address").read_text().strip()
         except FileNotFoundError:
@@ -246,6 +260,17 @@ def _write_attribute(path: Path, value: str) -> None:
             raise OSError(errno.EIO, f"short write to {path}")
     finally:
         os.close(descriptor)
+
+
+def info_config(info: str) -> str | None:
+    """The ``dev_config`` a target's ``info`` attribute shows, None if it has none."""
+    found = _INFO_CONFIG.search(info)
+    return found.group(1) if found and found.group(1) != "NULL" else None
+
+
+def read_result(result_file: Path) -> str:
+    """Blocking: overlaybd's result file, stripped; "" if it is missing."""
+    return _read_result(result_file)
 
 
 def _read_result(result_file: Path) -> str:

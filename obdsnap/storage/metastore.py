@@ -22,11 +22,12 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import aiosqlite
 
@@ -98,6 +99,9 @@ _MAX_ROWS_PER_STATEMENT = 1000
 _ADVANCE_SEQUENCE = "UPDATE sequence SET value = ? WHERE name = ? AND value < ?"
 _RECORD_INTENT = "INSERT OR REPLACE INTO intents VALUES (?, ?, ?)"
 _CLEAR_INTENT = "DELETE FROM intents WHERE snapshot_id = ? AND operation = ?"
+# The reads of a whole store; rows decode with record_from_row and intent_from_row.
+SELECT_RECORDS = "SELECT * FROM snapshots"
+SELECT_INTENTS = "SELECT snapshot_id, operation, started_us FROM intents"
 
 
 _IntentKey = tuple[int, Operation]
@@ -164,11 +168,28 @@ class StoreError(Exception):
     """The metadata file cannot be opened as a store; the message names it."""
 
 
+class CommitObserver(Protocol):
+    """Told of every transaction the writer commits (the metrics)."""
+
+    def committed(self, writes: int, seconds: float) -> None:
+        """A transaction of ``writes`` writes was committed and fsync'ed in ``seconds``."""
+        ...
+
+
+class _Unobserved:
+    def committed(self, writes: int, seconds: float) -> None:
+        pass
+
+
+_UNOBSERVED = _Unobserved()
+
+
 class MetaStore:
     """Snapshot metadata in ``metadata.db``; see the module docstring for the model."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, observer: CommitObserver = _UNOBSERVED) -> None:
         self.path = path
+        self._observer = observer
         self._db: aiosqlite.Connection | None = None
         self._records: dict[str, Record] = {}
         self._children: dict[str, frozenset[str]] = {}
@@ -216,9 +237,9 @@ class MetaStore:
         ) as c:
             row = await c.fetchone()
             self._last_id = int(row[0]) if row else 0
-        async with self._db.execute("SELECT * FROM snapshots") as cursor:
+        async with self._db.execute(SELECT_RECORDS) as cursor:
             async for row in cursor:
-                record = _record_from_row(row)
+                record = record_from_row(row)
                 self._records[record.key] = record
         # Never behind a stored ID, whatever happened to the sequence row.
         self._last_id = max([self._last_id, *(r.id for r in self._records.values())])
@@ -227,10 +248,10 @@ class MetaStore:
             if record.parent:
                 children.setdefault(record.parent, set()).add(record.key)
         self._children = {parent: frozenset(keys) for parent, keys in children.items()}
-        async with self._db.execute("SELECT snapshot_id, operation, started_us FROM intents") as c:
-            async for snapshot_id, operation, started in c:
-                intent = Intent(snapshot_id, Operation(operation), _from_micros(started))
-                self._intents[(snapshot_id, intent.operation)] = intent
+        async with self._db.execute(SELECT_INTENTS) as c:
+            async for row in c:
+                intent = intent_from_row(row)
+                self._intents[(intent.snapshot_id, intent.operation)] = intent
 
     # ------------------------------------------------------------------ reads
 
@@ -363,6 +384,7 @@ class MetaStore:
                 log.exception("metadata write failed")
                 batch.restore(mark)
                 outcomes.append((write, None, SnapshotError(f"metadata write failed: {exc}")))
+        started = time.perf_counter()
         try:
             await self._persist(batch)
         except Exception as exc:  # disk full, I/O error: nothing of this batch happened
@@ -373,6 +395,9 @@ class MetaStore:
             self._last_id = batch.last_id
         else:
             self._apply(batch)
+            written = sum(1 for _, _, error in outcomes if error is None)
+            if written:  # each write that passed validation changed the batch
+                self._observer.committed(written, time.perf_counter() - started)
         for write, result, error in outcomes:
             if write.done.done():
                 continue
@@ -633,10 +658,17 @@ def _row_from_record(record: Record) -> tuple[Any, ...]:
     )
 
 
-def _record_from_row(row: Any) -> Record:
+def record_from_row(row: Any) -> Record:
+    """A record from a row of SELECT_RECORDS."""
     record_id, key, parent, kind, labels, created, updated, size, inodes, rw_mode, ready = row
     info = Info(key, parent, Kind(kind), json.loads(labels), created, updated)
     return Record(record_id, info, Usage(size, inodes), rw_mode, bool(ready))
+
+
+def intent_from_row(row: Any) -> Intent:
+    """An intent from a row of SELECT_INTENTS."""
+    snapshot_id, operation, started_us = row
+    return Intent(snapshot_id, Operation(operation), _from_micros(started_us))
 
 
 def _slices(items: list[T], size: int) -> list[list[T]]:

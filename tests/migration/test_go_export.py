@@ -61,6 +61,7 @@ def test_round_trip_reads_identically_in_go(server: ServerProcess, ops: object) 
         "metadata.db.obdsnap-sqlite",
         "obdsnap.lock",
         "snapshots",
+        "status.json",
     }
     assert leftovers == set()
 

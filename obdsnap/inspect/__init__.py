@@ -1,0 +1,1 @@
+"""Read-only inspection of a root: ``obdsnap status | ls | devices | intents``."""
