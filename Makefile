@@ -120,5 +120,5 @@ DEB_ARCH = $(shell dpkg --print-architecture)
 # when the sources were unpacked, and dpkg-deb clamps the package's times.
 image: export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1700000000)
 image: deb
-	$(SYSTEM_PYTHON) -m deploy.image.build_image --version $(PACKAGE_VERSION) \
+	$(SYSTEM_PYTHON) deploy/image/build_image.py --version $(PACKAGE_VERSION) \
 	  --deb $(DEB_DIR)/obdsnap_$(PACKAGE_VERSION)_$(DEB_ARCH).deb --output $(IMAGE_DIR)

@@ -1,9 +1,9 @@
 """obdsnap's container image: an OCI image layout archive, built offline.
 
-    python3 -m deploy.image.build_image --deb obdsnap_<version>_<arch>.deb --output DIR
+    python3 deploy/image/build_image.py --deb obdsnap_<version>_<arch>.deb --output DIR
 
 A Debian 12 root made by mmdebstrap with the tools obdsnap runs (cached: see
-debian_root.py), the package installed into it with dpkg, slimmed, and packed
+debian_rootfs.py), the package installed into it with dpkg, slimmed, and packed
 as one gzip layer. The archive is ``DIR/obdsnap-<version>.oci.tar`` and holds
 ``localhost/obdsnap:<version>``, which ``ctr images import`` takes as it is.
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.image.debian_root import (
+from debian_rootfs import (
     REPO_ROOT,
     RootUnavailable,
     build_dir,

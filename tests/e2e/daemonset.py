@@ -54,6 +54,7 @@ class ContainerSpec:
     config_files: dict[str, str]
     readiness: Probe
     liveness: Probe
+    startup: Probe | None
 
     def config(self) -> dict[str, Any]:
         loaded = json.loads(self.config_files["config.json"])
@@ -111,6 +112,7 @@ def container_spec(documents: Sequence[dict[str, Any]], container_name: str) -> 
         config_files=config_files,
         readiness=_probe(container["readinessProbe"]),
         liveness=_probe(container["livenessProbe"]),
+        startup=_probe(container["startupProbe"]) if "startupProbe" in container else None,
     )
 
 

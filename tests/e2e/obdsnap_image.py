@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import build_image
 import pytest
-
-from deploy.image import build_image
-from deploy.image.debian_root import REPO_ROOT, RootUnavailable, build_dir
+from debian_rootfs import REPO_ROOT, RootUnavailable, build_dir
 
 
 def project_version() -> str:

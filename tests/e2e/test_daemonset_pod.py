@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from deploy.image.debian_root import REPO_ROOT
+from debian_rootfs import REPO_ROOT
 
 from . import ociimage
 from .containerd import (
@@ -112,6 +111,13 @@ class PodRunner:
             if time.monotonic() - started > READY_TIMEOUT:
                 raise AssertionError(f"obdsnap not ready in {READY_TIMEOUT:.0f}s:\n{self.output()}")
             time.sleep(interval)
+
+    def check_other_probes(self) -> None:
+        """Once ready, the liveness probe (and the startup probe, if any) pass too."""
+        for probe in (self.spec.liveness, self.spec.startup):
+            if probe is not None:
+                done = self.probe(probe.command, probe.timeout_seconds)
+                assert done.returncode == 0, f"{probe.command}: {done.stdout}{done.stderr}"
 
     def probe(self, command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
         """An exec probe, as kubelet runs it: in the running container."""
@@ -218,6 +224,7 @@ def test_daemonset_pod_serves_containerd_across_a_restart(
         assert spec.image in node_a.ctr("images", "ls", "-q").stdout.split(), spec.image
         pod = PodRunner(spec, scratch, node_a)
         ready_seconds = pod.start()
+        pod.check_other_probes()
         metrics_url = f"http://127.0.0.1:{pod.config['exporterConfig']['port']}/metrics"
         with urllib.request.urlopen(metrics_url, timeout=10) as answer:
             assert answer.status == 200, "the exporter does not answer on the host's network"

@@ -1,6 +1,6 @@
 """A clean Debian root filesystem, made by mmdebstrap, to install obdsnap into and run it in.
 
-The roots and their cache are deploy/image/debian_root.py's (shared with the
+The roots and their cache are deploy/image/debian_rootfs.py's (shared with the
 image build); this adds what tests want: a skip where no root can be made, and
 an unpacked root that is checked for leftover mounts and removed.
 """
@@ -15,12 +15,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import debian_rootfs
 import pytest
 
-from deploy.image import debian_root
-
-REPO_ROOT = debian_root.REPO_ROOT
-build_dir = debian_root.build_dir
+REPO_ROOT = debian_rootfs.REPO_ROOT
+build_dir = debian_rootfs.build_dir
 
 
 def root_tarball(suite: str, packages: Sequence[str], variant: str = "apt") -> Path:
@@ -29,8 +28,8 @@ def root_tarball(suite: str, packages: Sequence[str], variant: str = "apt") -> P
     Skips the test where mmdebstrap or a Debian ``suite`` apt source is missing.
     """
     try:
-        return debian_root.root_tarball(suite, packages, variant)
-    except debian_root.RootUnavailable as missing:
+        return debian_rootfs.root_tarball(suite, packages, variant)
+    except debian_rootfs.RootUnavailable as missing:
         pytest.skip(str(missing))
 
 
@@ -42,7 +41,7 @@ class DebianRoot:
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """``argv`` as run inside the root; exec'ed all the way, so its PID is the command's."""
-        return debian_root.in_root_command(self.path, argv)
+        return debian_rootfs.in_root_command(self.path, argv)
 
     def shell_command(self, argv: Sequence[str]) -> str:
         return shlex.join(self.command(argv))

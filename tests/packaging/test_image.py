@@ -12,12 +12,11 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import build_image
 import pytest
 from e2e.conftest import missing_requirements
 from e2e.containerd import PrivateContainerd
 from e2e.obdsnap_image import OciArchive, make_image, project_version, sha256
-
-from deploy.image import build_image
 
 from .debian_root import DebianRoot, unpacked_root
 
