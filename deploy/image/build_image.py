@@ -54,6 +54,8 @@ ENTRYPOINT = ["/usr/bin/obdsnap"]
 CMD = ["serve", "--config", "/etc/overlaybd-snapshotter/config.json"]
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REGISTRY = "localhost"
+# The image's date where neither SOURCE_DATE_EPOCH nor git history says one (the Makefile's too).
+FALLBACK_EPOCH = 1700000000
 
 # Left out of the image: documentation, apt's downloaded lists and caches, logs of
 # the build, backups dpkg and debconf keep, and what the runtime provides (/dev).
@@ -105,7 +107,9 @@ def source_date_epoch() -> int:
         text=True,
         check=False,
     )
-    return int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else 1700000000
+    if done.returncode == 0 and done.stdout.strip():
+        return int(done.stdout.strip())
+    return FALLBACK_EPOCH
 
 
 def reference(version: str) -> str:
@@ -292,9 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", required=True, help="the image's tag")
     parser.add_argument("--output", type=Path, default=build_dir() / "image")
     args = parser.parse_args(argv)
+    if not args.deb.is_file():
+        print(f"build_image: no package {args.deb} (make deb builds it)", file=sys.stderr)
+        return 1
     try:
         image = build(args.deb, args.output, args.version)
-    except (RootUnavailable, RuntimeError, OSError) as error:
+    except (RootUnavailable, RuntimeError, OSError, subprocess.CalledProcessError) as error:
         print(f"build_image: {error}", file=sys.stderr)
         return 1
     print(f"{image.archive} {image.reference} {image.manifest_digest}")
