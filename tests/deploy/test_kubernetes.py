@@ -9,15 +9,13 @@ import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import kubernetes_validate
 import pytest
 
 from obdsnap.config import BootConfig, parse_config
 from obdsnap.server import DRAIN_TIMEOUT_S
 
 from .kustomize import KUBERNETES_DIR, REPO_ROOT, Manifest, find, kustomizations, render
-from .third_party import import_with_packaging
-
-kubernetes_validate = import_with_packaging("kubernetes_validate")
 
 KUBERNETES_VERSION = "1.30"
 NAMESPACE = "obdsnap-system"

@@ -11,15 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from server_process import ServerProcess
 
 from .kustomize import REPO_ROOT, find, render
-from .third_party import import_with_packaging
-
-promql_parser = import_with_packaging("promql_parser")
 
 MONITORING_DIR = REPO_ROOT / "deploy" / "monitoring"
 RULES = MONITORING_DIR / "prometheus-rules.yaml"
@@ -209,7 +207,8 @@ def test_every_named_metric_is_in_the_contract() -> None:
 
 
 def test_the_configmaps_carry_the_files_as_they_are() -> None:
-    kubernetes_validate = import_with_packaging("kubernetes_validate")
+    import kubernetes_validate
+
     objects = render(MONITORING_DIR)
     for obj in objects:
         kubernetes_validate.validate(obj, "1.30", strict=True)
