@@ -2,7 +2,12 @@
 
     root/metadata.db
     root/status.json    (the serving process and its last reconcile; see runstatus.py)
-    root/snapshots/<ID>/{fs, work, block/{mountpoint, init-debug.log, ...}}
+    root/snapshots/<ID>/fs/                  the layer's files (overlayfs upper or lower)
+                        fs/overlaybd.commit  a committed writable layer's layer file
+                        work/                overlayfs workdir (active snapshots)
+                        block/               the device's files (see BlockDir)
+
+This module is the one place that spells a file name under the root.
 
 A new directory is built as ``snapshots/new-XXXX`` and renamed to its ID only
 after the metadata row exists, so a crash leaves either no directory or one
@@ -23,6 +28,51 @@ FS_MODE = 0o755
 PRIVATE_DIR_MODE = 0o711
 PROCESS_UMASK = 0o022
 _NEW_FILE_FLAGS = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
+
+
+_FS, _WORK, _BLOCK = "fs", "work", "block"
+_COMMIT_FILE = "overlaybd.commit"
+_PARTIAL_COMMIT_FILE = ".overlaybd.commit.partial"
+
+
+@dataclass(frozen=True)
+class BlockDir:
+    """A snapshot's ``block/``: what its overlaybd device is made of and mounted on."""
+
+    path: Path
+
+    @property
+    def mountpoint(self) -> Path:
+        """Where the device is mounted."""
+        return self.path / "mountpoint"
+
+    @property
+    def config(self) -> Path:
+        """The device config overlaybd-tcmu opens (``config.v1.json``)."""
+        return self.path / "config.v1.json"
+
+    @property
+    def kept_config(self) -> Path:
+        """The writable layer's config, kept while a commit replaces it, for a roll-back."""
+        return self.path / "config.v1.json.writable"
+
+    @property
+    def result_file(self) -> Path:
+        """Where overlaybd writes how opening the image went."""
+        return self.path / "init-debug.log"
+
+    @property
+    def mark(self) -> Path:
+        """Names the device once an attach has finished (its last step)."""
+        return self.path / "backstore_mark"
+
+    @property
+    def writable_data(self) -> Path:
+        return self.path / "writable_data"
+
+    @property
+    def writable_index(self) -> Path:
+        return self.path / "writable_index"
 
 
 @dataclass(frozen=True)
@@ -49,17 +99,21 @@ class Layout:
         return self.snapshots / str(snapshot_id)
 
     def fs_dir(self, snapshot_id: int) -> Path:
-        return self.snapshot_dir(snapshot_id) / "fs"
+        return self.snapshot_dir(snapshot_id) / _FS
 
     def work_dir(self, snapshot_id: int) -> Path:
-        return self.snapshot_dir(snapshot_id) / "work"
+        return self.snapshot_dir(snapshot_id) / _WORK
 
-    def block_dir(self, snapshot_id: int) -> Path:
-        return self.snapshot_dir(snapshot_id) / "block"
+    def block(self, snapshot_id: int) -> BlockDir:
+        return BlockDir(self.snapshot_dir(snapshot_id) / _BLOCK)
 
-    def mountpoint(self, snapshot_id: int) -> Path:
-        """Where the snapshot's block device is mounted."""
-        return self.block_dir(snapshot_id) / "mountpoint"
+    def commit_file(self, snapshot_id: int) -> Path:
+        """A committed writable layer's layer file, made by overlaybd-commit."""
+        return self.fs_dir(snapshot_id) / _COMMIT_FILE
+
+    def partial_commit_file(self, snapshot_id: int) -> Path:
+        """What overlaybd-commit writes, renamed to ``commit_file`` once complete."""
+        return self.fs_dir(snapshot_id) / _PARTIAL_COMMIT_FILE
 
     def create_root(self) -> None:
         for directory in (self.root, self.snapshots):
@@ -73,17 +127,17 @@ class Layout:
         """
         os.mkdir(new_dir, 0o700)
         try:
-            fs = os.path.join(new_dir, "fs")
+            fs = new_dir / _FS
             os.mkdir(fs, FS_MODE)
             if parent_id is not None:
                 parent_fs = os.stat(self.fs_dir(parent_id))
                 os.lchown(fs, parent_fs.st_uid, parent_fs.st_gid)
             if active:
-                os.mkdir(os.path.join(new_dir, "work"), PRIVATE_DIR_MODE)
-            block = os.path.join(new_dir, "block")
-            os.mkdir(block, PRIVATE_DIR_MODE)
-            os.mkdir(os.path.join(block, "mountpoint"), PRIVATE_DIR_MODE)
-            os.close(os.open(os.path.join(block, "init-debug.log"), _NEW_FILE_FLAGS, 0o644))
+                os.mkdir(new_dir / _WORK, PRIVATE_DIR_MODE)
+            block = BlockDir(new_dir / _BLOCK)
+            os.mkdir(block.path, PRIVATE_DIR_MODE)
+            os.mkdir(block.mountpoint, PRIVATE_DIR_MODE)
+            os.close(os.open(block.result_file, _NEW_FILE_FLAGS, 0o644))
         except BaseException:
             remove_tree(new_dir)
             raise

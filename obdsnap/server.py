@@ -22,6 +22,7 @@ from obdsnap import __version__
 from obdsnap.blocking import BlockingRunner
 from obdsnap.config import BootConfig, socket_group_id
 from obdsnap.device.manager import DeviceManager
+from obdsnap.device.mounter import HostMounter
 from obdsnap.device.tcmu import TcmuBackend
 from obdsnap.grpcserver import GracefulServer
 from obdsnap.layout import PROCESS_UMASK, Layout
@@ -250,14 +251,17 @@ async def build_snapshotter(
         index_off=await blocking(overlay_has_index_param),
     )
     metrics = metrics or Metrics()
-    devices = DeviceManager(backend, blocking, store, config.max_concurrent_device_ops, metrics)
+    mounter = HostMounter()
+    devices = DeviceManager(
+        backend, layout, mounter, blocking, store, config.max_concurrent_device_ops, metrics
+    )
 
     async def count_attached() -> int:
         return len(await devices.attached_ids() & store.ids())
 
     metrics.watch_devices(devices.attaching, count_attached)
     metrics.watch_store(store)
-    return Snapshotter(layout, store, layers, devices, options, blocking)
+    return Snapshotter(layout, store, layers, devices, mounter, options, blocking)
 
 
 def open_unix_socket(path: Path, group: int | None = None) -> socket.socket:

@@ -27,8 +27,9 @@ from pathlib import Path
 from obdsnap import filters
 from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner, CompletionGuard
-from obdsnap.device.filesystem import FsSpec, fs_spec, unmount
+from obdsnap.device.filesystem import FsSpec, fs_spec
 from obdsnap.device.manager import DeviceManager, MountMode
+from obdsnap.device.mounter import Mounter
 from obdsnap.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -40,7 +41,6 @@ from obdsnap.fsutil import disk_usage, remove_tree
 from obdsnap.labels import validate_key, validate_labels
 from obdsnap.layout import NEW_DIR_PREFIX, Layout
 from obdsnap.locks import KeyedLocks
-from obdsnap.mountinfo import mounts_under, overlay_uses
 from obdsnap.mounts import Mount, bind_mount, overlay_mount
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.storage_type import StorageType, is_remote_layer
@@ -93,6 +93,7 @@ class Snapshotter:
         store: MetaStore,
         layers: BlockLayers,
         devices: DeviceManager,
+        mounter: Mounter,
         options: SnapshotterOptions,
         blocking: BlockingRunner,
     ) -> None:
@@ -100,6 +101,7 @@ class Snapshotter:
         self._store = store
         self._layers = layers
         self._devices = devices
+        self._mounter = mounter
         self._options = options
         self._blocking = blocking
         self._guard = CompletionGuard()
@@ -314,10 +316,10 @@ class Snapshotter:
             device = await self._attach(record, spec, own=True, mkfs=new and parent is None)
             if record.rw_mode == DEV:
                 return [Mount(spec.fs_type, str(device), ("ro" if readonly else "rw", "discard"))]
-            return [bind_mount(self._layout.mountpoint(record.id), readonly=readonly)]
+            return [bind_mount(self._layout.block(record.id).mountpoint, readonly=readonly)]
         if parent is not None and await self._layers.is_block(parent):
             await self._attach(parent, fs_spec(parent.info.labels), own=False, mkfs=False)
-            lower = self._layout.mountpoint(parent.id)
+            lower = self._layout.block(parent.id).mountpoint
             if readonly:
                 return [bind_mount(lower, readonly=True)]
             return [self._overlay(record, [lower])]
@@ -331,9 +333,7 @@ class Snapshotter:
         mode = MountMode.READ_ONLY
         if own:
             mode = MountMode.NONE if owner.rw_mode == DEV else MountMode.READ_WRITE
-        return await self._devices.attach(
-            owner.id, self._layout.block_dir(owner.id), spec, mkfs=mkfs, mode=mode
-        )
+        return await self._devices.attach(owner.id, spec, mkfs=mkfs, mode=mode)
 
     def _overlay_mounts(self, record: Record, parents: list[Record]) -> list[Mount]:
         fs = self._layout.fs_dir
@@ -402,7 +402,7 @@ class Snapshotter:
         self, active: Record, name: str, labels: Mapping[str, str], zfile: ZFileConfig
     ) -> None:
         """DESIGN §7: the writable layer becomes a local layer file, then the row commits."""
-        await self._devices.detach(active.id, self._layout.block_dir(active.id))
+        await self._devices.detach(active.id)
         await self._layers.commit_writable_layer(active, zfile)
         await self._layers.keep_writable_config(active.id)
         await self._commit_record(active, name, labels)
@@ -412,7 +412,7 @@ class Snapshotter:
         if await self._layers.storage_type(active) is StorageType.LOCAL_BLOCK:
             parent = self._store.find(active.parent) if active.parent else None
             await self._layers.write_local_config(active, parent)
-            committed_labels[L.LOCAL_COMMIT_PATH] = str(self._layers.commit_file(active.id))
+            committed_labels[L.LOCAL_COMMIT_PATH] = str(self._layout.commit_file(active.id))
         usage = await self._blocking(disk_usage, self._layout.fs_dir(active.id))
         await self._store.commit(active.key, name, usage, committed_labels)
 
@@ -457,15 +457,14 @@ class Snapshotter:
     async def _detach_unless_busy(self, record: Record) -> None:
         if not await self._may_have_device(record):
             return
-        block_dir = self._layout.block_dir(record.id)
-        if not await self._devices.is_marked(block_dir):
+        if not await self._devices.is_marked(record.id):
             return
         if record.rw_mode != DEV and await self._blocking(
-            overlay_uses, self._layout.mountpoint(record.id)
+            self._mounter.overlay_uses, self._layout.block(record.id).mountpoint
         ):
             log.info("snapshot %r: device still used by an overlay mount; kept", record.key)
             return
-        await self._devices.detach(record.id, block_dir)
+        await self._devices.detach(record.id)
 
     async def _remove_dirs(self) -> None:
         while True:
@@ -533,7 +532,7 @@ class Snapshotter:
                 report.kept.append(orphan.name)
         for snapshot_id in attached - self._store.ids():
             # Only our own: another snapshotter on this host may use the same HBA.
-            if await self._devices.owns(snapshot_id, self._layout.block_dir(snapshot_id)):
+            if await self._devices.owns(snapshot_id):
                 if await self._release_orphan_device(snapshot_id):
                     report.devices_released += 1
                 else:
@@ -542,12 +541,13 @@ class Snapshotter:
 
     async def _unmount_strays(self, orphan: Path, report: CleanupReport) -> bool:
         """Unmount what is mounted under an orphan directory; False if one is still in use."""
-        for point in sorted(await self._blocking(mounts_under, orphan), key=len, reverse=True):
-            if await self._blocking(overlay_uses, Path(point)):
+        points = await self._blocking(self._mounter.mounts_under, orphan)
+        for point in sorted(points, key=len, reverse=True):
+            if await self._blocking(self._mounter.overlay_uses, Path(point)):
                 log.info("cleanup: %s is the lower of an overlay; kept", point)
                 return False
             try:
-                await unmount(Path(point))
+                await self._mounter.unmount(Path(point))
             except SnapshotError as exc:
                 log.warning("cleanup: could not unmount %s: %s", point, exc)
                 return False
@@ -556,19 +556,19 @@ class Snapshotter:
         return True
 
     async def _has_device(self, snapshot_id: int, attached: set[int]) -> bool:
-        block_dir = self._layout.block_dir(snapshot_id)
-        if snapshot_id in attached and await self._devices.may_own(snapshot_id, block_dir):
+        if snapshot_id in attached and await self._devices.may_own(snapshot_id):
             return True
-        return await self._devices.is_marked(block_dir)
+        return await self._devices.is_marked(snapshot_id)
 
     async def _release_orphan_device(self, snapshot_id: int) -> bool:
         """Detach the device of a snapshot that is gone; False if an overlay still uses it."""
         async with self._locks.hold(snapshot_id):
-            if await self._blocking(overlay_uses, self._layout.mountpoint(snapshot_id)):
+            mountpoint = self._layout.block(snapshot_id).mountpoint
+            if await self._blocking(self._mounter.overlay_uses, mountpoint):
                 log.info("cleanup: device of removed snapshot %d is still in use", snapshot_id)
                 return False
             try:
-                await self._devices.detach(snapshot_id, self._layout.block_dir(snapshot_id))
+                await self._devices.detach(snapshot_id)
             except (OSError, SnapshotError) as exc:
                 log.warning("cleanup: could not detach device %d: %s", snapshot_id, exc)
                 return False
@@ -590,8 +590,7 @@ class Snapshotter:
                     committed = record is not None and record.kind == Kind.COMMITTED
                     outcome = await self._settle_commit(intent.snapshot_id, committed=committed)
                 else:
-                    block_dir = self._layout.block_dir(intent.snapshot_id)
-                    outcome = await self._devices.reconcile(intent, block_dir)
+                    outcome = await self._devices.reconcile(intent)
                 await self._store.clear_intent(intent)
             except (OSError, SnapshotError) as exc:
                 log.warning("%s, interrupted, could not be settled: %s", what, exc)

@@ -17,27 +17,15 @@ from typing import Protocol
 
 from obdsnap.blocking import BlockingRunner
 from obdsnap.device.backend import AttachError, DeviceBackend
-from obdsnap.device.filesystem import (
-    FsSpec,
-    flush_device,
-    make_filesystem,
-    mount_device,
-    remove_lost_and_found,
-    unmount,
-)
+from obdsnap.device.filesystem import FsSpec
+from obdsnap.device.mounter import Mounter
 from obdsnap.errors import failure_context
 from obdsnap.fsutil import make_real_directory, write_file_no_follow
-from obdsnap.layout import PRIVATE_DIR_MODE
+from obdsnap.layout import PRIVATE_DIR_MODE, BlockDir, Layout
 from obdsnap.locks import CountedSemaphore
-from obdsnap.mountinfo import is_mounted, mounted_source
 from obdsnap.storage import Intent, Operation
 
 log = logging.getLogger(__name__)
-
-BACKSTORE_MARK = "backstore_mark"
-MOUNTPOINT = "mountpoint"
-CONFIG = "config.v1.json"
-RESULT_FILE = "init-debug.log"
 
 
 class MountMode(enum.Enum):
@@ -79,21 +67,23 @@ class DeviceManager:
     def __init__(
         self,
         backend: DeviceBackend,
+        layout: Layout,
+        mounter: Mounter,
         blocking: BlockingRunner,
         journal: IntentJournal,
         max_attaching: int,
         observer: AttachObserver = _UNOBSERVED,
     ) -> None:
         self._backend = backend
+        self._layout = layout
+        self._mounter = mounter
         self._blocking = blocking
         self._journal = journal
         self._observer = observer
         # Image opens beyond this many wait their turn instead of all hitting the kernel.
         self.attaching = CountedSemaphore(max_attaching)
 
-    async def attach(
-        self, snapshot_id: int, block_dir: Path, spec: FsSpec, *, mkfs: bool, mode: MountMode
-    ) -> Path:
+    async def attach(self, snapshot_id: int, spec: FsSpec, *, mkfs: bool, mode: MountMode) -> Path:
         """The device of a snapshot, attached and mounted as far as it is not already.
 
         A device that is still set up (the snapshotter died before mounting it, or
@@ -101,36 +91,40 @@ class DeviceManager:
         attach with work to do is recorded as an intent.
         """
         with failure_context(snapshot_id=snapshot_id, step="attach"):
-            done = await self._finished_attach(snapshot_id, block_dir, mode)
+            done = await self._finished_attach(snapshot_id, mode)
             if done is not None:
                 return done
             async with self._journal.intent(snapshot_id, Operation.ATTACH):
-                device = await self._set_up_device(snapshot_id, block_dir)
-                return await self._attach(
-                    snapshot_id, block_dir, device, spec, mkfs=mkfs, mode=mode
-                )
+                device = await self._set_up_device(snapshot_id)
+                return await self._attach(snapshot_id, device, spec, mkfs=mkfs, mode=mode)
 
-    async def _finished_attach(
-        self, snapshot_id: int, block_dir: Path, mode: MountMode
-    ) -> Path | None:
+    async def _finished_attach(self, snapshot_id: int, mode: MountMode) -> Path | None:
         """The device, if its attach is done: marked, and mounted where a mount is wanted."""
         if mode is MountMode.NONE:
-            return await self._marked_device(snapshot_id, block_dir)
+            return await self._marked_device(snapshot_id)
         # The common case, e.g. the next container on an image: one hop, no configfs.
-        return await self._blocking(_marked_and_mounted, block_dir)
+        return await self._blocking(self._marked_and_mounted, self._layout.block(snapshot_id))
 
-    async def _marked_device(self, snapshot_id: int, block_dir: Path) -> Path | None:
-        """The set-up device, if the mark (an attach's last step) names it."""
-        device = await self._set_up_device(snapshot_id, block_dir)
-        if device is None or device != await self._blocking(_read_mark, block_dir / BACKSTORE_MARK):
+    def _marked_and_mounted(self, block: BlockDir) -> Path | None:
+        """Blocking: the marked device, if it is what is mounted on the mountpoint."""
+        device = _read_mark(block.mark)
+        if device is None or self._mounter.mounted_source(block.mountpoint) != str(device):
             return None
         return device
 
-    async def _set_up_device(self, snapshot_id: int, block_dir: Path) -> Path | None:
+    async def _marked_device(self, snapshot_id: int) -> Path | None:
+        """The set-up device, if the mark (an attach's last step) names it."""
+        device = await self._set_up_device(snapshot_id)
+        mark = self._layout.block(snapshot_id).mark
+        if device is None or device != await self._blocking(_read_mark, mark):
+            return None
+        return device
+
+    async def _set_up_device(self, snapshot_id: int) -> Path | None:
         """The node of the snapshot's device if it is set up; refuses another image's."""
         if not await self._backend.has_entries(snapshot_id):
             return None
-        if not await self.may_own(snapshot_id, block_dir):
+        if not await self.may_own(snapshot_id):
             raise AttachError(
                 f"device dev_{snapshot_id} is set up for another image "
                 f"({await self._backend.configured_image(snapshot_id)}): "
@@ -141,68 +135,59 @@ class DeviceManager:
         return await self._backend.find_device(snapshot_id)
 
     async def _attach(
-        self,
-        snapshot_id: int,
-        block_dir: Path,
-        device: Path | None,
-        spec: FsSpec,
-        *,
-        mkfs: bool,
-        mode: MountMode,
+        self, snapshot_id: int, device: Path | None, spec: FsSpec, *, mkfs: bool, mode: MountMode
     ) -> Path:
         """On from where ``device`` (set up, or None) left off: set up, mkfs, mount, mark."""
-        mountpoint = block_dir / MOUNTPOINT
+        block = self._layout.block(snapshot_id)
         if device is None and await self._backend.has_entries(snapshot_id):
             # A set-up or tear-down that died half-way: start over.
             await self._backend.detach(snapshot_id)
         fresh = device is None
         started = time.perf_counter()
         if device is None:
-            device, started = await self._new_device(snapshot_id, block_dir)
+            device, started = await self._new_device(snapshot_id, block)
         try:
             if mkfs and fresh:
-                await make_filesystem(device, spec)
-                # containerd expects a snapshot without parent to start empty.
-                await remove_lost_and_found(device, spec)
-            if mode is not MountMode.NONE and not await self._blocking(is_mounted, mountpoint):
+                await self._mounter.make_filesystem(device, spec)
+            if mode is not MountMode.NONE and not await self._is_mounted(block.mountpoint):
                 with failure_context(step="mountpoint"):
-                    await self._blocking(make_real_directory, mountpoint, PRIVATE_DIR_MODE)
-                await mount_device(device, mountpoint, spec, readonly=mode is MountMode.READ_ONLY)
+                    await self._blocking(make_real_directory, block.mountpoint, PRIVATE_DIR_MODE)
+                await self._mounter.mount(
+                    device, block.mountpoint, spec, readonly=mode is MountMode.READ_ONLY
+                )
                 with failure_context(step="disk-timeout"):
                     await self._backend.set_disk_timeout(device)
             with failure_context(step="mark"):
-                await self._blocking(_write_mark, block_dir / BACKSTORE_MARK, device)
+                await self._blocking(_write_mark, block.mark, device)
         except BaseException as exc:
             if fresh:
                 if isinstance(exc, Exception):
                     self._observer.attach_failed(exc)
-                await asyncio.shield(self._undo_attach(snapshot_id, mountpoint))
+                await asyncio.shield(self._undo_attach(snapshot_id, block.mountpoint))
             raise
         if fresh:
             self._observer.attached(time.perf_counter() - started)
             log.info("snapshot %d: device %s attached (%s)", snapshot_id, device, mode.value)
         return device
 
-    async def _new_device(self, snapshot_id: int, block_dir: Path) -> tuple[Path, float]:
+    async def _new_device(self, snapshot_id: int, block: BlockDir) -> tuple[Path, float]:
         """Set up the device, in turn at the cap; the node, and when its turn came."""
         async with self.attaching:
             started = time.perf_counter()
             try:
-                device = await self._backend.attach(
-                    snapshot_id, block_dir / CONFIG, block_dir / RESULT_FILE
-                )
+                device = await self._backend.attach(snapshot_id, block.config, block.result_file)
             except Exception as exc:
                 self._observer.attach_failed(exc)
                 raise
         return device, started
 
-    async def detach(self, snapshot_id: int, block_dir: Path) -> None:
+    async def detach(self, snapshot_id: int) -> None:
         """Unmount and tear down the device; its data is on the layer files when this returns."""
         with failure_context(snapshot_id=snapshot_id, step="detach"):
             async with self._journal.intent(snapshot_id, Operation.DETACH):
-                await self._detach(snapshot_id, block_dir)
+                await self._detach(snapshot_id)
 
-    async def reconcile(self, intent: Intent, block_dir: Path) -> str:
+    async def reconcile(self, intent: Intent) -> str:
         """Finish or roll back an attach or detach a crash cut short; what was done.
 
         An attach that got as far as its mark (its last step) is kept: a container
@@ -210,60 +195,56 @@ class DeviceManager:
         A detach is finished.
         """
         if intent.operation is Operation.ATTACH:
-            if await self._marked_device(intent.snapshot_id, block_dir) is not None:
+            if await self._marked_device(intent.snapshot_id) is not None:
                 return "kept: it had finished"
-            await self._detach(intent.snapshot_id, block_dir)
+            await self._detach(intent.snapshot_id)
             return "rolled back"
-        await self._detach(intent.snapshot_id, block_dir)
+        await self._detach(intent.snapshot_id)
         return "finished"
 
-    async def _detach(self, snapshot_id: int, block_dir: Path) -> None:
-        mountpoint = block_dir / MOUNTPOINT
-        device = await self._blocking(_read_mark, block_dir / BACKSTORE_MARK)
-        ours = await self.may_own(snapshot_id, block_dir)
+    async def _detach(self, snapshot_id: int) -> None:
+        block = self._layout.block(snapshot_id)
+        device = await self._blocking(_read_mark, block.mark)
+        ours = await self.may_own(snapshot_id)
         if not ours:
             log.warning("dev_%d belongs to another image; left alone", snapshot_id)
         if ours and device is not None and await self._backend.is_attached(snapshot_id):
             # The filesystem may still be mounted elsewhere (a container's namespace):
             # its dirty data must reach the device before the device goes.
-            await flush_device(device)
-        if await self._blocking(is_mounted, mountpoint):
-            await unmount(mountpoint)
+            await self._mounter.flush(device)
+        if await self._is_mounted(block.mountpoint):
+            await self._mounter.unmount(block.mountpoint)
         if ours:
             await self._backend.detach(snapshot_id)
-        await self._blocking(_remove_mark, block_dir / BACKSTORE_MARK)
+        await self._blocking(_remove_mark, block.mark)
         log.info("snapshot %d: device detached", snapshot_id)
 
-    async def is_marked(self, block_dir: Path) -> bool:
+    async def is_marked(self, snapshot_id: int) -> bool:
         """Whether an attach got to its end and no detach has undone it since."""
-        return await self._blocking((block_dir / BACKSTORE_MARK).exists)
+        return await self._blocking(self._layout.block(snapshot_id).mark.exists)
+
+    async def _is_mounted(self, path: Path) -> bool:
+        return await self._blocking(self._mounter.mounted_source, path) is not None
 
     async def attached_ids(self) -> set[int]:
         return await self._backend.attached_ids()
 
-    async def owns(self, snapshot_id: int, block_dir: Path) -> bool:
+    async def owns(self, snapshot_id: int) -> bool:
         """Whether the device ``dev_<ID>`` was set up from this snapshot's config."""
         configured = await self._backend.configured_image(snapshot_id)
-        return configured == self._backend.dev_config(block_dir / CONFIG)
+        return configured == self._backend.dev_config(self._layout.block(snapshot_id).config)
 
-    async def may_own(self, snapshot_id: int, block_dir: Path) -> bool:
+    async def may_own(self, snapshot_id: int) -> bool:
         """Ours, or not configured yet (a set-up that died before writing its dev_config)."""
         configured = await self._backend.configured_image(snapshot_id)
-        return configured is None or configured == self._backend.dev_config(block_dir / CONFIG)
+        own_config = self._layout.block(snapshot_id).config
+        return configured is None or configured == self._backend.dev_config(own_config)
 
     async def _undo_attach(self, snapshot_id: int, mountpoint: Path) -> None:
-        if await self._blocking(is_mounted, mountpoint):
+        if await self._is_mounted(mountpoint):
             with contextlib.suppress(Exception):
-                await unmount(mountpoint)
+                await self._mounter.unmount(mountpoint)
         await self._backend.detach(snapshot_id)
-
-
-def _marked_and_mounted(block_dir: Path) -> Path | None:
-    """Blocking: the marked device, if it is what is mounted on the mountpoint."""
-    device = _read_mark(block_dir / BACKSTORE_MARK)
-    if device is None or mounted_source(block_dir / MOUNTPOINT) != str(device):
-        return None
-    return device
 
 
 def _write_mark(path: Path, device: Path) -> None:

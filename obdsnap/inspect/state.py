@@ -19,7 +19,6 @@ from pathlib import Path
 
 from obdsnap import filters
 from obdsnap.config import BootConfig
-from obdsnap.device.manager import BACKSTORE_MARK, CONFIG, RESULT_FILE
 from obdsnap.device.tcmu import TcmuBackend, dev_config, info_config, read_result
 from obdsnap.errors import SnapshotError
 from obdsnap.fsutil import disk_usage
@@ -140,16 +139,16 @@ class Inspector:
         return rows
 
     def _snapshot_row(self, record: Record, mounts: set[str], *, usage: bool) -> SnapshotRow:
-        snapshot_dir = self.layout.snapshot_dir(record.id)
         try:
-            storage_type = detect_storage_type(record.info.labels, snapshot_dir).value
+            storage_type = detect_storage_type(record.info.labels, self.layout, record.id).value
         except OSError as exc:
             storage_type = f"unknown ({exc.strerror})"
-        mountpoint = self.layout.mountpoint(record.id)
+        block = self.layout.block(record.id)
+        mountpoint = block.mountpoint
         return SnapshotRow(
             record,
             storage_type,
-            _read_line(self.layout.block_dir(record.id) / BACKSTORE_MARK),
+            _read_line(block.mark),
             str(mountpoint),
             str(mountpoint) in mounts,
             self._usage(record) if usage else None,
@@ -166,7 +165,7 @@ class Inspector:
     def devices(self, metadata: Metadata) -> list[DeviceRow]:
         by_id = metadata.by_id()
         targets = self._tcmu.target_ids()
-        marked = {i for i in by_id if (self.layout.block_dir(i) / BACKSTORE_MARK).exists()}
+        marked = {i for i in by_id if self.layout.block(i).mark.exists()}
         failed = {i for i in by_id if self._result(i).startswith("failed")}
         mounts = _mounted_points()
         return [
@@ -177,16 +176,16 @@ class Inspector:
     def _device_row(
         self, snapshot_id: int, record: Record | None, target: bool, mounts: set[str]
     ) -> DeviceRow:
-        block_dir = self.layout.block_dir(snapshot_id)
+        block = self.layout.block(snapshot_id)
         configured = info_config(self._tcmu.read_info(snapshot_id) or "") if target else None
-        ours = target and record is not None and configured == dev_config(block_dir / CONFIG)
+        ours = target and record is not None and configured == dev_config(block.config)
         under_root = configured is not None and configured.startswith(
             dev_config(self.layout.snapshots) + "/"
         )
-        mark = _read_line(block_dir / BACKSTORE_MARK)
+        mark = _read_line(block.mark)
         result = self._result(snapshot_id) if record is not None or under_root else ""
         device_node = self._tcmu.find_disk(snapshot_id) if target else None
-        mountpoint = self.layout.mountpoint(snapshot_id)
+        mountpoint = block.mountpoint
         return DeviceRow(
             snapshot_id,
             record.key if record is not None else "",
@@ -200,7 +199,7 @@ class Inspector:
         )
 
     def _result(self, snapshot_id: int) -> str:
-        text = read_result(self.layout.block_dir(snapshot_id) / RESULT_FILE)
+        text = read_result(self.layout.block(snapshot_id).result_file)
         lines = [line for line in text.splitlines() if line.strip()]
         return lines[-1].strip() if lines else ""
 

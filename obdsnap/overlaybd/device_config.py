@@ -20,7 +20,6 @@ from obdsnap import labels as L
 from obdsnap.errors import InvalidArgument
 from obdsnap.fsutil import fsync_path
 
-CONFIG_NAME = "config.v1.json"
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]+)?$")
 _REPOSITORY = re.compile(r"^[A-Za-z0-9._/-]*$")
 

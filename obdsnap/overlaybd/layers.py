@@ -24,14 +24,6 @@ from obdsnap.overlaybd.storage_type import StorageType, detect_storage_type
 from obdsnap.overlaybd.tools import OverlaybdTools, ZFileConfig
 from obdsnap.storage import Kind, Record
 
-WRITABLE_DATA = "writable_data"
-WRITABLE_INDEX = "writable_index"
-COMMIT_FILE = "overlaybd.commit"
-PARTIAL_COMMIT_FILE = ".overlaybd.commit.partial"
-# The writable layer's device config, kept while a commit replaces it, for a roll-back.
-WRITABLE_CONFIG_KEPT = "config.v1.json.writable"
-RESULT_FILE = "init-debug.log"
-
 
 class BlockLayers:
     def __init__(
@@ -46,10 +38,7 @@ class BlockLayers:
     # ------------------------------------------------------------------ paths
 
     def config_path(self, snapshot_id: int) -> Path:
-        return self._layout.block_dir(snapshot_id) / device_config.CONFIG_NAME
-
-    def commit_file(self, snapshot_id: int) -> Path:
-        return self._layout.fs_dir(snapshot_id) / COMMIT_FILE
+        return self._layout.block(snapshot_id).config
 
     # ------------------------------------------------------------------ storage type
 
@@ -59,7 +48,7 @@ class BlockLayers:
         if cached is not None:
             return cached
         found = await self._blocking(
-            detect_storage_type, record.info.labels, self._layout.snapshot_dir(record.id)
+            detect_storage_type, record.info.labels, self._layout, record.id
         )
         if record.kind == Kind.COMMITTED:
             self._committed_types[record.id] = found
@@ -82,7 +71,7 @@ class BlockLayers:
     async def config_from_parent(self, snapshot_id: int, parent: Record | None) -> DeviceConfig:
         """A layer's config always starts from its parent's (lowers and repoBlobUrl)."""
         base = DeviceConfig() if parent is None else await self.read_config(parent.id)
-        result_file = str(self._layout.block_dir(snapshot_id) / RESULT_FILE)
+        result_file = str(self._layout.block(snapshot_id).result_file)
         return DeviceConfig(
             repo_blob_url=base.repo_blob_url, lowers=base.lowers, result_file=result_file
         )
@@ -114,7 +103,7 @@ class BlockLayers:
             Lower(
                 digest=labels[L.BLOB_DIGEST],
                 size=size,
-                dir=str(self._layout.block_dir(record.id)),
+                dir=str(self._layout.block(record.id).path),
             )
         )
         await self.write_config(record.id, config)
@@ -143,8 +132,8 @@ class BlockLayers:
     # ------------------------------------------------------------------ writable layers
 
     async def create_writable_layer(self, record: Record, parent: Record | None) -> None:
-        block = self._layout.block_dir(record.id)
-        data, index = block / WRITABLE_DATA, block / WRITABLE_INDEX
+        block = self._layout.block(record.id)
+        data, index = block.writable_data, block.writable_index
         with failure_context(snapshot_id=record.id, step="overlaybd-create"):
             await self._tools.create_writable_layer(data, index, sparse=self._sparse)
         config = await self.config_from_parent(record.id, parent)
@@ -158,35 +147,35 @@ class BlockLayers:
         The tool writes a partial file that is renamed into place once complete, so
         a commit cut by a crash leaves no half layer file and can simply be retried.
         """
-        block = self._layout.block_dir(record.id)
-        partial = self._layout.fs_dir(record.id) / PARTIAL_COMMIT_FILE
+        block = self._layout.block(record.id)
+        partial = self._layout.partial_commit_file(record.id)
         with failure_context(snapshot_id=record.id, step="overlaybd-commit"):
             await self._blocking(_remove_files, partial)
             await self._tools.commit_writable_layer(
-                block / WRITABLE_DATA, block / WRITABLE_INDEX, partial, zfile
+                block.writable_data, block.writable_index, partial, zfile
             )
-            await self._blocking(_publish, partial, self.commit_file(record.id))
+            await self._blocking(_publish, partial, self._layout.commit_file(record.id))
 
     async def keep_writable_config(self, snapshot_id: int) -> None:
         """Before a commit replaces the writable layer's config: keep it for a roll-back."""
-        kept = self._layout.block_dir(snapshot_id) / WRITABLE_CONFIG_KEPT
-        await self._blocking(_keep, self.config_path(snapshot_id), kept)
+        block = self._layout.block(snapshot_id)
+        await self._blocking(_keep, block.config, block.kept_config)
 
     async def roll_back_commit(self, snapshot_id: int) -> None:
         """Undo a commit that did not reach the metadata: the writable layer is as it was."""
-        kept = self._layout.block_dir(snapshot_id) / WRITABLE_CONFIG_KEPT
-        fs = self._layout.fs_dir(snapshot_id)
-        await self._blocking(_restore, kept, self.config_path(snapshot_id))
-        await self._blocking(_remove_files, fs / PARTIAL_COMMIT_FILE, self.commit_file(snapshot_id))
+        block = self._layout.block(snapshot_id)
+        await self._blocking(_restore, block.kept_config, block.config)
+        await self._blocking(
+            _remove_files,
+            self._layout.partial_commit_file(snapshot_id),
+            self._layout.commit_file(snapshot_id),
+        )
 
     async def drop_writable_layer(self, snapshot_id: int) -> None:
         """After the commit reached the metadata: the layer file has the data now."""
-        block = self._layout.block_dir(snapshot_id)
+        block = self._layout.block(snapshot_id)
         await self._blocking(
-            _remove_files,
-            block / WRITABLE_DATA,
-            block / WRITABLE_INDEX,
-            block / WRITABLE_CONFIG_KEPT,
+            _remove_files, block.writable_data, block.writable_index, block.kept_config
         )
 
 

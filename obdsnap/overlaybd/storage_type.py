@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from obdsnap import labels as L
+from obdsnap.layout import Layout
 
 ZFILE_MAGIC = (281910587246170, 7384066304294679924, 7017278244700045632)
 LSMT_MAGIC = (564050879402828, 5478704352671792741, 9993152565363659426)
@@ -30,23 +31,22 @@ def is_remote_layer(labels: Mapping[str, str]) -> bool:
     )
 
 
-def detect_storage_type(labels: Mapping[str, str], snapshot_dir: Path) -> StorageType:
+def detect_storage_type(labels: Mapping[str, str], layout: Layout, snapshot_id: int) -> StorageType:
     """Blocking: the checks of the Go snapshotter, in its order.
 
-    Labels first; then ``fs/overlaybd.commit`` and ``block/writable_data``: a file
-    with the overlaybd magic is a local block layer, a non-empty file without it
-    a normal layer; then a device config marks a remote layer.
+    Labels first; then the committed layer file and the writable layer's data: a
+    file with the overlaybd magic is a local block layer, a non-empty file without
+    it a normal layer; then a device config marks a remote layer.
     """
     if is_remote_layer(labels):
         return StorageType.REMOTE_BLOCK
-    for layer_file, tolerate_errors in (
-        (snapshot_dir / "fs" / "overlaybd.commit", True),
-        (snapshot_dir / "block" / "writable_data", False),
-    ):
+    block = layout.block(snapshot_id)
+    commit_file = layout.commit_file(snapshot_id)
+    for layer_file, tolerate_errors in ((commit_file, True), (block.writable_data, False)):
         header = _read_header(layer_file, tolerate_errors)
         if header:
             return StorageType.LOCAL_BLOCK if has_overlaybd_magic(header) else StorageType.NORMAL
-    if (snapshot_dir / "block" / "config.v1.json").exists():
+    if block.config.exists():
         return StorageType.REMOTE_BLOCK
     return StorageType.NORMAL
 

@@ -151,7 +151,7 @@ def adopted_records(records: list[Record], layout: Layout, rw_mode: str) -> list
             parent = by_key.get(key)
             block_parents[key] = (
                 parent is not None
-                and detect_storage_type(parent.info.labels, layout.snapshot_dir(parent.id))
+                and detect_storage_type(parent.info.labels, layout, parent.id)
                 is not StorageType.NORMAL
             )
         return block_parents[key]
@@ -167,7 +167,7 @@ def adopted_records(records: list[Record], layout: Layout, rw_mode: str) -> list
         chosen = labels.get(L.WRITABLE, rw_mode)
         if chosen not in (DIR, DEV):
             return OVERLAYFS
-        has_layer = (layout.block_dir(record.id) / "writable_data").exists()
+        has_layer = layout.block(record.id).writable_data.exists()
         return chosen if has_layer else OVERLAYFS
 
     return [replace(record, rw_mode=mode(record), ready=True) for record in records]

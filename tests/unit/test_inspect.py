@@ -112,8 +112,8 @@ def node(tmp_path: Path) -> tuple[Inspector, Layout, Path]:
     ]
     write_new_store(layout.metadata_db, records, 3)
     for item in records:
-        layout.block_dir(item.id).mkdir(parents=True)
-        (layout.block_dir(item.id) / "init-debug.log").write_text("")
+        layout.block(item.id).path.mkdir(parents=True)
+        layout.block(item.id).result_file.write_text("")
     configfs, sysfs = tmp_path / "configfs", tmp_path / "sysfs"
     config = BootConfig(root=str(layout.root), configfs_root=str(configfs), sysfs_root=str(sysfs))
     return Inspector(config), layout, configfs
@@ -131,11 +131,11 @@ def test_devices_flag_orphans_and_tell_foreign_targets_apart(
     node: tuple[Inspector, Layout, Path], tmp_path: Path
 ) -> None:
     inspector, layout, configfs = node
-    add_target(configfs, 1, layout.block_dir(1) / "config.v1.json")  # ours, no mark yet
-    add_target(configfs, 7, layout.block_dir(7) / "config.v1.json")  # no snapshot 7 here
+    add_target(configfs, 1, layout.block(1).config)  # ours, no mark yet
+    add_target(configfs, 7, layout.block(7).config)  # no snapshot 7 here
     add_target(configfs, 8, tmp_path / "elsewhere/config.v1.json")  # another snapshotter's
-    (layout.block_dir(3) / "backstore_mark").write_text("/dev/sdq")  # a mark, no device
-    (layout.block_dir(2) / "init-debug.log").write_text("success\nfailed:timeout\n")
+    layout.block(3).mark.write_text("/dev/sdq")  # a mark, no device
+    layout.block(2).result_file.write_text("success\nfailed:timeout\n")
     rows = {row.snapshot_id: row for row in inspector.devices(inspector.metadata())}
     assert {i: (r.state, r.ours, r.orphan) for i, r in rows.items()} == {
         1: ("attaching", True, False),

@@ -47,7 +47,7 @@ def test_layout_paths(layout: Layout) -> None:
     assert layout.snapshot_dir(12) == root / "snapshots" / "12"
     assert layout.fs_dir(12) == root / "snapshots" / "12" / "fs"
     assert layout.work_dir(12) == root / "snapshots" / "12" / "work"
-    assert layout.block_dir(12) == root / "snapshots" / "12" / "block"
+    assert layout.block(12).path == root / "snapshots" / "12" / "block"
 
 
 def test_create_root_is_private(layout: Layout) -> None:

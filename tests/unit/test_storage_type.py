@@ -4,13 +4,14 @@ from pathlib import Path
 import pytest
 
 from obdsnap import labels as L
+from obdsnap.layout import Layout
 from obdsnap.overlaybd.storage_type import (
     LSMT_MAGIC,
     ZFILE_MAGIC,
     StorageType,
-    detect_storage_type,
     has_overlaybd_magic,
 )
+from obdsnap.overlaybd.storage_type import detect_storage_type as detect_storage_type_of
 
 REMOTE_LABELS = {
     L.TARGET_SNAPSHOT_REF: "sha256:abc",
@@ -24,11 +25,19 @@ def header(magic: tuple[int, int, int]) -> bytes:
     return struct.pack("<3Q", *magic) + b"\0" * 8
 
 
+SNAPSHOT_ID = 1
+
+
 @pytest.fixture
 def snapshot(tmp_path: Path) -> Path:
-    (tmp_path / "fs").mkdir()
-    (tmp_path / "block").mkdir()
-    return tmp_path
+    directory = Layout(tmp_path).snapshot_dir(SNAPSHOT_ID)
+    (directory / "fs").mkdir(parents=True)
+    (directory / "block").mkdir()
+    return directory
+
+
+def detect_storage_type(labels: dict[str, str], snapshot: Path) -> StorageType:
+    return detect_storage_type_of(labels, Layout(snapshot.parent.parent), SNAPSHOT_ID)
 
 
 def test_remote_labels_win(snapshot: Path) -> None:

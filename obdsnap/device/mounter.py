@@ -1,0 +1,70 @@
+"""What obdsnap does to the host's filesystems: mkfs, mount, unmount, flush, and the mount table.
+
+One seam, so that a test can run the snapshotter in-process without root; the
+mount-table queries are blocking (run them on the BlockingRunner), the rest are
+async commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from obdsnap import mountinfo
+from obdsnap.device import filesystem
+from obdsnap.device.filesystem import FsSpec
+
+
+class Mounter(Protocol):
+    def mounted_source(self, path: Path) -> str | None:
+        """Blocking: the source of what is mounted on ``path`` (the topmost mount), if any."""
+        ...
+
+    def mounts_under(self, path: Path) -> list[str]:
+        """Blocking: mount points at or below ``path``."""
+        ...
+
+    def overlay_uses(self, path: Path) -> bool:
+        """Blocking: whether an overlay mount names ``path`` in its options."""
+        ...
+
+    async def make_filesystem(self, device: Path, spec: FsSpec) -> None:
+        """A fresh, empty filesystem on ``device``."""
+        ...
+
+    async def mount(
+        self, device: Path, mountpoint: Path, spec: FsSpec, *, readonly: bool
+    ) -> None: ...
+
+    async def unmount(self, mountpoint: Path) -> None: ...
+
+    async def flush(self, device: Path) -> None:
+        """Write back the device's buffers and the filesystem on it, wherever it is mounted."""
+        ...
+
+
+class HostMounter:
+    """The real thing: mkfs(8), mount(8), umount(8), blockdev(8) and /proc/self/mountinfo."""
+
+    def mounted_source(self, path: Path) -> str | None:
+        return mountinfo.mounted_source(path)
+
+    def mounts_under(self, path: Path) -> list[str]:
+        return mountinfo.mounts_under(path)
+
+    def overlay_uses(self, path: Path) -> bool:
+        return mountinfo.overlay_uses(path)
+
+    async def make_filesystem(self, device: Path, spec: FsSpec) -> None:
+        await filesystem.make_filesystem(device, spec)
+        # containerd expects a snapshot without parent to start empty.
+        await filesystem.remove_lost_and_found(device, spec)
+
+    async def mount(self, device: Path, mountpoint: Path, spec: FsSpec, *, readonly: bool) -> None:
+        await filesystem.mount_device(device, mountpoint, spec, readonly=readonly)
+
+    async def unmount(self, mountpoint: Path) -> None:
+        await filesystem.unmount(mountpoint)
+
+    async def flush(self, device: Path) -> None:
+        await filesystem.flush_device(device)
