@@ -1,6 +1,7 @@
 # obdsnap — containerd proxy snapshotter for overlaybd images.
 #   make run     install what is needed, start obdsnap with a local default config
 #   make test    install what is needed, run the whole test suite
+#   make unit-test, make integration-test   the suite in two halves: tests/unit, the rest
 #   make lint    ruff + mypy --strict
 #   make proto   regenerate obdsnap/genproto from proto/
 #   make install install on this node: /opt/obdsnap, /usr/local/bin/obdsnap, units, config
@@ -66,6 +67,9 @@ test: deps lint
 
 unit-test: py-deps
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit
+
+integration-test: deps
+	$(PYTHON) -m pytest -p no:cacheprovider -ra tests --ignore=tests/unit
 
 lint: py-deps
 	$(PYTHON) -m ruff check obdsnap tcmusim tests benchmarks

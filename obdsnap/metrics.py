@@ -75,7 +75,7 @@ class SnapshotState(Protocol):
 
 class Metrics:
     """The registry. It observes the calls, the attaches (device.manager.AttachObserver)
-    and the metadata commits (storage.metastore.CommitObserver), and reads the
+    and the metadata commits (storage.writer.CommitObserver), and reads the
     sources it is told to watch when scraped."""
 
     def __init__(self) -> None:

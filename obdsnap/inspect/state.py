@@ -27,13 +27,13 @@ from obdsnap.mountinfo import read_mounts
 from obdsnap.overlaybd.storage_type import detect_storage_type
 from obdsnap.runstatus import ServingStatus, read_status
 from obdsnap.snapshotter import info_fields
-from obdsnap.storage.metastore import (
+from obdsnap.storage.model import Intent, Kind, Record, Usage
+from obdsnap.storage.sqlite import (
     SELECT_INTENTS,
     SELECT_RECORDS,
     intent_from_row,
     record_from_row,
 )
-from obdsnap.storage.model import Intent, Kind, Record, Usage
 
 
 class InspectError(Exception):

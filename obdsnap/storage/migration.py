@@ -36,8 +36,9 @@ from obdsnap.storage.gometa import (
     bolt_from_records,
     records_from_bolt,
 )
-from obdsnap.storage.metastore import MetaStore, StoreError, write_new_store
+from obdsnap.storage.metastore import MetaStore
 from obdsnap.storage.model import Kind, Record
+from obdsnap.storage.sqlite import StoreError, write_new_store
 
 log = logging.getLogger(__name__)
 

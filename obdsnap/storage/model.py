@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeAlias
 
 
 class Kind(enum.IntEnum):
@@ -106,13 +107,13 @@ class Intent:
     started_at: datetime
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def now_ns() -> int:
     """Now, in nanoseconds since the Unix epoch (Go's time.Now() has them too)."""
     return time.time_ns()
+
+
+# What a store reads the time from: now_ns, or a test's clock.
+Clock: TypeAlias = Callable[[], int]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -14,22 +14,9 @@ from hypothesis import strategies as st
 
 from obdsnap import filters
 from obdsnap.errors import InvalidArgument
-from obdsnap.filters import (
-    ALWAYS,
-    All,
-    Any,
-    Equal,
-    Filter,
-    Lookup,
-    Matches,
-    NotEqual,
-    Present,
-    _Lexeme,
-    _Scanner,
-    _Token,
-    parse,
-    parse_all,
-)
+from obdsnap.filters import Filter, Lookup, parse, parse_all
+from obdsnap.filters.matching import ALWAYS, All, Any, Equal, Matches, NotEqual, Present
+from obdsnap.filters.scanner import Lexeme, Scanner, Token
 
 # --- filter_test.go: TestFilters ------------------------------------------------------
 
@@ -154,12 +141,12 @@ def test_go_corpus_errors(text: str, message: str) -> None:
 
 # --- scanner_test.go: TestScanner -----------------------------------------------------
 
-EOF, QUOTED, VALUE, FIELD = _Token.EOF, _Token.QUOTED, _Token.VALUE, _Token.FIELD
-SEPARATOR, OPERATOR, ILLEGAL, CHAR = _Token.SEPARATOR, _Token.OPERATOR, _Token.ILLEGAL, _Token.CHAR
+EOF, QUOTED, VALUE, FIELD = Token.EOF, Token.QUOTED, Token.VALUE, Token.FIELD
+SEPARATOR, OPERATOR, ILLEGAL, CHAR = Token.SEPARATOR, Token.OPERATOR, Token.ILLEGAL, Token.CHAR
 
 # (pos, token, text, scanner error if the token is illegal); positions count code points,
 # not UTF-8 bytes as in Go.
-Scanned = tuple[int, _Token, str, str]
+Scanned = tuple[int, Token, str, str]
 
 SCANNER_CASES: dict[str, tuple[str, list[Scanned]]] = {
     "Field": ("name", [(0, FIELD, "name", ""), (4, EOF, "", "")]),
@@ -419,7 +406,7 @@ SCANNER_CASES: dict[str, tuple[str, list[Scanned]]] = {
 
 
 def scan_all(text: str) -> list[Scanned]:
-    scanner = _Scanner(text)
+    scanner = Scanner(text)
     scanned: list[Scanned] = []
     while True:
         lexeme = scanner.scan()
@@ -438,10 +425,10 @@ def test_scanner(text: str, expected: list[Scanned]) -> None:
 
 
 def test_scanner_stays_at_eof() -> None:
-    scanner = _Scanner("a")
+    scanner = Scanner("a")
     scanner.scan()
-    assert scanner.scan() == _Lexeme(1, EOF, "")
-    assert scanner.scan() == _Lexeme(1, EOF, "")
+    assert scanner.scan() == Lexeme(1, EOF, "")
+    assert scanner.scan() == Lexeme(1, EOF, "")
 
 
 # --- what a parse produces ------------------------------------------------------------

@@ -18,8 +18,8 @@ from obdsnap.inspect import render
 from obdsnap.inspect.state import DeviceRow, InspectError, Inspector
 from obdsnap.layout import Layout
 from obdsnap.runstatus import ReconcileSummary, ServingStatus, read_status, write_status
-from obdsnap.storage.metastore import write_new_store
 from obdsnap.storage.model import Info, Kind, Record, Usage
+from obdsnap.storage.sqlite import write_new_store
 
 # ---------------------------------------------------------------------- rendering
 

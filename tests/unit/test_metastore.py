@@ -32,36 +32,84 @@ from obdsnap.errors import (
     Unavailable,
 )
 from obdsnap.storage import Info, Kind, MetaStore, Operation, Record, Usage
-from obdsnap.storage import metastore as metastore_module
-from obdsnap.storage.metastore import _Batch
-from obdsnap.storage.model import unix_nanos
+from obdsnap.storage.batch import Batch
+from obdsnap.storage.model import Clock, now_ns, unix_nanos
+from obdsnap.storage.sqlite import SqliteDatabase
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BASE_TIME = datetime(2024, 2, 29, 23, 59, 58, 123457, tzinfo=UTC)
-
-Persist = Callable[[MetaStore, _Batch], Awaitable[None]]
 
 
 # ---------------------------------------------------------------------- fixtures, helpers
 
 
 class FakeClock:
-    """Stands in for utc_now: every call is one second and two microseconds later."""
+    """Stands in for the system clock: every call is one second and two microseconds later."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self) -> datetime:
+    def __call__(self) -> int:
         self.calls += 1
-        return BASE_TIME + self.calls * timedelta(seconds=1, microseconds=2)
+        return unix_nanos(BASE_TIME + self.calls * timedelta(seconds=1, microseconds=2))
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(metastore_module, "utc_now", fake)
-    monkeypatch.setattr(metastore_module, "now_ns", lambda: unix_nanos(fake()))
-    return fake
+def clock() -> FakeClock:
+    """The fake clock, which the ``store`` of a test that asks for it reads."""
+    return FakeClock()
+
+
+class PersistGate:
+    """After ``hold``, holds every transaction at the door of the database until
+    ``release``."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.released = asyncio.Event()
+        self.released.set()
+
+    def hold(self) -> None:
+        self.entered.clear()
+        self.released.clear()
+
+    async def wait_entered(self) -> None:
+        await asyncio.wait_for(self.entered.wait(), 5)
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def pass_through(self) -> None:
+        if not self.released.is_set():
+            self.entered.set()
+        await self.released.wait()
+
+
+class ScriptedDatabase(SqliteDatabase):
+    """The real SQLite database, whose transactions a test can record, hold or fail."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.batches: list[Batch] | None = None
+        self.gate = PersistGate()
+        self.failures: list[Exception] = []
+
+    def record_batches(self) -> list[Batch]:
+        """From now on, every batch (transaction) persisted is appended to the list returned."""
+        self.batches = []
+        return self.batches
+
+    def fail_next(self, error: Exception) -> None:
+        """The next transaction fails with ``error`` before anything of it is written."""
+        self.failures.append(error)
+
+    async def persist(self, batch: Batch) -> None:
+        if self.batches is not None:
+            self.batches.append(batch)
+        await self.gate.pass_through()
+        if self.failures:
+            raise self.failures.pop(0)
+        await super().persist(batch)
 
 
 @pytest.fixture
@@ -70,8 +118,17 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[MetaStore]:
-    opened = MetaStore(db_path)
+def database(db_path: Path) -> ScriptedDatabase:
+    return ScriptedDatabase(db_path)
+
+
+@pytest.fixture
+async def store(
+    request: pytest.FixtureRequest, database: ScriptedDatabase
+) -> AsyncIterator[MetaStore]:
+    # A test that asks for the fake clock gets a store on it; the others, the real one.
+    clock: Clock = request.getfixturevalue("clock") if "clock" in request.fixturenames else now_ns
+    opened = MetaStore(database.path, clock=clock, database=database)
     await opened.open()
     try:
         yield opened
@@ -112,56 +169,13 @@ async def committed(store: MetaStore, name: str, parent: str = "") -> Record:
     return await store.commit(f"{name}-active", name, Usage(), {})
 
 
-def count_persists(monkeypatch: pytest.MonkeyPatch) -> list[_Batch]:
-    """Patch MetaStore._persist to record every batch (transaction) it is called with."""
-    calls: list[_Batch] = []
-    original: Persist = MetaStore._persist
-
-    async def counting(self: MetaStore, batch: _Batch) -> None:
-        calls.append(batch)
-        await original(self, batch)
-
-    monkeypatch.setattr(MetaStore, "_persist", counting)
-    return calls
-
-
-class PersistGate:
-    """After ``hold``, holds every transaction at the door of MetaStore._persist until
-    ``release``."""
-
-    def __init__(self) -> None:
-        self.entered = asyncio.Event()
-        self.released = asyncio.Event()
-        self.released.set()
-
-    def hold(self) -> None:
-        self.entered.clear()
-        self.released.clear()
-
-    async def wait_entered(self) -> None:
-        await asyncio.wait_for(self.entered.wait(), 5)
-
-    def release(self) -> None:
-        self.released.set()
-
-
 @pytest.fixture
-def persist_gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[PersistGate]:
+def persist_gate(database: ScriptedDatabase) -> Iterator[PersistGate]:
     """Request it after ``store``: its teardown (first) opens the gate so close() can finish."""
-    gate = PersistGate()
-    original: Persist = MetaStore._persist
-
-    async def gated(self: MetaStore, batch: _Batch) -> None:
-        if not gate.released.is_set():
-            gate.entered.set()
-        await gate.released.wait()
-        await original(self, batch)
-
-    monkeypatch.setattr(MetaStore, "_persist", gated)
     try:
-        yield gate
+        yield database.gate
     finally:
-        gate.release()
+        database.gate.release()
 
 
 def sorted_records(store: MetaStore) -> list[Record]:
@@ -565,10 +579,10 @@ async def test_ids_not_reused_after_removing_highest_and_reopening(
 async def test_ids_not_reused_after_create_and_remove_in_one_batch(
     store: MetaStore,
     reopened: Callable[[], Awaitable[MetaStore]],
-    monkeypatch: pytest.MonkeyPatch,
+    database: ScriptedDatabase,
 ) -> None:
     await store.create(Kind.ACTIVE, "before", "", {})
-    batches = count_persists(monkeypatch)
+    batches = database.record_batches()
     created, removed = await asyncio.gather(
         store.create(Kind.ACTIVE, "k", "", {}), store.remove("k")
     )
@@ -623,8 +637,10 @@ async def test_everything_survives_close_and_reopen(
     assert fresh.has_children("base")
 
 
-async def test_database_is_wal_with_full_sync(store: MetaStore, db_path: Path) -> None:
-    db: Any = store._db
+async def test_database_is_wal_with_full_sync(
+    store: MetaStore, database: ScriptedDatabase, db_path: Path
+) -> None:
+    db = database.connection
     async with db.execute("PRAGMA synchronous") as cursor:
         assert await cursor.fetchone() == (2,)  # FULL: the WAL is fsync'ed at every commit
     with contextlib.closing(sqlite3.connect(db_path)) as other:
@@ -646,9 +662,9 @@ async def test_reopen_of_empty_store(
 async def test_concurrent_creates_share_few_transactions(
     store: MetaStore,
     reopened: Callable[[], Awaitable[MetaStore]],
-    monkeypatch: pytest.MonkeyPatch,
+    database: ScriptedDatabase,
 ) -> None:
-    batches = count_persists(monkeypatch)
+    batches = database.record_batches()
     records = await asyncio.gather(
         *(store.create(Kind.ACTIVE, f"k{i}", "", {"i": str(i)}) for i in range(200))
     )
@@ -664,11 +680,11 @@ async def test_concurrent_creates_share_few_transactions(
 async def test_failing_write_in_batch_is_rolled_back_alone(
     store: MetaStore,
     reopened: Callable[[], Awaitable[MetaStore]],
-    monkeypatch: pytest.MonkeyPatch,
+    database: ScriptedDatabase,
 ) -> None:
     await committed(store, "base")
     await store.create(Kind.ACTIVE, "child", "base", {})
-    batches = count_persists(monkeypatch)
+    batches = database.record_batches()
     results = await asyncio.gather(
         store.create(Kind.ACTIVE, "a", "", {}),
         store.create(Kind.ACTIVE, "a", "", {"dup": "1"}),  # duplicate of the line above
@@ -701,12 +717,12 @@ async def test_failing_write_in_batch_is_rolled_back_alone(
 async def test_commit_and_reuse_of_the_key_in_one_batch(
     store: MetaStore,
     reopened: Callable[[], Awaitable[MetaStore]],
-    monkeypatch: pytest.MonkeyPatch,
+    database: ScriptedDatabase,
 ) -> None:
     await committed(store, "base")
     work = await store.create(Kind.ACTIVE, "work", "base", {})
     await store.create(Kind.ACTIVE, "taken", "", {})
-    batches = count_persists(monkeypatch)
+    batches = database.record_batches()
     layer, again, removed, renamed = await asyncio.gather(
         store.commit("work", "layer", Usage(5, 1), {}),
         store.create(Kind.ACTIVE, "work", "layer", {"second": "1"}),
@@ -734,14 +750,14 @@ async def test_commit_and_reuse_of_the_key_in_one_batch(
 async def test_batches_larger_than_one_statement(
     store: MetaStore,
     reopened: Callable[[], Awaitable[MetaStore]],
-    monkeypatch: pytest.MonkeyPatch,
+    database: ScriptedDatabase,
 ) -> None:
     # 4000 rows of 9 values exceed SQLite's default bound of 32766 parameters per statement
     # (some builds raise it: set it back for this connection).
-    db: Any = store._db
+    db: Any = database.connection
     await db._execute(db._conn.setlimit, sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32766)
     count = 4000
-    batches = count_persists(monkeypatch)
+    batches = database.record_batches()
     created = await asyncio.gather(
         *(store.create(Kind.ACTIVE, f"k{i}", "", {"i": str(i)}) for i in range(count))
     )
@@ -800,23 +816,13 @@ async def test_reads_do_not_see_a_write_before_it_is_durable(
 async def test_failing_persist_fails_the_whole_batch_and_changes_nothing(
     store: MetaStore,
     reopened: Callable[[], Awaitable[MetaStore]],
-    monkeypatch: pytest.MonkeyPatch,
+    database: ScriptedDatabase,
 ) -> None:
     await committed(store, "base")
     await store.create(Kind.ACTIVE, "old", "", {"a": "1"})
     await store.create(Kind.VIEW, "gone", "base", {})
     before = sorted_records(store)
-    original: Persist = MetaStore._persist
-    failures = 0
-
-    async def failing_once(self: MetaStore, batch: _Batch) -> None:
-        nonlocal failures
-        if failures == 0:
-            failures += 1
-            raise OSError(28, "No space left on device")
-        await original(self, batch)
-
-    monkeypatch.setattr(MetaStore, "_persist", failing_once)
+    database.fail_next(OSError(28, "No space left on device"))
     results = await asyncio.gather(
         store.create(Kind.ACTIVE, "new", "base", {}),
         store.create(Kind.ACTIVE, "old", "", {}),  # fails validation on its own
@@ -825,7 +831,7 @@ async def test_failing_persist_fails_the_whole_batch_and_changes_nothing(
         store.remove("gone"),
         return_exceptions=True,
     )
-    assert failures == 1
+    assert database.failures == [], "the transaction never reached the database"
     assert isinstance(results[1], AlreadyExists)
     for result in (results[0], *results[2:]):
         assert isinstance(result, SnapshotError)
@@ -847,34 +853,28 @@ async def test_failing_persist_fails_the_whole_batch_and_changes_nothing(
 
 
 async def test_ids_of_a_failed_transaction_are_not_handed_out_again(
-    store: MetaStore, monkeypatch: pytest.MonkeyPatch
+    store: MetaStore, database: ScriptedDatabase
 ) -> None:
     await store.create(Kind.ACTIVE, "before", "", {})
-    original: Persist = MetaStore._persist
-    failed_last_ids: list[int] = []
-
-    async def failing_once(self: MetaStore, batch: _Batch) -> None:
-        if not failed_last_ids:
-            failed_last_ids.append(batch.last_id)
-            raise OSError(5, "Input/output error")
-        await original(self, batch)
-
-    monkeypatch.setattr(MetaStore, "_persist", failing_once)
+    batches = database.record_batches()
+    database.fail_next(OSError(5, "Input/output error"))
     with pytest.raises(SnapshotError):
         await store.create(Kind.ACTIVE, "lost", "", {})
+    [failed] = batches
     following = await store.create(Kind.ACTIVE, "next", "", {})
-    assert following.id > failed_last_ids[0]
+    assert following.id > failed.last_id
 
 
 async def test_sqlite_failure_mid_transaction_rolls_back_every_statement(
     store: MetaStore,
+    database: ScriptedDatabase,
     reopened: Callable[[], Awaitable[MetaStore]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await store.create(Kind.ACTIVE, "doomed", "", {})
     await store.create(Kind.ACTIVE, "old", "", {"a": "1"})
     before = sorted_records(store)
-    db: Any = store._db
+    db: Any = database.connection
     real_execute = db.execute
     failed: list[str] = []
 
@@ -909,14 +909,14 @@ async def test_unexpected_error_in_one_write_fails_only_that_write(
     """A bug raising something else than SnapshotError, after the write changed the batch,
     fails that write alone (UNKNOWN) and must neither leak its half-change nor stop the writer."""
     await committed(store, "base")
-    real_link = _Batch.link
+    real_link = Batch.link
 
-    def buggy_link(self: _Batch, parent: str, child: str) -> None:
+    def buggy_link(self: Batch, parent: str, child: str) -> None:
         if child == "bad":
             raise RuntimeError("a bug in one write")
         real_link(self, parent, child)
 
-    monkeypatch.setattr(_Batch, "link", buggy_link)
+    monkeypatch.setattr(Batch, "link", buggy_link)
     ok1, bad, ok2 = await asyncio.wait_for(
         asyncio.gather(
             store.create(Kind.ACTIVE, "ok1", "base", {}),
@@ -941,9 +941,9 @@ async def test_unexpected_error_in_one_write_fails_only_that_write(
 
 
 async def test_close_commits_what_is_queued(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch, persist_gate: PersistGate
+    db_path: Path, database: ScriptedDatabase, persist_gate: PersistGate
 ) -> None:
-    store = MetaStore(db_path)
+    store = MetaStore(db_path, database=database)
     await store.open()
     persist_gate.hold()
     first = asyncio.ensure_future(store.create(Kind.ACTIVE, "first", "", {}))
@@ -959,7 +959,6 @@ async def test_close_commits_what_is_queued(
     records = await asyncio.wait_for(asyncio.gather(first, *queued), 5)
     assert len({r.id for r in records}) == 6
 
-    monkeypatch.undo()
     fresh = MetaStore(db_path)
     await fresh.open()
     try:
@@ -1348,9 +1347,9 @@ async def test_an_intent_left_by_a_crash_is_found_after_reopening(
 
 
 async def test_intents_of_many_operations_share_transactions(
-    store: MetaStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: MetaStore, db_path: Path, database: ScriptedDatabase
 ) -> None:
-    batches = count_persists(monkeypatch)
+    batches = database.record_batches()
 
     async def operation(snapshot_id: int) -> None:
         async with store.intent(snapshot_id, Operation.ATTACH):

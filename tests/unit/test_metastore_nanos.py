@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from obdsnap.storage import Info, Kind, MetaStore, Record, StoreError, Usage
-from obdsnap.storage.metastore import write_new_store
+from obdsnap.storage.sqlite import write_new_store
 
 # The schema before timestamps had nanoseconds (and before rw_mode and ready).
 MICROSECOND_SCHEMA = """
