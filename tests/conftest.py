@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from grpclib.client import Channel
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from server_process import ServerProcess
+from support.server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 

@@ -6,11 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from server_process import ServerProcess
-
-from obdsnap.genproto.containerd.services.snapshots import v1 as api
-
-from .helpers import (
+from support.server_process import ServerProcess
+from support.snapshots import (
     INDEX_OFF,
     commit,
     fs_dir,
@@ -21,6 +18,8 @@ from .helpers import (
     run,
     umount,
 )
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
 DEPTH = 128
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from server_process import ServerProcess
+from support.server_process import ServerProcess
 
 
 def health(address: Path, *extra: str) -> subprocess.CompletedProcess[str]:

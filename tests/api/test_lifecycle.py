@@ -8,12 +8,8 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
-from server_process import ServerProcess
-
-from obdsnap.genproto.containerd.services.snapshots import v1 as api
-from obdsnap.mountinfo import is_mounted
-
-from .helpers import (
+from support.server_process import ServerProcess
+from support.snapshots import (
     assert_recent_utc,
     commit,
     commit_layer,
@@ -29,6 +25,9 @@ from .helpers import (
     view,
     wait_until,
 )
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
+from obdsnap.mountinfo import is_mounted
 
 
 def walk_usage(top: Path) -> tuple[int, int]:

@@ -9,12 +9,8 @@ import stat as stat_module
 from pathlib import Path
 
 import pytest
-from server_process import ServerProcess
-
-from obdsnap.genproto.containerd.services.snapshots import v1 as api
-from obdsnap.genproto.containerd.types import Mount
-
-from .helpers import (
+from support.server_process import ServerProcess
+from support.snapshots import (
     INDEX_OFF,
     commit,
     commit_chain,
@@ -27,6 +23,9 @@ from .helpers import (
     umount,
     view,
 )
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
+from obdsnap.genproto.containerd.types import Mount
 
 INDEX = ["index=off"] if INDEX_OFF else []
 

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from server_process import ServerProcess, short_tmpdir
+from support.block import Image, Obd, build_image, copy_blobs, force_clean
+from support.server_process import ServerProcess, short_tmpdir
 
 from tcmusim.testing import RunningSimulator, missing_requirements, running_simulator
-
-from .helpers import Image, Obd, build_image, copy_blobs, force_clean
 
 MISSING = missing_requirements()
 

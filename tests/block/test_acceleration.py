@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
-
-from .conftest import MISSING, Images, StartObd
-from .helpers import (
+from support.block import (
     ACCELERATION_LAYER,
     IMAGE_REF,
     RECORD_TRACE,
@@ -27,6 +25,8 @@ from .helpers import (
     expect_status,
     options_of,
 )
+
+from .conftest import MISSING, Images, StartObd
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

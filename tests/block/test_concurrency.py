@@ -16,11 +16,11 @@ import time
 import pytest
 from grpclib import GRPCError
 from grpclib.const import Status
+from support.block import WRITABLE, Obd, expect_status, mount_at, remote_labels, wait_until
 
 from tcmusim.testing import only
 
 from .conftest import MISSING, Images, StartObd
-from .helpers import WRITABLE, Obd, expect_status, mount_at, remote_labels, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

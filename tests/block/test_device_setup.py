@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 import pytest
+from support.block import HBA, RECORD_TRACE, RECORD_TRACE_PATH, mount_at, wwn
 
 from .conftest import MISSING, Images, StartObd
-from .helpers import HBA, RECORD_TRACE, RECORD_TRACE_PATH, mount_at, wwn
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

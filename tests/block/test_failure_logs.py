@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 from grpclib.const import Status
+from support.block import Obd, expect_status
 
 from tcmusim.testing import only
 
 from .conftest import MISSING, StartObd
-from .helpers import Obd, expect_status
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

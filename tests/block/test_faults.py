@@ -15,12 +15,7 @@ import pytest
 from grpclib import GRPCError
 from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
-
-from obdsnap.genproto.containerd.services.snapshots import v1 as api
-from tcmusim.testing import only
-
-from .conftest import MISSING, Images, StartObd
-from .helpers import (
+from support.block import (
     BLOB_FS_TYPE,
     WRITABLE,
     ZFILE_CONFIG,
@@ -30,6 +25,11 @@ from .helpers import (
     remote_labels,
     wait_until,
 )
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
+from tcmusim.testing import only
+
+from .conftest import MISSING, Images, StartObd
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

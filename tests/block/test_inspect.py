@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 from grpclib.const import Status
+from support.block import REPO_ROOT, Obd, expect_status, wait_until
 
 from tcmusim.testing import only
 
 from .conftest import MISSING, Images, StartObd
-from .helpers import REPO_ROOT, Obd, expect_status, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
+from support.block import WRITABLE, Obd, expect_status, mount_at, wait_until
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
 from .conftest import MISSING, StartObd
-from .helpers import WRITABLE, Obd, expect_status, mount_at, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

@@ -11,12 +11,12 @@ import time
 
 import pytest
 from grpclib.const import Status
-from scrape import Exposition, free_port, scrape
+from support.block import Obd, expect_status, remote_labels
+from support.scrape import Exposition, free_port, scrape
 
 from tcmusim.testing import only
 
 from .conftest import MISSING, Images, StartObd
-from .helpers import Obd, expect_status, remote_labels
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

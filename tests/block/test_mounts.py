@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
+from support.block import WRITABLE, expect_status, umount
 
 from .conftest import MISSING, Images, StartObd
-from .helpers import WRITABLE, expect_status, umount
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

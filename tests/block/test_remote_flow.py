@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
-
-from .conftest import MISSING, Images, StartObd
-from .helpers import (
+from support.block import (
     BLOB_DIGEST,
     BLOB_SIZE,
     CRI_IMAGE_REF,
@@ -29,6 +27,8 @@ from .helpers import (
     options_of,
     remote_labels,
 )
+
+from .conftest import MISSING, Images, StartObd
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
+from support.block import WRITABLE, Obd, expect_status, mount_at, run
 
 from .conftest import MISSING, Images, StartObd
-from .helpers import WRITABLE, Obd, expect_status, mount_at, run
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

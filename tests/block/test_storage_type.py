@@ -13,11 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from obdsnap.genproto.containerd.types import Mount
-
-from .conftest import MISSING, Images, StartObd
-from .helpers import (
+from support.block import (
     BLOB_DIGEST,
     BLOB_SIZE,
     IMAGE_REF,
@@ -30,6 +26,10 @@ from .helpers import (
     options_of,
     read_header,
 )
+
+from obdsnap.genproto.containerd.types import Mount
+
+from .conftest import MISSING, Images, StartObd
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

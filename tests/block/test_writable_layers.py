@@ -14,11 +14,7 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
-
-from tcmusim import layerfmt
-
-from .conftest import MISSING, Images, StartObd
-from .helpers import (
+from support.block import (
     BLOB_FS_TYPE,
     LOCAL_COMMIT_PATH,
     WRITABLE,
@@ -31,6 +27,10 @@ from .helpers import (
     remote_labels,
     run,
 )
+
+from tcmusim import layerfmt
+
+from .conftest import MISSING, Images, StartObd
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

@@ -9,11 +9,11 @@ any other value gives ``overlayfs``); without the label, the boot config's
 from __future__ import annotations
 
 import pytest
+from support.block import WRITABLE, Obd, options_of
 
 from obdsnap.genproto.containerd.types import Mount
 
 from .conftest import MISSING, Images, StartObd
-from .helpers import WRITABLE, Obd, options_of
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

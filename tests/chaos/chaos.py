@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from grpclib.client import Channel
-from server_process import ServerProcess, short_tmpdir
+from support.server_process import ServerProcess, short_tmpdir
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.genproto.containerd.types import Mount

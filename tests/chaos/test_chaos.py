@@ -21,7 +21,7 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
-from server_process import short_tmpdir
+from support.server_process import short_tmpdir
 
 from tcmusim.testing import missing_requirements, running_simulator
 

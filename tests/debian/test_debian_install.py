@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from grpclib.client import Channel
-from server_process import ServerProcess
+from support.server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from server_process import ServerProcess
+from support.server_process import ServerProcess
 
 from . import ociimage
 from .containerd import DISABLED_PLUGINS, PrivateContainerd, run_command

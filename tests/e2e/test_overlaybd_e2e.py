@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from block.helpers import (
+from support.block import (
     BLOB_DIGEST,
     BLOB_SIZE,
     HBA,
@@ -55,8 +55,8 @@ from block.helpers import (
     mounts_under,
     wwn,
 )
-from gobuild import build_go_program
-from server_process import ServerProcess, short_tmpdir
+from support.gobuild import build_go_program
+from support.server_process import ServerProcess, short_tmpdir
 
 from tcmusim import loopdev
 from tcmusim.testing import RunningSimulator, running_simulator

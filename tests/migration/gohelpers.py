@@ -18,9 +18,9 @@ from typing import Any
 
 import betterproto
 from betterproto.lib.google.protobuf import Timestamp
-from gobuild import build_go_program
 from grpclib.client import Channel, UnaryStreamMethod, UnaryUnaryMethod
-from server_process import ServerProcess
+from support.gobuild import build_go_program
+from support.server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.overlaybd.storage_type import LSMT_MAGIC, ZFILE_MAGIC

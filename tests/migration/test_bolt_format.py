@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gobuild import build_go_program
+from support.gobuild import build_go_program
 
 from obdsnap.storage.bolt import BoltError, Bucket, looks_like_bolt, read_bolt, write_bolt
 

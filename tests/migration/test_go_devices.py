@@ -13,7 +13,7 @@ import asyncio
 
 import pytest
 from block.conftest import MISSING, Images, StartObd, images, sim, start_obd
-from block.helpers import WRITABLE, Obd, mount_at
+from support.block import WRITABLE, Obd, mount_at
 
 from .gohelpers import migrate_to_go
 

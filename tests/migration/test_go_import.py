@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api.helpers import commit, lower_ids, mount_options, own_id, prepare, stat, usage
 from grpclib.client import Channel
-from server_process import ServerProcess, refusal
+from support.server_process import ServerProcess, refusal
+from support.snapshots import commit, lower_ids, mount_options, own_id, prepare, stat, usage
 
 from obdsnap.fsutil import disk_usage
 from obdsnap.genproto.containerd.services.snapshots import v1 as api

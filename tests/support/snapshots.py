@@ -15,10 +15,10 @@ from typing import Any
 from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Status
-from server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.genproto.containerd.types import Mount
+from support.server_process import ServerProcess
 
 # containerd's overlayfs snapshotter adds index=off when the kernel knows the parameter.
 INDEX_OFF = Path("/sys/module/overlay/parameters/index").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 GOCODE = Path(os.environ.get("GOCODE") or "/usr/share/gocode")
 CONTAINERD_SOURCES = GOCODE / "src/github.com/containerd/containerd"
 

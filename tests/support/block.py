@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api.helpers import expect_status as expect_status
-from api.helpers import wait_until as wait_until
 from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Status
-from server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.genproto.containerd.types import Mount
+from support.server_process import ServerProcess
+from support.snapshots import expect_status as expect_status
+from support.snapshots import wait_until as wait_until
 from tcmusim import layerfmt
 from tcmusim.testing import RunningSimulator
 
