@@ -9,6 +9,7 @@ import stat as stat_module
 from pathlib import Path
 
 import pytest
+from support.mounts import mount, umount
 from support.server_process import ServerProcess
 from support.snapshots import (
     INDEX_OFF,
@@ -16,11 +17,9 @@ from support.snapshots import (
     commit_chain,
     commit_layer,
     fs_dir,
-    mount,
     numeric_ids,
     own_id,
     prepare,
-    umount,
     view,
 )
 
@@ -221,7 +220,7 @@ async def test_mount_what_prepare_and_view_return(
     try:
         for name, mounts in (("active", active), ("v2", several), ("v1", one), ("bare", bare)):
             targets[name].mkdir()
-            await mount(mounts[0], targets[name])
+            mount(mounts[0], targets[name])
             mounted.append(targets[name])
 
         rootfs = targets["active"]
@@ -241,4 +240,4 @@ async def test_mount_what_prepare_and_view_return(
         assert (fs_dir(root, own_id(bare, root)) / "file").read_text() == "bind"
     finally:
         for target in reversed(mounted):
-            await umount(target)
+            umount(target)

@@ -14,19 +14,20 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
-from support.block import (
+from support.block import Obd
+from support.block_fixtures import Images, StartObd
+from support.mounts import mount_options
+from support.simulator import MISSING
+from support.snapshots import expect_status
+
+from obdsnap.labels import (
     ACCELERATION_LAYER,
     IMAGE_REF,
     RECORD_TRACE,
     RECORD_TRACE_PATH,
-    SNAPSHOT_REF,
+    TARGET_SNAPSHOT_REF,
     WRITABLE,
-    Obd,
-    expect_status,
-    options_of,
 )
-
-from .conftest import MISSING, Images, StartObd
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -34,7 +35,11 @@ ACCEL_CHAIN = "sha256:" + "ac" * 32
 
 
 def accel_labels(images: Images) -> dict[str, str]:
-    return {SNAPSHOT_REF: ACCEL_CHAIN, ACCELERATION_LAYER: "yes", IMAGE_REF: images.three.ref}
+    return {
+        TARGET_SNAPSHOT_REF: ACCEL_CHAIN,
+        ACCELERATION_LAYER: "yes",
+        IMAGE_REF: images.three.ref,
+    }
 
 
 async def unpack_acceleration_layer(obd: Obd, images: Images) -> tuple[int, int]:
@@ -87,7 +92,7 @@ async def test_container_on_an_acceleration_layer_marks_its_config(
     obd = await start_obd()
     top, accel = await unpack_acceleration_layer(obd, images)
     mounts = await obd.prepare("rootfs", ACCEL_CHAIN)
-    assert options_of(mounts[0])["lowerdir"] == str(obd.mountpoint(accel))
+    assert mount_options(mounts[0])["lowerdir"] == str(obd.mountpoint(accel))
     config = obd.config(accel)
     assert config["accelerationLayer"] is True
     assert "recordTracePath" not in config

@@ -16,11 +16,14 @@ import time
 import pytest
 from grpclib import GRPCError
 from grpclib.const import Status
-from support.block import WRITABLE, Obd, expect_status, mount_at, remote_labels, wait_until
+from support.block import Obd, remote_labels
+from support.block_fixtures import Images, StartObd
+from support.mounts import mount_at
+from support.simulator import MISSING
+from support.snapshots import expect_status, wait_until
 
+from obdsnap.labels import WRITABLE
 from tcmusim.testing import only
-
-from .conftest import MISSING, Images, StartObd
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

@@ -12,9 +12,11 @@ import os
 from pathlib import Path
 
 import pytest
-from support.block import HBA, RECORD_TRACE, RECORD_TRACE_PATH, mount_at, wwn
+from support.block_fixtures import Images, StartObd
+from support.mounts import mount_at
+from support.simulator import HBA, MISSING, wwn
 
-from .conftest import MISSING, Images, StartObd
+from obdsnap.labels import RECORD_TRACE, RECORD_TRACE_PATH
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

@@ -15,21 +15,14 @@ import pytest
 from grpclib import GRPCError
 from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
-from support.block import (
-    BLOB_FS_TYPE,
-    WRITABLE,
-    ZFILE_CONFIG,
-    Layer,
-    Obd,
-    expect_status,
-    remote_labels,
-    wait_until,
-)
+from support.block import Layer, Obd, remote_labels
+from support.block_fixtures import Images, StartObd
+from support.simulator import MISSING
+from support.snapshots import expect_status, wait_until
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
+from obdsnap.labels import BLOB_FS_TYPE, WRITABLE, ZFILE_CONFIG
 from tcmusim.testing import only
-
-from .conftest import MISSING, Images, StartObd
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 from grpclib.const import Status
-from support.block import REPO_ROOT, Obd, expect_status, wait_until
+from support.block import REPO_ROOT, Obd
+from support.block_fixtures import Images, StartObd
+from support.simulator import MISSING
+from support.snapshots import expect_status, wait_until
 
 from tcmusim.testing import only
-
-from .conftest import MISSING, Images, StartObd
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

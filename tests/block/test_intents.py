@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
-from support.block import WRITABLE, Obd, expect_status, mount_at, wait_until
+from support.block import Obd
+from support.block_fixtures import StartObd
+from support.mounts import mount_at
+from support.simulator import MISSING
+from support.snapshots import expect_status, wait_until
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
-
-from .conftest import MISSING, StartObd
+from obdsnap.labels import WRITABLE
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

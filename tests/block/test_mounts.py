@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
-from support.block import WRITABLE, expect_status, umount
+from support.block_fixtures import Images, StartObd
+from support.mounts import umount
+from support.simulator import MISSING
+from support.snapshots import expect_status
 
-from .conftest import MISSING, Images, StartObd
+from obdsnap.labels import WRITABLE
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

@@ -14,21 +14,21 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
-from support.block import (
+from support.block import Obd, remote_labels
+from support.block_fixtures import Images, StartObd
+from support.mounts import mount_options
+from support.simulator import MISSING
+from support.snapshots import expect_status
+
+from obdsnap.labels import (
     BLOB_DIGEST,
     BLOB_SIZE,
     CRI_IMAGE_REF,
     IMAGE_REF,
     REMOTE,
     REMOTE_VALUE,
-    SNAPSHOT_REF,
-    Obd,
-    expect_status,
-    options_of,
-    remote_labels,
+    TARGET_SNAPSHOT_REF,
 )
-
-from .conftest import MISSING, Images, StartObd
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -102,7 +102,7 @@ async def test_rootfs_on_remote_image_is_an_overlay_on_the_top_layer_device(
     assert len(mounts) == 1
     mount = mounts[0]
     assert (mount.type, mount.source) == ("overlay", "overlay")
-    options = options_of(mount)
+    options = mount_options(mount)
     assert options["lowerdir"] == str(obd.mountpoint(top_id))
     assert options["upperdir"] == str(obd.fs(own))
     assert options["workdir"] == str(obd.snapshot_dir(own) / "work")
@@ -208,7 +208,11 @@ async def test_repo_blob_url_comes_from_the_image_ref(
     obd = await start_obd()
     layer = images.single.layers[0]
     chain_id = images.single.chain_ids[0]
-    all_labels = {SNAPSHOT_REF: chain_id, BLOB_DIGEST: layer.digest, BLOB_SIZE: str(layer.size)}
+    all_labels = {
+        TARGET_SNAPSHOT_REF: chain_id,
+        BLOB_DIGEST: layer.digest,
+        BLOB_SIZE: str(layer.size),
+    }
     await expect_status(
         obd.prepare(f"extract-1 {chain_id}", "", {**all_labels, **labels}), Status.ALREADY_EXISTS
     )

@@ -13,9 +13,14 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
-from support.block import WRITABLE, Obd, expect_status, mount_at, run
+from support.block import Obd
+from support.block_fixtures import Images, StartObd
+from support.mounts import mount_at
+from support.processes import run
+from support.simulator import MISSING
+from support.snapshots import expect_status
 
-from .conftest import MISSING, Images, StartObd
+from obdsnap.labels import WRITABLE
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

@@ -14,23 +14,15 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
-from support.block import (
-    BLOB_FS_TYPE,
-    LOCAL_COMMIT_PATH,
-    WRITABLE,
-    ZFILE_CONFIG,
-    Obd,
-    expect_status,
-    mount_at,
-    options_of,
-    read_header,
-    remote_labels,
-    run,
-)
+from support.block import Obd, read_header, remote_labels
+from support.block_fixtures import Images, StartObd
+from support.mounts import mount_at, mount_options
+from support.processes import run
+from support.simulator import MISSING
+from support.snapshots import expect_status
 
+from obdsnap.labels import BLOB_FS_TYPE, LOCAL_COMMIT_PATH, WRITABLE, ZFILE_CONFIG
 from tcmusim import layerfmt
-
-from .conftest import MISSING, Images, StartObd
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -70,7 +62,7 @@ async def test_dir_mode_device_has_a_writable_layer_and_is_mounted_rw(
     assert entry is not None and entry.fs_type == "ext4"
     assert "discard" in entry.super_options.split(",")
     # ext4 made with the snapshotter's options: no journal.
-    assert "has_journal" not in run("dumpe2fs", "-h", device)
+    assert "has_journal" not in run("dumpe2fs", "-h", device).stdout
     # The rootfs is the device's filesystem.
     (Path(mounts[0].source) / "hello").write_text("hi\n")
     assert (obd.mountpoint(own) / "hello").read_text() == "hi\n"
@@ -159,7 +151,7 @@ async def test_children_in_dir_mode_read_their_parents_and_keep_their_own_writes
 
     # An overlayfs container on B sees the same files through B's read-only device.
     overlay = await obd.prepare("overlay-container", "B", {WRITABLE: "overlayfs"})
-    assert options_of(overlay[0])["lowerdir"] == str(obd.mountpoint(b))
+    assert mount_options(overlay[0])["lowerdir"] == str(obd.mountpoint(b))
     obd.assert_attached(b, mounted="ro")
     target = tmp_path / "rootfs"
     obd.mount_for_real(overlay[0], target)
@@ -227,7 +219,7 @@ async def test_blob_fs_type_label_sets_mount_and_mkfs_options(start_obd: StartOb
     assert entry is not None
     assert "noatime" in entry.options.split(",")
     assert "discard" not in entry.super_options.split(",")
-    assert run("blkid", "-o", "value", "-s", "LABEL", device).strip() == "obdtest"
+    assert run("blkid", "-o", "value", "-s", "LABEL", device).stdout.strip() == "obdtest"
 
 
 async def test_blob_fs_type_with_empty_mount_options(start_obd: StartObd) -> None:

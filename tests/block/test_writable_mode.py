@@ -9,11 +9,13 @@ any other value gives ``overlayfs``); without the label, the boot config's
 from __future__ import annotations
 
 import pytest
-from support.block import WRITABLE, Obd, options_of
+from support.block import Obd
+from support.block_fixtures import Images, StartObd
+from support.mounts import mount_options
+from support.simulator import MISSING
 
 from obdsnap.genproto.containerd.types import Mount
-
-from .conftest import MISSING, Images, StartObd
+from obdsnap.labels import WRITABLE
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -51,7 +53,7 @@ def assert_mode(obd: Obd, mounts: list[Mount], mode: str, parent_id: int | None)
         assert obd.sim.loop_devices() == []
     else:
         assert kind[:2] == ("overlay", "overlay")
-        options = options_of(mount)
+        options = mount_options(mount)
         assert options["upperdir"] == str(obd.fs(own))
         if obd.config_path(parent_id).exists():
             assert options["lowerdir"] == str(obd.mountpoint(parent_id))

@@ -39,28 +39,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.block import (
+from support.gobuild import build_go_program
+from support.mounts import MountEntry, mount_at, mounts_under
+from support.server_process import ServerProcess, short_tmpdir
+from support.simulator import HBA, force_clean, settings_on, wwn
+
+from obdsnap.labels import (
     BLOB_DIGEST,
     BLOB_SIZE,
-    HBA,
     IMAGE_REF,
     LOCAL_COMMIT_PATH,
     REMOTE,
     REMOTE_VALUE,
-    SNAPSHOT_REF,
+    TARGET_SNAPSHOT_REF,
     WRITABLE,
-    MountInfo,
-    force_clean,
-    mount_at,
-    mounts_under,
-    wwn,
 )
-from support.gobuild import build_go_program
-from support.server_process import ServerProcess, short_tmpdir
-
+from obdsnap.mountinfo import parse_line
 from tcmusim import loopdev
-from tcmusim.testing import RunningSimulator, running_simulator
-from tcmusim.testing import missing_requirements as simulator_missing
+from tcmusim.testing import RunningSimulator
 
 from .containerd import (
     PROXY_PLUGIN_NAME,
@@ -377,15 +373,6 @@ UNPACK_PULL_SOURCE = Path(__file__).with_name("unpackpull")
 # ---------------------------------------------------------------------- obdsnap + containerd
 
 
-def parse_mountinfo_line(line: str) -> MountInfo:
-    fields = line.split()
-    separator = fields.index("-", 6)
-    super_options = fields[separator + 3] if len(fields) > separator + 3 else ""
-    return MountInfo(
-        fields[4], fields[5], fields[separator + 1], fields[separator + 2], super_options
-    )
-
-
 def option_map(options: str) -> dict[str, str]:
     return {key: value for key, _, value in (item.partition("=") for item in options.split(","))}
 
@@ -502,7 +489,7 @@ class Stack:
 
     def run_reader(
         self, reference: str, container_id: str, labels: Mapping[str, str] | None = None
-    ) -> MountInfo:
+    ) -> MountEntry:
         """Runs the reader script; checks what it saw; returns the container's root mount."""
         result = self.containerd.run_container(
             reference,
@@ -515,7 +502,9 @@ class Stack:
         root_line = facts.pop("root_mount", "")
         assert facts == EXPECTED_FACTS, f"container output:\n{result.stdout}{result.stderr}"
         assert root_line, f"no mount on / in the container's mountinfo:\n{result.stdout}"
-        return parse_mountinfo_line(root_line)
+        entry = parse_line(root_line)
+        assert entry is not None, root_line
+        return entry
 
     def remove_container(self, container_id: str) -> None:
         """Remove a container; containerd's GC then removes its snapshot in the background."""
@@ -566,24 +555,7 @@ StartStack = Callable[..., Stack]
 
 
 @pytest.fixture(scope="module")
-def simulator(e2e_host: None) -> Iterator[RunningSimulator]:
-    missing = simulator_missing()
-    if missing is not None:
-        pytest.skip(missing)
-    work = short_tmpdir()
-    try:
-        with running_simulator(work / "sim") as sim:
-            yield sim
-            sim.control.clear()
-            status = sim.stop()
-            assert status == 0, f"simulator exited with {status}:\n{sim.log()}"
-            assert sim.loop_devices() == [], "loop devices left after the simulator stopped"
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def block_image(simulator: RunningSimulator) -> Iterator[BlockImage]:
+def block_image(e2e_host: None, simulator: RunningSimulator) -> Iterator[BlockImage]:
     """The test image; its blobs go straight into the simulator's blob store (its registry)."""
     busybox = find_static_busybox()
     assert busybox is not None  # e2e_host checked it
@@ -595,19 +567,15 @@ def block_image(simulator: RunningSimulator) -> Iterator[BlockImage]:
 
 
 @pytest.fixture
-def start_stack(simulator: RunningSimulator, tmp_path: Path) -> Iterator[StartStack]:
+def start_stack(
+    e2e_host: None, simulator: RunningSimulator, tmp_path: Path
+) -> Iterator[StartStack]:
     """``start_stack(rwMode="dir")``: obdsnap (boot config keys given) behind a containerd."""
     stacks: list[Stack] = []
 
     def start(**settings: object) -> Stack:
         workdir = short_tmpdir()
-        config: dict[str, object] = {
-            "rwMode": "overlayfs",
-            "configfsRoot": str(simulator.configfs),
-            "sysfsRoot": str(simulator.sysfs),
-            "overlaybd_util_bin_dir": str(simulator.tools_dir),
-            **settings,
-        }
+        config = settings_on(simulator, **{"rwMode": "overlayfs", **settings})
         server = ServerProcess.with_config(workdir, config)
         containerd = PrivateContainerd(
             tmp_path / f"containerd-{len(stacks)}", {PLUGIN: server.address}
@@ -682,7 +650,7 @@ def check_local_layers(stack: Stack, image: BlockImage) -> dict[str, int]:
 
 
 def check_overlay_on_device(
-    stack: Stack, root: MountInfo, top_id: int, *, only_device: bool
+    stack: Stack, root: MountEntry, top_id: int, *, only_device: bool
 ) -> int:
     """The rootfs was an overlay on the top layer's read-only device; the container's ID."""
     assert root.fs_type == "overlay", root
@@ -829,7 +797,7 @@ def test_remote_block_layers_pull_run_remove(
         _, info = backend[chain_id]
         assert info["Kind"] == "Committed", info
         assert info["Labels"] == {
-            SNAPSHOT_REF: chain_id,
+            TARGET_SNAPSHOT_REF: chain_id,
             BLOB_DIGEST: layer.digest,
             BLOB_SIZE: str(layer.size),
             IMAGE_REF: image.reference,

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 from grpclib.client import Channel
+from support.mounts import mount_options
 from support.server_process import ServerProcess, refusal
-from support.snapshots import commit, lower_ids, mount_options, own_id, prepare, stat, usage
+from support.snapshots import commit, lower_ids, own_id, prepare, stat, usage
 
 from obdsnap.fsutil import disk_usage
 from obdsnap.genproto.containerd.services.snapshots import v1 as api

@@ -1,9 +1,10 @@
-"""Fixtures of the block-device tests: the TCMU simulator, test images, obdsnap servers.
+"""Fixtures of the block-device tests: test images, obdsnap servers on the simulator, and a
+writable rootfs on a device.
 
-One simulator per test module (faults are set per device, or by modules of
-their own); a fresh obdsnap server (own root, so snapshot IDs start at 1) per
-test, all on the module's simulator. Roots live under a short ``/tmp/obd-*``
-directory: the kernel (and the simulator) cut ``dev_config`` at 255 bytes.
+A fresh obdsnap server (own root, so snapshot IDs start at 1) per test, all on
+the module's :func:`support.simulator.simulator`. Roots live under a short
+``/tmp/obd-*`` directory: the kernel (and the simulator) cut ``dev_config`` at
+255 bytes.
 
 After each test every snapshot is removed and the server stopped; then no
 device, mount or loop device may be left (a test marked xfail is exempt: it
@@ -13,19 +14,19 @@ shows a bug, and its leftovers are cleaned up without a verdict).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from support.block import Image, Obd, build_image, copy_blobs, force_clean
+
+from obdsnap.genproto.containerd.types import Mount
+from support.block import Image, Obd, build_image, copy_blobs
 from support.server_process import ServerProcess, short_tmpdir
-
-from tcmusim.testing import RunningSimulator, missing_requirements, running_simulator
-
-MISSING = missing_requirements()
+from support.simulator import MISSING, RunningSimulator, force_clean, settings_on
 
 # The three-layer test image: whiteouts in layer 2, an overwrite in layer 3.
 LAYER_FILES: tuple[dict[str, str], ...] = (
@@ -44,6 +45,7 @@ LAYER_FILES: tuple[dict[str, str], ...] = (
     },
     {"three.txt": "layer 3\n", "etc/os-release": "layer3\n"},
 )
+DATA = {"file": "data\n"}
 
 
 @dataclass(frozen=True)
@@ -77,61 +79,39 @@ def images() -> Iterator[Images]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def sim(images: Images) -> Iterator[RunningSimulator]:
-    """One simulator per test module, its registry holding every test image."""
-    if MISSING is not None:
-        pytest.skip(MISSING)
-    work = short_tmpdir()
-    try:
-        with running_simulator(work / "sim") as simulator:
-            for image in (images.three, images.zfile, images.single):
-                copy_blobs(image, simulator.blob_store)
-            yield simulator
-            simulator.control.clear()
-            status = simulator.stop()
-            assert status == 0, f"simulator exited with {status}:\n{simulator.log()}"
-            assert simulator.loop_devices() == [], "loop devices left after the simulator stopped"
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 StartObd = Callable[..., Awaitable[Obd]]
 
 
 @pytest_asyncio.fixture
 async def start_obd(
-    sim: RunningSimulator, request: pytest.FixtureRequest
+    simulator: RunningSimulator, images: Images, request: pytest.FixtureRequest
 ) -> AsyncIterator[StartObd]:
     """Starts obdsnap servers on the module's simulator: ``await start_obd(rwMode="dir")``.
 
     Keyword arguments are boot config keys; the simulator's paths are filled in.
+    The simulator's registry holds every test image.
     """
+    for image in (images.three, images.zfile, images.single):
+        copy_blobs(image, simulator.blob_store)
     started: list[Obd] = []
     workdirs: list[Path] = []
-    sim.control.clear()
+    simulator.control.clear()
 
     async def start(**settings: object) -> Obd:
         workdir = short_tmpdir()
         workdirs.append(workdir)
-        config: dict[str, object] = {
-            "rwMode": "overlayfs",
-            "configfsRoot": str(sim.configfs),
-            "sysfsRoot": str(sim.sysfs),
-            "overlaybd_util_bin_dir": str(sim.tools_dir),
-            **settings,
-        }
-        obd = Obd(sim, ServerProcess.with_config(workdir, config), config)
+        config = settings_on(simulator, **{"rwMode": "overlayfs", **settings})
+        obd = Obd(simulator, ServerProcess.with_config(workdir, config), config)
         started.append(obd)
         return await obd.start()
 
     try:
         yield start
     finally:
-        sim.control.clear()
+        simulator.control.clear()
         problems = await _tear_down(started)
         leftovers = [item for obd in started for item in obd.leftovers()]
-        force_clean(sim, workdirs)
+        force_clean(simulator, workdirs)
         for workdir in workdirs:
             shutil.rmtree(workdir, ignore_errors=True)
         if request.node.get_closest_marker("xfail") is None:
@@ -155,3 +135,69 @@ async def _tear_down(started: list[Obd]) -> list[str]:
         if status != 0:
             problems.append(f"obdsnap exited with {status}:\n{obd.server.log()}")
     return problems
+
+
+# ---------------------------------------------------------------------- a writable rootfs
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    """A writable snapshot on its own device (``dir`` or ``dev`` mode), just prepared."""
+
+    obd: Obd
+    key: str
+    mounts: list[Mount]
+    id: int
+
+    @property
+    def mountpoint(self) -> Path:
+        """Where obdsnap mounted the device (``dir`` mode)."""
+        return self.obd.mountpoint(self.id)
+
+    def write(self, files: Mapping[str, str]) -> None:
+        """Write ``files`` as a container would, synced to the device. In ``dev`` mode the
+        device is mounted for it (as a VM runtime would) and unmounted again."""
+        if self.mounts[0].type == "bind":
+            _write_synced(self.mountpoint, files)
+            return
+        target = self.obd.server.workdir / f"{self.key}-mounted"
+        self.obd.mount_for_real(self.mounts[0], target)
+        try:
+            _write_synced(target, files)
+        finally:
+            self.obd.umount_for_real(target)
+
+
+WritableRootfs = Callable[..., Awaitable[Rootfs]]
+
+
+@pytest_asyncio.fixture
+async def writable_rootfs(start_obd: StartObd) -> WritableRootfs:
+    """``await writable_rootfs()``: obdsnap in ``dir`` mode, a rootfs ``rootfs`` prepared on
+    its own device, and ``file`` written into it. Keywords: ``mode``, ``key``, ``files``, and
+    boot config keys for the server."""
+
+    async def make(
+        *,
+        mode: str = "dir",
+        key: str = "rootfs",
+        files: Mapping[str, str] = DATA,
+        **settings: object,
+    ) -> Rootfs:
+        obd = await start_obd(rwMode=mode, **settings)
+        mounts = await obd.prepare(key)
+        rootfs = Rootfs(obd, key, mounts, obd.own_id(mounts))
+        rootfs.write(files)
+        return rootfs
+
+    return make
+
+
+def _write_synced(directory: Path, files: Mapping[str, str]) -> None:
+    for name, content in files.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
