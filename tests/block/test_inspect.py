@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from grpclib.const import Status
 from support.block import REPO_ROOT, Obd
-from support.block_fixtures import Images, StartObd
+from support.block_fixtures import Images
 from support.simulator import MISSING
 from support.snapshots import expect_status, wait_until
 
@@ -92,9 +92,8 @@ def open_intents(obd: Obd) -> list[tuple[int, str]]:
 
 
 async def test_inspection_of_attached_failed_and_interrupted_devices(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
     # An attached device: a container on the three-layer remote image.
     chain = await obd.unpack_remote(images.three)
     await obd.prepare("ctr-running", chain[-1])

@@ -61,8 +61,7 @@ def write_into_mount(mounts: list[Mount], name: str, content: bytes) -> None:
     (target / name).write_bytes(content)
 
 
-async def test_remote_labels_make_a_remote_block_layer(start_obd: StartObd, images: Images) -> None:
-    obd = await start_obd()
+async def test_remote_labels_make_a_remote_block_layer(obd: Obd, images: Images) -> None:
     chain = await obd.unpack_remote(images.single)
     remote_id = obd.latest_id()
     mounts = await obd.prepare("rootfs", chain[0])
@@ -73,19 +72,9 @@ async def test_remote_labels_make_a_remote_block_layer(start_obd: StartObd, imag
 @pytest.mark.parametrize(
     "missing", [BLOB_DIGEST, BLOB_SIZE, IMAGE_REF], ids=["no-digest", "no-size", "no-image-ref"]
 )
-async def test_remote_needs_every_remote_label(
-    start_obd: StartObd, images: Images, missing: str
-) -> None:
+async def test_remote_needs_every_remote_label(obd: Obd, images: Images, missing: str) -> None:
     """Without one of the labels the layer is unpacked normally: a rw bind of ``fs/``."""
-    obd = await start_obd()
-    layer = images.single.layers[0]
-    chain_id = images.single.chain_ids[0]
-    labels = {
-        TARGET_SNAPSHOT_REF: chain_id,
-        BLOB_DIGEST: layer.digest,
-        BLOB_SIZE: str(layer.size),
-        IMAGE_REF: images.single.ref,
-    }
+    chain_id, labels = images.single.layer_labels()
     del labels[missing]
     mounts = await obd.prepare(f"extract-1 {chain_id}", "", labels)
     own = obd.own_id(mounts)
@@ -98,9 +87,8 @@ async def test_remote_needs_every_remote_label(
 
 @pytest.mark.parametrize("zfile", [False, True], ids=["lsmt", "zfile"])
 async def test_overlaybd_commit_with_magic_makes_a_local_block_layer(
-    start_obd: StartObd, images: Images, zfile: bool
+    obd: Obd, images: Images, zfile: bool
 ) -> None:
-    obd = await start_obd()
     image = images.zfile if zfile else images.single
     [layer_id] = await unpack_local(obd, image)
     chain_id = image.chain_ids[0]
@@ -124,9 +112,8 @@ async def test_overlaybd_commit_with_magic_makes_a_local_block_layer(
 
 
 async def test_local_block_layers_stack_their_lowers_parent_first(
-    start_obd: StartObd, images: Images, tmp_path: Path
+    obd: Obd, images: Images, tmp_path: Path
 ) -> None:
-    obd = await start_obd()
     ids = await unpack_local(obd, images.three)
     top = ids[-1]
     assert obd.config(top)["lowers"] == [{"dir": str(obd.fs(i))} for i in ids]
@@ -146,9 +133,8 @@ async def test_local_block_layers_stack_their_lowers_parent_first(
 
 
 async def test_overlaybd_commit_without_magic_stays_a_normal_layer(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
     not_a_layer = b"this is not an overlaybd layer file" * 10
     [layer_id] = await unpack_local(obd, images.single, blobs=[not_a_layer])
     chain_id = images.single.chain_ids[0]
@@ -165,21 +151,15 @@ async def test_overlaybd_commit_without_magic_stays_a_normal_layer(
     assert obd.sim.loop_devices() == []
 
 
-async def test_short_file_with_magic_prefix_counts_as_zero_padded(
-    start_obd: StartObd, images: Images
-) -> None:
+async def test_short_file_with_magic_prefix_counts_as_zero_padded(obd: Obd, images: Images) -> None:
     """Only the first 24 bytes matter; a file shorter than the 32-byte header is padded."""
-    obd = await start_obd()
     header = images.single.layers[0].path.read_bytes()[:24]
     [layer_id] = await unpack_local(obd, images.single, blobs=[header])
     assert LOCAL_COMMIT_PATH in (await obd.stat(images.single.chain_ids[0])).labels
     assert obd.config(layer_id)["lowers"] == [{"dir": str(obd.fs(layer_id))}]
 
 
-async def test_empty_overlaybd_commit_falls_through_to_normal(
-    start_obd: StartObd, images: Images
-) -> None:
-    obd = await start_obd()
+async def test_empty_overlaybd_commit_falls_through_to_normal(obd: Obd, images: Images) -> None:
     [layer_id] = await unpack_local(obd, images.single, blobs=[b""])
     assert LOCAL_COMMIT_PATH not in (await obd.stat(images.single.chain_ids[0])).labels
     assert not obd.config_path(layer_id).exists()
@@ -204,9 +184,8 @@ async def test_unpack_prepare_is_never_a_writable_rootfs_even_with_rw_mode_dir(
 
 
 async def test_unpack_prepare_on_a_block_parent_attaches_no_device(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
     [first] = await unpack_local(obd, Image(images.three.ref, images.three.layers[:1]))
     chain = images.three.chain_ids
     labels = {TARGET_SNAPSHOT_REF: chain[1], IMAGE_REF: images.three.ref}

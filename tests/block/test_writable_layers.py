@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
-from support.block import Obd, read_header, remote_labels
-from support.block_fixtures import Images, StartObd
+from support.block import Obd, read_header
+from support.block_fixtures import Images, StartObd, WritableRootfs
 from support.mounts import mount_at, mount_options
 from support.processes import run
 from support.simulator import MISSING
@@ -42,11 +42,10 @@ async def committed_dir_layer(
 
 
 async def test_dir_mode_device_has_a_writable_layer_and_is_mounted_rw(
-    start_obd: StartObd,
+    writable_rootfs: WritableRootfs,
 ) -> None:
-    obd = await start_obd(rwMode="dir")
-    mounts = await obd.prepare("rootfs")
-    own = obd.own_id(mounts)
+    rootfs = await writable_rootfs(files={"hello": "hi\n"})
+    obd, own = rootfs.obd, rootfs.id
     block = obd.block(own)
     assert obd.config(own) == {
         "repoBlobUrl": "",
@@ -64,14 +63,13 @@ async def test_dir_mode_device_has_a_writable_layer_and_is_mounted_rw(
     # ext4 made with the snapshotter's options: no journal.
     assert "has_journal" not in run("dumpe2fs", "-h", device).stdout
     # The rootfs is the device's filesystem.
-    (Path(mounts[0].source) / "hello").write_text("hi\n")
-    assert (obd.mountpoint(own) / "hello").read_text() == "hi\n"
+    assert Path(rootfs.mounts[0].source) == obd.mountpoint(own)
+    rootfs.assert_holds({"hello": "hi\n"})
 
 
-async def test_sparse_writable_layer_type(start_obd: StartObd) -> None:
-    obd = await start_obd(rwMode="dir", writableLayerType="sparse")
-    own = obd.own_id(await obd.prepare("rootfs"))
-    assert read_header(obd.block(own) / "writable_data").sparse is True
+async def test_sparse_writable_layer_type(writable_rootfs: WritableRootfs) -> None:
+    rootfs = await writable_rootfs(files={}, writableLayerType="sparse")
+    assert read_header(rootfs.obd.block(rootfs.id) / "writable_data").sparse is True
 
 
 @pytest.mark.parametrize(
@@ -237,12 +235,9 @@ async def test_dev_mode_type_comes_from_blob_fs_type(start_obd: StartObd) -> Non
 
 
 async def test_parent_blob_fs_type_is_used_for_its_read_only_device(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
-    layer = images.single.layers[0]
-    chain_id = images.single.chain_ids[0]
-    labels = {**remote_labels(chain_id, layer, images.single.ref), BLOB_FS_TYPE: "ext4;noatime"}
+    chain_id, labels = images.single.layer_labels({BLOB_FS_TYPE: "ext4;noatime"})
     await expect_status(obd.prepare(f"extract-1 {chain_id}", "", labels), Status.ALREADY_EXISTS)
     parent_id = obd.latest_id()
     # The container's own label does not matter in overlayfs mode: the parent's does.

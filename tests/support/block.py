@@ -68,10 +68,12 @@ class Image:
                 chain.append("sha256:" + hashlib.sha256(joined).hexdigest())
         return chain
 
-    def layer_labels(self, index: int = 0, **extra: str) -> tuple[str, dict[str, str]]:
+    def layer_labels(
+        self, extra: Mapping[str, str] | None = None, index: int = 0
+    ) -> tuple[str, dict[str, str]]:
         """A layer's chain ID and the labels containerd unpacks it with, plus ``extra``."""
         chain_id = self.chain_ids[index]
-        return chain_id, {**remote_labels(chain_id, self.layers[index], self.ref), **extra}
+        return chain_id, {**remote_labels(chain_id, self.layers[index], self.ref), **(extra or {})}
 
 
 def write_tree(root: Path, files: Mapping[str, str]) -> Path:
@@ -355,6 +357,12 @@ class Obd:
     def mount_for_real(self, spec: Mount, target: Path) -> None:
         mount(spec, target)
         self.real_mounts.append(target)
+
+    async def mount_container(self, key: str, parent: str, target: Path) -> list[Mount]:
+        """Prepare ``key`` on ``parent`` and mount it on ``target`` as a container's rootfs."""
+        mounts = await self.prepare(key, parent)
+        self.mount_for_real(mounts[0], target)
+        return mounts
 
     def umount_for_real(self, target: Path) -> None:
         umount(target)

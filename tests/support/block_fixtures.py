@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 
 from obdsnap.genproto.containerd.types import Mount
+from obdsnap.labels import WRITABLE
 from support.block import Image, Obd, build_image, copy_blobs
 from support.server_process import ServerProcess, short_tmpdir
 from support.simulator import MISSING, RunningSimulator, force_clean, settings_on
@@ -119,6 +120,12 @@ async def start_obd(
             assert not leftovers, f"left behind: {leftovers}"
 
 
+@pytest_asyncio.fixture
+async def obd(start_obd: StartObd) -> Obd:
+    """obdsnap with the default boot config (``overlayfs``) on the module's simulator."""
+    return await start_obd()
+
+
 async def _tear_down(started: list[Obd]) -> list[str]:
     problems: list[str] = []
     for obd in started:
@@ -154,16 +161,33 @@ class Rootfs:
         """Where obdsnap mounted the device (``dir`` mode)."""
         return self.obd.mountpoint(self.id)
 
+    def assert_holds(self, files: Mapping[str, str] = DATA) -> None:
+        """Its mounted device holds ``files`` (``dir`` mode)."""
+        for name, content in files.items():
+            assert (self.mountpoint / name).read_text() == content, name
+
+    async def assert_mounts_and_commits(
+        self, labels: Mapping[str, str] | None = None, files: Mapping[str, str] = DATA
+    ) -> None:
+        """Mounts answers as Prepare did, with ``files`` on the device; the rootfs then commits
+        (with ``labels``) as ``layer``, and a child of it reads ``files``."""
+        assert await self.obd.mounts(self.key) == self.mounts
+        self.assert_holds(files)
+        await self.obd.commit("layer", self.key, labels)
+        child = await self.obd.prepare("child", "layer", {WRITABLE: "dir"})
+        for name, content in files.items():
+            assert (Path(child[0].source) / name).read_text() == content, name
+
     def write(self, files: Mapping[str, str]) -> None:
         """Write ``files`` as a container would, synced to the device. In ``dev`` mode the
         device is mounted for it (as a VM runtime would) and unmounted again."""
         if self.mounts[0].type == "bind":
-            _write_synced(self.mountpoint, files)
+            write_synced(self.mountpoint, files)
             return
         target = self.obd.server.workdir / f"{self.key}-mounted"
         self.obd.mount_for_real(self.mounts[0], target)
         try:
-            _write_synced(target, files)
+            write_synced(target, files)
         finally:
             self.obd.umount_for_real(target)
 
@@ -193,7 +217,8 @@ async def writable_rootfs(start_obd: StartObd) -> WritableRootfs:
     return make
 
 
-def _write_synced(directory: Path, files: Mapping[str, str]) -> None:
+def write_synced(directory: Path, files: Mapping[str, str]) -> None:
+    """Write ``files`` under ``directory`` and fsync each: on a device, a crash keeps them."""
     for name, content in files.items():
         path = directory / name
         path.parent.mkdir(parents=True, exist_ok=True)
