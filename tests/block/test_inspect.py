@@ -21,6 +21,7 @@ import pytest
 from grpclib.const import Status
 from support.block import REPO_ROOT, Obd
 from support.block_fixtures import Images
+from support.processes import run
 from support.simulator import MISSING
 from support.snapshots import expect_status, wait_until
 
@@ -33,18 +34,9 @@ ATTACH_HOLD_S = 3.0
 
 
 def obdsnap(obd: Obd, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "obdsnap", *args, "--config", str(obd.server.config_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        timeout=60,
-    )
-    if check:
-        assert done.returncode == 0, f"obdsnap {' '.join(args)}: {done.stderr}"
-    return done
+    command = [sys.executable, "-m", "obdsnap", *args, "--config", str(obd.server.config_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return run(*command, check=check, cwd=REPO_ROOT, env=env, timeout=60)
 
 
 def as_json(obd: Obd, *args: str) -> dict[str, Any]:
