@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.block import SnapshotFiles
 from support.gobuild import build_go_program
 from support.mounts import MountEntry, mount_at, mounts_under
 from support.server_process import ServerProcess, short_tmpdir
-from support.simulator import HBA, force_clean, settings_on, wwn
+from support.simulator import configfs_devices, force_clean, settings_on
 
 from obdsnap.labels import (
     BLOB_DIGEST,
@@ -378,7 +379,7 @@ def option_map(options: str) -> dict[str, str]:
 
 
 @dataclass
-class Stack:
+class Stack(SnapshotFiles):
     """One obdsnap on the simulator and the private containerd that uses it."""
 
     sim: RunningSimulator
@@ -391,29 +392,6 @@ class Stack:
     @property
     def root(self) -> Path:
         return self.server.root
-
-    def fs(self, snapshot_id: int) -> Path:
-        return self.root / "snapshots" / str(snapshot_id) / "fs"
-
-    def block(self, snapshot_id: int) -> Path:
-        return self.root / "snapshots" / str(snapshot_id) / "block"
-
-    def mountpoint(self, snapshot_id: int) -> Path:
-        return self.block(snapshot_id) / "mountpoint"
-
-    def config(self, snapshot_id: int) -> dict[str, Any]:
-        document = json.loads((self.block(snapshot_id) / "config.v1.json").read_text())
-        assert isinstance(document, dict)
-        return document
-
-    def id_of(self, path: str | Path) -> int:
-        """The snapshot ID of a path under ``snapshots/<ID>/``."""
-        return int(Path(path).relative_to(self.root / "snapshots").parts[0])
-
-    def snapshot_ids(self) -> list[int]:
-        return sorted(
-            int(entry.name) for entry in (self.root / "snapshots").iterdir() if entry.name.isdigit()
-        )
 
     def backend_keys(self) -> dict[str, str]:
         """obdsnap's keys by containerd's names.
@@ -437,22 +415,6 @@ class Stack:
         }
 
     # -- devices ----------------------------------------------------------------------
-
-    def mark(self, snapshot_id: int) -> str | None:
-        try:
-            return (self.block(snapshot_id) / "backstore_mark").read_text()
-        except FileNotFoundError:
-            return None
-
-    def configfs_entries(self, snapshot_id: int | None = None) -> list[Path]:
-        """configfs objects of a snapshot's device (of any device, without an ID)."""
-        core = self.sim.configfs / "target/core" / HBA
-        loopback = self.sim.configfs / "target/loopback"
-        if snapshot_id is not None:
-            candidates = [core / f"dev_{snapshot_id}", loopback / wwn(snapshot_id)]
-            return [path for path in candidates if path.exists()]
-        found = [entry for entry in core.iterdir() if entry.is_dir()] if core.is_dir() else []
-        return found + [entry for entry in loopback.iterdir() if entry.is_dir()]
 
     def loop_devices(self) -> list[str]:
         """Loop devices the simulator bound, or backed by a file of this obdsnap."""
@@ -479,11 +441,6 @@ class Stack:
             assert (entry.source, entry.fs_type) == (device, "ext4"), entry
             assert entry.options.split(",")[0] == mounted, entry
         return device
-
-    def device_owner(self, device: str) -> int:
-        owners = [i for i in self.snapshot_ids() if self.mark(i) == device]
-        assert len(owners) == 1, (device, owners)
-        return owners[0]
 
     # -- containers -------------------------------------------------------------------
 
@@ -531,7 +488,7 @@ class Stack:
         assert in_server == [], "obdsnap still holds snapshots after containerd's GC"
         assert on_disk == [], f"{snapshot_dir} not empty after GC (Remove + Cleanup)"
         assert mounts_under(self.root) == [], mounts_under(self.root)
-        assert self.configfs_entries() == [], self.configfs_entries()
+        assert configfs_devices(self.sim) == [], configfs_devices(self.sim)
         assert self.loop_devices() == [], self.loop_devices()
 
     def tear_down(self) -> list[str]:
@@ -660,7 +617,7 @@ def check_overlay_on_device(
     assert options["workdir"] == str(stack.fs(container_id).with_name("work")), options
     device = stack.assert_device(top_id, mounted="ro")
     if only_device:
-        others = {i: stack.mark(i) for i in stack.snapshot_ids() if i != top_id and stack.mark(i)}
+        others = {i: stack.mark(i) for i in sorted(stack.ids()) if i != top_id and stack.mark(i)}
         assert others == {}, f"devices other than the top layer's: {others}"
         assert stack.loop_devices() == [device], stack.loop_devices()
     # What the container wrote went to the overlay's upper directory.
@@ -790,7 +747,7 @@ def test_remote_block_layers_pull_run_remove(
     # Each layer was committed through the remote path, under its chain ID.
     backend = stack.backend()
     assert {name: key for name, (key, _) in backend.items()} == {c: c for c in image.chain_ids}
-    ids_by_digest = {stack.config(i)["lowers"][-1]["digest"]: i for i in stack.snapshot_ids()}
+    ids_by_digest = {stack.config(i)["lowers"][-1]["digest"]: i for i in sorted(stack.ids())}
     repo_blob_url = f"https://{registry.host}/v2/{REMOTE_REPOSITORY}/blobs"
     lowers: list[dict[str, object]] = []
     for chain_id, layer in zip(image.chain_ids, image.layers, strict=True):

@@ -126,11 +126,101 @@ def read_header(path: Path) -> layerfmt.Header:
         os.close(descriptor)
 
 
+# ---------------------------------------------------------------------- obdsnap's files
+
+
+class SnapshotFiles:
+    """What an obdsnap keeps for its snapshots: under its ``root``, and in the configfs and
+    sysfs of the simulator ``sim``."""
+
+    sim: RunningSimulator
+
+    @property
+    def root(self) -> Path:
+        raise NotImplementedError
+
+    def snapshot_dir(self, snapshot_id: int) -> Path:
+        return self.root / "snapshots" / str(snapshot_id)
+
+    def fs(self, snapshot_id: int) -> Path:
+        return self.snapshot_dir(snapshot_id) / "fs"
+
+    def block(self, snapshot_id: int) -> Path:
+        return self.snapshot_dir(snapshot_id) / "block"
+
+    def mountpoint(self, snapshot_id: int) -> Path:
+        return self.block(snapshot_id) / "mountpoint"
+
+    def config_path(self, snapshot_id: int) -> Path:
+        return self.block(snapshot_id) / "config.v1.json"
+
+    def config(self, snapshot_id: int) -> dict[str, Any]:
+        document = json.loads(self.config_path(snapshot_id).read_text())
+        assert isinstance(document, dict)
+        return document
+
+    def ids(self) -> set[int]:
+        return {
+            int(entry.name) for entry in (self.root / "snapshots").iterdir() if entry.name.isdigit()
+        }
+
+    def latest_id(self) -> int:
+        """The ID of the snapshot made last (IDs only grow, and its directory is there)."""
+        return max(self.ids())
+
+    def id_of(self, path: str | Path) -> int:
+        """The snapshot ID of a path under ``snapshots/<ID>/``."""
+        relative = Path(path).relative_to(self.root / "snapshots")
+        return int(relative.parts[0])
+
+    # -- devices --------------------------------------------------------------------
+
+    def target_dir(self, snapshot_id: int) -> Path:
+        return self.sim.configfs / "target/core" / HBA / f"dev_{snapshot_id}"
+
+    def loopback_dir(self, snapshot_id: int) -> Path:
+        return self.sim.configfs / "target/loopback" / wwn(snapshot_id)
+
+    def configfs_entries(self, snapshot_id: int) -> list[Path]:
+        """configfs objects of the snapshot's device that exist."""
+        return [
+            path
+            for path in (self.target_dir(snapshot_id), self.loopback_dir(snapshot_id))
+            if path.exists()
+        ]
+
+    def device_of(self, snapshot_id: int) -> str | None:
+        """The device node of the snapshot's attached device (per configfs and sysfs)."""
+        tpg = self.loopback_dir(snapshot_id) / "tpgt_1"
+        try:
+            address = (tpg / "address").read_text().strip()
+        except OSError:
+            return None
+        disks = self.sim.sysfs / "class/scsi_device" / f"{address}:0" / "device/block"
+        try:
+            names = sorted(os.listdir(disks))
+        except FileNotFoundError:
+            return None
+        return f"/dev/{names[0]}" if names else None
+
+    def mark(self, snapshot_id: int) -> str | None:
+        try:
+            return (self.block(snapshot_id) / "backstore_mark").read_text()
+        except FileNotFoundError:
+            return None
+
+    def device_owner(self, device: str) -> int:
+        """The snapshot whose mark names ``device``."""
+        owners = [i for i in self.ids() if self.mark(i) == device]
+        assert len(owners) == 1, (device, owners)
+        return owners[0]
+
+
 # ---------------------------------------------------------------------- obdsnap on the simulator
 
 
 @dataclass
-class Obd:
+class Obd(SnapshotFiles):
     """One obdsnap server on the simulator ``sim``, and a client of it."""
 
     sim: RunningSimulator
@@ -237,42 +327,6 @@ class Obd:
         chain = await self.unpack_remote(image)
         return chain[-1], self.latest_id()
 
-    # -- what is on disk ------------------------------------------------------------
-
-    def snapshot_dir(self, snapshot_id: int) -> Path:
-        return self.root / "snapshots" / str(snapshot_id)
-
-    def fs(self, snapshot_id: int) -> Path:
-        return self.snapshot_dir(snapshot_id) / "fs"
-
-    def block(self, snapshot_id: int) -> Path:
-        return self.snapshot_dir(snapshot_id) / "block"
-
-    def mountpoint(self, snapshot_id: int) -> Path:
-        return self.block(snapshot_id) / "mountpoint"
-
-    def config_path(self, snapshot_id: int) -> Path:
-        return self.block(snapshot_id) / "config.v1.json"
-
-    def config(self, snapshot_id: int) -> dict[str, Any]:
-        document = json.loads(self.config_path(snapshot_id).read_text())
-        assert isinstance(document, dict)
-        return document
-
-    def ids(self) -> set[int]:
-        return {
-            int(entry.name) for entry in (self.root / "snapshots").iterdir() if entry.name.isdigit()
-        }
-
-    def latest_id(self) -> int:
-        """The ID of the snapshot made last (IDs only grow, and its directory is there)."""
-        return max(self.ids())
-
-    def id_of(self, path: str | Path) -> int:
-        """The snapshot ID of a path under ``snapshots/<ID>/``."""
-        relative = Path(path).relative_to(self.root / "snapshots")
-        return int(relative.parts[0])
-
     def own_id(self, mounts: Sequence[Mount]) -> int:
         """The ID of the snapshot that Prepare/View/Mounts answered for, from its mounts."""
         assert len(mounts) == 1, mounts
@@ -281,46 +335,8 @@ class Obd:
             return self.id_of(mount_options(mount)["upperdir"])
         if mount.source.startswith("/dev/"):
             # dev mode: the snapshot whose device it is.
-            owners = [i for i in self.ids() if self.mark(i) == mount.source]
-            assert len(owners) == 1, (mount.source, owners)
-            return owners[0]
+            return self.device_owner(mount.source)
         return self.id_of(mount.source)
-
-    # -- devices --------------------------------------------------------------------
-
-    def target_dir(self, snapshot_id: int) -> Path:
-        return self.sim.configfs / "target/core" / HBA / f"dev_{snapshot_id}"
-
-    def loopback_dir(self, snapshot_id: int) -> Path:
-        return self.sim.configfs / "target/loopback" / wwn(snapshot_id)
-
-    def configfs_entries(self, snapshot_id: int) -> list[Path]:
-        """configfs objects of the snapshot's device that exist."""
-        return [
-            path
-            for path in (self.target_dir(snapshot_id), self.loopback_dir(snapshot_id))
-            if path.exists()
-        ]
-
-    def device_of(self, snapshot_id: int) -> str | None:
-        """The device node of the snapshot's attached device (per configfs and sysfs)."""
-        tpg = self.loopback_dir(snapshot_id) / "tpgt_1"
-        try:
-            address = (tpg / "address").read_text().strip()
-        except OSError:
-            return None
-        disks = self.sim.sysfs / "class/scsi_device" / f"{address}:0" / "device/block"
-        try:
-            names = sorted(os.listdir(disks))
-        except FileNotFoundError:
-            return None
-        return f"/dev/{names[0]}" if names else None
-
-    def mark(self, snapshot_id: int) -> str | None:
-        try:
-            return (self.block(snapshot_id) / "backstore_mark").read_text()
-        except FileNotFoundError:
-            return None
 
     def assert_attached(self, snapshot_id: int, *, mounted: str | None) -> str:
         """The device of the snapshot is attached; mounted ``ro``/``rw``, or not at all (None).
