@@ -187,20 +187,16 @@ async def test_view_in_dev_mode_is_ro(start_obd: StartObd) -> None:
     ]
 
 
-async def test_dev_mode_hands_out_the_device_unmounted(start_obd: StartObd, tmp_path: Path) -> None:
-    obd = await start_obd(rwMode="dev")
-    mounts = await obd.prepare("vm-rootfs")
-    own = obd.own_id(mounts)
+async def test_dev_mode_hands_out_the_device_unmounted(writable_rootfs: WritableRootfs) -> None:
+    # The VM runtime mounts it (a fresh ext4), writes and unmounts it again.
+    files = {"vm.txt": "written in the VM\n"}
+    rootfs = await writable_rootfs(mode="dev", key="vm-rootfs", files=files)
+    obd, own = rootfs.obd, rootfs.id
     device = obd.assert_attached(own, mounted=None)
-    assert [(m.type, m.source, list(m.options)) for m in mounts] == [
+    assert [(m.type, m.source, list(m.options)) for m in rootfs.mounts] == [
         ("ext4", device, ["rw", "discard"])
     ]
     assert obd.mark(own) == device
-    # The VM runtime mounts it; it is a fresh ext4.
-    target = tmp_path / "vm"
-    obd.mount_for_real(mounts[0], target)
-    (target / "vm.txt").write_text("written in the VM\n")
-    obd.umount_for_real(target)
     await obd.commit("vm-layer", "vm-rootfs")
     obd.assert_detached(own)
     child = await obd.prepare("next", "vm-layer", {WRITABLE: "dir"})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 from support.block import Obd
-from support.block_fixtures import Images, StartObd
+from support.block_fixtures import Images, StartObd, WritableRootfs
 from support.mounts import mount_options
 from support.simulator import MISSING
 
@@ -108,13 +108,13 @@ async def test_writable_mode_resolution(
     assert await obd.mounts("rootfs") == mounts
 
 
-async def test_fresh_writable_device_without_parent_is_mkfsed(start_obd: StartObd) -> None:
+async def test_fresh_writable_device_without_parent_is_mkfsed(
+    writable_rootfs: WritableRootfs,
+) -> None:
     """(With no parent, dir gives a fresh writable device that is mkfs'ed: an empty ext4.)
 
     Empty as containerd expects a snapshot without parent to be: no lost+found either.
     """
-    obd = await start_obd(rwMode="dir")
-    mounts = await obd.prepare("rootfs")
-    own = obd.own_id(mounts)
-    obd.assert_attached(own, mounted="rw")
-    assert sorted(p.name for p in obd.mountpoint(own).iterdir()) == []
+    rootfs = await writable_rootfs(files={})
+    rootfs.obd.assert_attached(rootfs.id, mounted="rw")
+    assert sorted(p.name for p in rootfs.mountpoint.iterdir()) == []

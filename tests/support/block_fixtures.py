@@ -181,6 +181,8 @@ class Rootfs:
     def write(self, files: Mapping[str, str]) -> None:
         """Write ``files`` as a container would, synced to the device. In ``dev`` mode the
         device is mounted for it (as a VM runtime would) and unmounted again."""
+        if not files:
+            return
         if self.mounts[0].type == "bind":
             write_synced(self.mountpoint, files)
             return
