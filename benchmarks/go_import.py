@@ -42,7 +42,7 @@ from migration.gohelpers import (  # noqa: E402
     many_ops,
     write_go_metadata,
 )
-from server_process import ServerProcess  # noqa: E402
+from support.server_process import ServerProcess  # noqa: E402
 
 IMPORT_LINE = re.compile(r"imported the Go snapshotter's metadata .*\((\d+\.\d+)s\)")
 

@@ -55,7 +55,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]  # this checkout's obdsnap and test helpers
 
-from scrape import Exposition, fetch  # noqa: E402
+from support.scrape import Exposition, fetch  # noqa: E402
 
 from obdsnap.config import BootConfig  # noqa: E402
 from obdsnap.genproto.containerd.services.snapshots import v1 as api  # noqa: E402

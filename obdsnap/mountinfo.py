@@ -16,11 +16,12 @@ class MountEntry:
     fs_type: str
     source: str
     super_options: str
+    options: str = ""  # the per-mount options: ro/rw, noatime...
 
 
 def read_mounts(mountinfo: Path = MOUNTINFO) -> list[MountEntry]:
     """Blocking: the current mount table."""
-    return [entry for line in mountinfo.read_text().splitlines() if (entry := _parse(line))]
+    return [entry for line in mountinfo.read_text().splitlines() if (entry := parse_line(line))]
 
 
 def is_mounted(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
@@ -30,9 +31,15 @@ def is_mounted(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
 
 def mounted_source(path: Path, mountinfo: Path = MOUNTINFO) -> str | None:
     """Blocking: the source of what is mounted on ``path`` (the topmost mount), if any."""
+    entry = mount_at(path, mountinfo)
+    return None if entry is None else entry.source
+
+
+def mount_at(path: Path, mountinfo: Path = MOUNTINFO) -> MountEntry | None:
+    """Blocking: the topmost mount exactly on ``path``, if any."""
     target = str(path)
-    sources = [entry.source for entry in read_mounts(mountinfo) if entry.mount_point == target]
-    return sources[-1] if sources else None
+    entries = [entry for entry in read_mounts(mountinfo) if entry.mount_point == target]
+    return entries[-1] if entries else None
 
 
 def mounts_under(path: Path, mountinfo: Path = MOUNTINFO) -> list[str]:
@@ -54,7 +61,8 @@ def overlay_uses(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
     )
 
 
-def _parse(line: str) -> MountEntry | None:
+def parse_line(line: str) -> MountEntry | None:
+    """One line of a mountinfo file; None for a line that is not one."""
     fields = line.split()
     try:
         separator = fields.index("-", 6)
@@ -64,7 +72,9 @@ def _parse(line: str) -> MountEntry | None:
         return None
     fs_type, source = fields[separator + 1], fields[separator + 2]
     super_options = fields[separator + 3] if len(fields) > separator + 3 else ""
-    return MountEntry(_unescape(fields[4]), fs_type, _unescape(source), _unescape(super_options))
+    return MountEntry(
+        _unescape(fields[4]), fs_type, _unescape(source), _unescape(super_options), fields[5]
+    )
 
 
 def _unescape(field: str) -> str:

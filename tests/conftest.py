@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from grpclib.client import Channel
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from server_process import ServerProcess
+from support.server_process import ServerProcess
+from support.snapshots import connect
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
+
+# The simulator and the block-device fixtures, for every suite that runs obdsnap on devices.
+pytest_plugins = ["support.simulator", "support.block_fixtures"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -39,8 +38,5 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 async def client(server: ServerProcess) -> AsyncIterator[api.SnapshotsStub]:
-    channel = Channel(path=str(server.address))
-    try:
-        yield api.SnapshotsStub(channel)
-    finally:
-        channel.close()
+    async with connect(server) as stub:
+        yield stub

@@ -8,11 +8,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from server_process import ServerProcess
-
-from obdsnap.genproto.containerd.services.snapshots import v1 as api
-
-from .helpers import (
+from support.server_process import ServerProcess
+from support.snapshots import (
     Snap,
     commit_layer,
     connect,
@@ -21,6 +18,8 @@ from .helpers import (
     store_state,
     view,
 )
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
 GC_ROOT = "containerd.io/gc.root"
 

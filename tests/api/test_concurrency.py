@@ -9,11 +9,8 @@ from typing import Any
 from betterproto.lib.google.protobuf import FieldMask
 from grpclib import GRPCError
 from grpclib.const import Status
-from server_process import ServerProcess
-
-from obdsnap.genproto.containerd.services.snapshots import v1 as api
-
-from .helpers import (
+from support.server_process import ServerProcess
+from support.snapshots import (
     commit,
     commit_layer,
     dir_entries,
@@ -28,6 +25,8 @@ from .helpers import (
     stat,
     store_state,
 )
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
 
 def outcome(result: object) -> Status:

@@ -6,21 +6,19 @@ import os
 from pathlib import Path
 
 import pytest
-from server_process import ServerProcess
-
-from obdsnap.genproto.containerd.services.snapshots import v1 as api
-
-from .helpers import (
+from support.mounts import mount_options, umount
+from support.processes import run_async
+from support.server_process import ServerProcess
+from support.snapshots import (
     INDEX_OFF,
     commit,
     fs_dir,
     lower_ids,
-    mount_options,
     own_id,
     prepare,
-    run,
-    umount,
 )
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
 DEPTH = 128
 
@@ -85,7 +83,7 @@ async def test_128_layers(client: api.SnapshotsStub, server: ServerProcess, tmp_
     assert len(short) < os.sysconf("SC_PAGE_SIZE")
     target = tmp_path / "rootfs"
     target.mkdir()
-    await run("mount", "-t", "overlay", "overlay", "-o", short, target, cwd=snapshots)
+    await run_async("mount", "-t", "overlay", "overlay", "-o", short, target, cwd=snapshots)
     try:
         assert (target / "layer-000.txt").read_text() == "layer-000"
         assert (target / "layer-063.txt").read_text() == "layer-063"
@@ -96,7 +94,7 @@ async def test_128_layers(client: api.SnapshotsStub, server: ServerProcess, tmp_
         assert (fs_dir(root, top) / "layer-000.txt").read_text() == "changed"
         assert (fs_dir(root, ids[0]) / "layer-000.txt").read_text() == "layer-000"
     finally:
-        await umount(target)
+        umount(target)
 
     # Mounts answers the same 128 lowers.
     reply = await client.mounts(api.MountsRequest(key="rootfs"))

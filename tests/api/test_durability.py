@@ -11,11 +11,8 @@ import pytest
 from grpclib import GRPCError
 from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
-from server_process import ServerProcess
-
-from obdsnap.genproto.containerd.services.snapshots import v1 as api
-
-from .helpers import (
+from support.server_process import ServerProcess
+from support.snapshots import (
     commit,
     commit_layer,
     connect,
@@ -32,6 +29,8 @@ from .helpers import (
     view,
     wait_until,
 )
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
 
 @pytest.fixture

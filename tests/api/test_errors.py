@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from betterproto.lib.google.protobuf import FieldMask
 from grpclib.const import Status
+from support.snapshots import dir_entries, expect_status, list_infos, stat, store_state
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
 from .conftest import Populated
-from .helpers import dir_entries, expect_status, list_infos, stat, store_state
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

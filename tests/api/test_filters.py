@@ -8,9 +8,9 @@ solo (active), solo-view (view)
 from __future__ import annotations
 
 import pytest
+from support.snapshots import list_names
 
 from .conftest import Populated
-from .helpers import list_names
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -62,7 +62,7 @@ async def test_filter(populated: Populated, filters: list[str], expected: set[st
 
 
 async def test_list_without_filters_tells_everything(populated: Populated) -> None:
-    from .helpers import store_state
+    from support.snapshots import store_state
 
     state = await store_state(populated.client)
     assert state == populated.initial

@@ -8,12 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from server_process import ServerProcess
+from support.processes import run
+from support.server_process import ServerProcess
 
 
 def health(address: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "obdsnap", "health", "--address", str(address), *extra]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    health = [sys.executable, "-m", "obdsnap", "health", "--address", str(address), *extra]
+    return run(*health, check=False, timeout=60)
 
 
 def test_healthy_while_serving(server: ServerProcess) -> None:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 from grpclib.const import Status
-from server_process import ServerProcess
-
-from obdsnap.genproto.containerd.services.snapshots import v1 as api
-from obdsnap.mountinfo import is_mounted
-
-from .helpers import (
+from support.processes import run
+from support.server_process import ServerProcess
+from support.snapshots import (
     assert_recent_utc,
     commit,
     commit_layer,
@@ -29,6 +25,9 @@ from .helpers import (
     view,
     wait_until,
 )
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
+from obdsnap.mountinfo import is_mounted
 
 
 def walk_usage(top: Path) -> tuple[int, int]:
@@ -327,7 +326,7 @@ async def test_cleanup_unmounts_what_is_mounted_in_orphans_unless_an_overlay_use
 
 
 def run_root(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True)
+    run(*argv)
 
 
 async def test_cleanup_of_an_empty_store(client: api.SnapshotsStub, server: ServerProcess) -> None:

@@ -8,11 +8,10 @@ import pytest
 from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.const import Status
-from server_process import ServerProcess
+from support.server_process import ServerProcess
+from support.snapshots import expect_status, list_chunks, list_infos, list_names, prepare
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
-
-from .helpers import expect_status, list_chunks, list_infos, list_names, prepare
 
 
 async def test_empty_store_is_an_empty_stream(client: api.SnapshotsStub) -> None:

@@ -16,13 +16,12 @@ from typing import Any
 
 import pytest
 from grpclib.const import Status
-from server_process import ServerProcess
+from support.server_process import ServerProcess
+from support.snapshots import connect, expect_status, start_server
 
 from obdsnap import __version__
 from obdsnap.config import parse_config
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
-
-from .helpers import connect, expect_status, start_server
 
 SERVE = f"{shlex.quote(sys.executable)} -m obdsnap serve --config {{config}}"
 

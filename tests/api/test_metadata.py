@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 from grpclib.const import Status
-from server_process import ServerProcess
-
-from obdsnap.genproto.containerd.services.snapshots import v1 as api
-
-from .helpers import (
+from support.server_process import ServerProcess
+from support.snapshots import (
     commit,
     commit_layer,
     dir_entries,
@@ -21,6 +18,8 @@ from .helpers import (
     stat,
     view,
 )
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
 
 async def new_id(server: ServerProcess, before: set[int]) -> int:

@@ -12,13 +12,12 @@ import pytest_asyncio
 from grpclib.const import Status
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
-from scrape import Exposition, free_port, scrape
-from server_process import ServerProcess
+from support.scrape import Exposition, free_port, scrape
+from support.server_process import ServerProcess
+from support.snapshots import commit, connect, expect_status, prepare, start_server, stat, view
 
 from obdsnap import __version__
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
-
-from .helpers import commit, connect, expect_status, prepare, start_server, stat, view
 
 KINDS = ("view", "active", "committed")
 

@@ -9,24 +9,22 @@ import stat as stat_module
 from pathlib import Path
 
 import pytest
-from server_process import ServerProcess
-
-from obdsnap.genproto.containerd.services.snapshots import v1 as api
-from obdsnap.genproto.containerd.types import Mount
-
-from .helpers import (
+from support.mounts import mount, umount
+from support.server_process import ServerProcess
+from support.snapshots import (
     INDEX_OFF,
     commit,
     commit_chain,
     commit_layer,
     fs_dir,
-    mount,
     numeric_ids,
     own_id,
     prepare,
-    umount,
     view,
 )
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
+from obdsnap.genproto.containerd.types import Mount
 
 INDEX = ["index=off"] if INDEX_OFF else []
 
@@ -222,7 +220,7 @@ async def test_mount_what_prepare_and_view_return(
     try:
         for name, mounts in (("active", active), ("v2", several), ("v1", one), ("bare", bare)):
             targets[name].mkdir()
-            await mount(mounts[0], targets[name])
+            mount(mounts[0], targets[name])
             mounted.append(targets[name])
 
         rootfs = targets["active"]
@@ -242,4 +240,4 @@ async def test_mount_what_prepare_and_view_return(
         assert (fs_dir(root, own_id(bare, root)) / "file").read_text() == "bind"
     finally:
         for target in reversed(mounted):
-            await umount(target)
+            umount(target)

@@ -17,11 +17,8 @@ import pytest
 from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.const import Status
-from server_process import ServerProcess
-
-from obdsnap.genproto.containerd.services.snapshots import v1 as api
-
-from .helpers import (
+from support.server_process import ServerProcess
+from support.snapshots import (
     connect,
     expect_status,
     list_chunks,
@@ -31,6 +28,8 @@ from .helpers import (
     stat,
     wait_until,
 )
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
 SERVE = f"{shlex.quote(sys.executable)} -m obdsnap serve"
 WITH_CONFIG = f"{SERVE} --config {{config}} --root {{root}} --address {{address}}"

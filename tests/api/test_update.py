@@ -9,11 +9,8 @@ from typing import Any
 import pytest
 from betterproto.lib.google.protobuf import FieldMask
 from grpclib.const import Status
-from server_process import ServerProcess
-
-from obdsnap.genproto.containerd.services.snapshots import v1 as api
-
-from .helpers import (
+from support.server_process import ServerProcess
+from support.snapshots import (
     assert_recent_utc,
     commit,
     commit_layer,
@@ -23,6 +20,8 @@ from .helpers import (
     utc_now,
     view,
 )
+
+from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
 GC_ROOT = "containerd.io/gc.root"
 

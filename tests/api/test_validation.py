@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
-from server_process import ServerProcess
+from support.server_process import ServerProcess
+from support.snapshots import expect_status, list_names
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
-
-from .helpers import expect_status, list_names
 
 TRACE = "containerd.io/snapshot/overlaybd/record-trace"
 TRACE_PATH = "containerd.io/snapshot/overlaybd/record-trace-path"

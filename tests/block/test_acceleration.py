@@ -14,18 +14,20 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
+from support.block import Obd
+from support.block_fixtures import Images, StartObd
+from support.mounts import mount_options
+from support.simulator import MISSING
+from support.snapshots import expect_status
 
-from .conftest import MISSING, Images, StartObd
-from .helpers import (
+from obdsnap.genproto.containerd.types import Mount
+from obdsnap.labels import (
     ACCELERATION_LAYER,
     IMAGE_REF,
     RECORD_TRACE,
     RECORD_TRACE_PATH,
-    SNAPSHOT_REF,
+    TARGET_SNAPSHOT_REF,
     WRITABLE,
-    Obd,
-    expect_status,
-    options_of,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
@@ -34,34 +36,42 @@ ACCEL_CHAIN = "sha256:" + "ac" * 32
 
 
 def accel_labels(images: Images) -> dict[str, str]:
-    return {SNAPSHOT_REF: ACCEL_CHAIN, ACCELERATION_LAYER: "yes", IMAGE_REF: images.three.ref}
+    return {
+        TARGET_SNAPSHOT_REF: ACCEL_CHAIN,
+        ACCELERATION_LAYER: "yes",
+        IMAGE_REF: images.three.ref,
+    }
+
+
+ACCEL_KEY = f"extract-accel {ACCEL_CHAIN}"
+
+
+async def prepare_acceleration_layer(obd: Obd, images: Images) -> tuple[int, list[Mount]]:
+    """The three-layer image, and the unpack of an acceleration layer on it begun: the top
+    layer's ID and the unpack's mounts."""
+    top_chain, top = await obd.unpack_top(images.three)
+    mounts = await obd.prepare(ACCEL_KEY, top_chain, accel_labels(images))
+    assert [(m.type, m.source, list(m.options)) for m in mounts] == [
+        ("bind", str(obd.fs(obd.own_id(mounts))), ["rw", "bind"])
+    ]
+    return top, mounts
 
 
 async def unpack_acceleration_layer(obd: Obd, images: Images) -> tuple[int, int]:
     """The three-layer image plus an acceleration layer on top: (top layer ID, accel ID)."""
-    chain = await obd.unpack_remote(images.three)
-    top = obd.latest_id()
-    key = f"extract-accel {ACCEL_CHAIN}"
-    mounts = await obd.prepare(key, chain[-1], accel_labels(images))
-    accel = obd.own_id(mounts)
-    assert [(m.type, m.source, list(m.options)) for m in mounts] == [
-        ("bind", str(obd.fs(accel)), ["rw", "bind"])
-    ]
+    top, mounts = await prepare_acceleration_layer(obd, images)
     # The layer tar holds the trace; containerd unpacks it into fs/.
     (Path(mounts[0].source) / ".trace").write_text("trace of the start-up reads\n")
-    await obd.commit(ACCEL_CHAIN, key, accel_labels(images))
-    return top, accel
+    await obd.commit(ACCEL_CHAIN, ACCEL_KEY, accel_labels(images))
+    return top, obd.own_id(mounts)
 
 
 async def test_acceleration_layer_config_is_the_parents_plus_its_fs(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
-    chain = await obd.unpack_remote(images.three)
-    top = obd.latest_id()
-    key = f"extract-accel {ACCEL_CHAIN}"
-    mounts = await obd.prepare(key, chain[-1], accel_labels(images))
+    top, mounts = await prepare_acceleration_layer(obd, images)
     accel = obd.own_id(mounts)
+    key = ACCEL_KEY
     parent_config = obd.config(top)
     assert obd.config(accel) == {
         **parent_config,
@@ -82,12 +92,11 @@ async def test_acceleration_layer_on_a_dir_mode_server(start_obd: StartObd, imag
 
 
 async def test_container_on_an_acceleration_layer_marks_its_config(
-    start_obd: StartObd, images: Images, tmp_path: Path
+    obd: Obd, images: Images, tmp_path: Path
 ) -> None:
-    obd = await start_obd()
     top, accel = await unpack_acceleration_layer(obd, images)
     mounts = await obd.prepare("rootfs", ACCEL_CHAIN)
-    assert options_of(mounts[0])["lowerdir"] == str(obd.mountpoint(accel))
+    assert mount_options(mounts[0])["lowerdir"] == str(obd.mountpoint(accel))
     config = obd.config(accel)
     assert config["accelerationLayer"] is True
     assert "recordTracePath" not in config
@@ -102,9 +111,8 @@ async def test_container_on_an_acceleration_layer_marks_its_config(
 
 
 async def test_writable_container_on_an_acceleration_layer_marks_both_configs(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
     _, accel = await unpack_acceleration_layer(obd, images)
     mounts = await obd.prepare("rootfs", ACCEL_CHAIN, {WRITABLE: "dir"})
     own = obd.own_id(mounts)
@@ -117,9 +125,8 @@ async def test_writable_container_on_an_acceleration_layer_marks_both_configs(
 
 @pytest.mark.parametrize("parent_kind", ["none", "plain"])
 async def test_acceleration_layer_needs_an_overlaybd_parent(
-    start_obd: StartObd, images: Images, parent_kind: str
+    obd: Obd, images: Images, parent_kind: str
 ) -> None:
-    obd = await start_obd()
     parent = ""
     if parent_kind == "plain":
         await obd.prepare("plain-active")
@@ -134,14 +141,12 @@ async def test_acceleration_layer_needs_an_overlaybd_parent(
 
 
 async def test_record_trace_labels_set_the_parents_trace_path(
-    start_obd: StartObd, images: Images, tmp_path: Path
+    obd: Obd, images: Images, tmp_path: Path
 ) -> None:
-    obd = await start_obd()
-    chain = await obd.unpack_remote(images.three)
-    top = obd.latest_id()
+    top_chain, top = await obd.unpack_top(images.three)
     trace = tmp_path / "start.trace"
     labels = {RECORD_TRACE: "yes", RECORD_TRACE_PATH: str(trace)}
-    await obd.prepare("recording", chain[-1], labels)
+    await obd.prepare("recording", top_chain, labels)
     config = obd.config(top)
     assert config["recordTracePath"] == str(trace)
     assert "accelerationLayer" not in config
@@ -153,9 +158,8 @@ async def test_record_trace_labels_set_the_parents_trace_path(
 
 
 async def test_record_trace_is_ignored_on_an_acceleration_layer(
-    start_obd: StartObd, images: Images, tmp_path: Path
+    obd: Obd, images: Images, tmp_path: Path
 ) -> None:
-    obd = await start_obd()
     _, accel = await unpack_acceleration_layer(obd, images)
     trace = tmp_path / "start.trace"
     labels = {RECORD_TRACE: "yes", RECORD_TRACE_PATH: str(trace)}
@@ -167,16 +171,14 @@ async def test_record_trace_is_ignored_on_an_acceleration_layer(
 
 
 async def test_a_container_without_trace_labels_clears_the_trace_path(
-    start_obd: StartObd, images: Images, tmp_path: Path
+    obd: Obd, images: Images, tmp_path: Path
 ) -> None:
-    obd = await start_obd()
-    chain = await obd.unpack_remote(images.three)
-    top = obd.latest_id()
+    top_chain, top = await obd.unpack_top(images.three)
     labels = {RECORD_TRACE: "yes", RECORD_TRACE_PATH: str(tmp_path / "trace")}
-    await obd.prepare("recording", chain[-1], labels)
-    await obd.prepare("plain-container", chain[-1])
+    await obd.prepare("recording", top_chain, labels)
+    await obd.prepare("plain-container", top_chain)
     assert "recordTracePath" not in obd.config(top)
     # record-trace without a path (or not "yes") records nothing.
-    await obd.prepare("no-path", chain[-1], {RECORD_TRACE: "yes"})
-    await obd.prepare("not-yes", chain[-1], {RECORD_TRACE: "no", RECORD_TRACE_PATH: "/x"})
+    await obd.prepare("no-path", top_chain, {RECORD_TRACE: "yes"})
+    await obd.prepare("not-yes", top_chain, {RECORD_TRACE: "no", RECORD_TRACE_PATH: "/x"})
     assert "recordTracePath" not in obd.config(top)

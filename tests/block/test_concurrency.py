@@ -16,11 +16,14 @@ import time
 import pytest
 from grpclib import GRPCError
 from grpclib.const import Status
+from support.block import Obd, remote_labels
+from support.block_fixtures import Images, StartObd
+from support.mounts import mount_at
+from support.simulator import MISSING
+from support.snapshots import expect_status, wait_until
 
+from obdsnap.labels import WRITABLE
 from tcmusim.testing import only
-
-from .conftest import MISSING, Images, StartObd
-from .helpers import WRITABLE, Obd, expect_status, mount_at, remote_labels, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -86,13 +89,10 @@ async def test_device_opens_beyond_the_cap_wait_their_turn(
 
 
 async def test_concurrent_unpacks_of_one_remote_layer_commit_it_once(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
     """Two pulls of one image at once: every Prepare answers ALREADY_EXISTS, one snapshot."""
-    obd = await start_obd()
-    layer = images.single.layers[0]
-    chain_id = images.single.chain_ids[0]
-    labels = remote_labels(chain_id, layer, images.single.ref)
+    chain_id, labels = images.single.layer_labels()
     await asyncio.gather(
         *(
             expect_status(obd.prepare(f"extract-{i} {chain_id}", "", labels), Status.ALREADY_EXISTS)
@@ -104,15 +104,14 @@ async def test_concurrent_unpacks_of_one_remote_layer_commit_it_once(
     # The losers' directories go; the winner's device config stays.
     assert await wait_until(lambda: len(obd.ids()) == 1)
     [winner] = obd.ids()
-    assert obd.config(winner)["lowers"][0]["digest"] == layer.digest
+    assert obd.config(winner)["lowers"][0]["digest"] == images.single.layers[0].digest
     await obd.prepare("rootfs", chain_id)
     obd.assert_attached(winner, mounted="ro")
 
 
 async def test_concurrent_prepares_of_containers_on_one_image_attach_it_once(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
     [(chain, parent_id)] = await remote_images(obd, images, 1)
     obd.sim.control.set(open_latency=OPEN_LATENCY)
     log_start = len(obd.sim.log())
@@ -150,9 +149,8 @@ async def test_slow_devices_do_not_stall_other_prepares(
 
 
 async def test_concurrent_mounts_and_removes_on_one_device_are_safe(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
     [(chain, parent_id)] = await remote_images(obd, images, 1)
     children = [f"child-{i}" for i in range(20)]
     for child in children:

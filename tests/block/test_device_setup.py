@@ -12,9 +12,12 @@ import os
 from pathlib import Path
 
 import pytest
+from support.block import Obd
+from support.block_fixtures import Images, WritableRootfs
+from support.mounts import mount_at
+from support.simulator import HBA, MISSING, wwn
 
-from .conftest import MISSING, Images, StartObd
-from .helpers import HBA, RECORD_TRACE, RECORD_TRACE_PATH, mount_at, wwn
+from obdsnap.labels import RECORD_TRACE, RECORD_TRACE_PATH
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -26,9 +29,9 @@ def read(path: os.PathLike[str]) -> str:
         return attribute.read().strip()
 
 
-async def test_device_configfs_and_sysfs_setup(start_obd: StartObd) -> None:
-    obd = await start_obd(rwMode="dir")
-    own = obd.own_id(await obd.prepare("rootfs"))
+async def test_device_configfs_and_sysfs_setup(writable_rootfs: WritableRootfs) -> None:
+    rootfs = await writable_rootfs(files={})
+    obd, own = rootfs.obd, rootfs.id
     device = obd.assert_attached(own, mounted="rw")
 
     target = obd.sim.configfs / "target/core" / HBA / f"dev_{own}"
@@ -49,30 +52,28 @@ async def test_device_configfs_and_sysfs_setup(start_obd: StartObd) -> None:
     assert read(obd.sim.sysfs / "block" / disk / "device/timeout") == COMMAND_TIMEOUT
 
 
-async def test_device_config_is_rewritten_only_when_it_changes(
-    start_obd: StartObd, images: Images
-) -> None:
-    obd = await start_obd()
-    chain = await obd.unpack_remote(images.single)
-    top = obd.latest_id()
-    await obd.prepare("c1", chain[-1])
+async def test_device_config_is_rewritten_only_when_it_changes(obd: Obd, images: Images) -> None:
+    top_chain, top = await obd.unpack_top(images.single)
+    await obd.prepare("c1", top_chain)
     before = os.stat(obd.config_path(top))
-    await obd.prepare("c2", chain[-1])
-    await obd.view("v1", chain[-1])
+    await obd.prepare("c2", top_chain)
+    await obd.view("v1", top_chain)
     after = os.stat(obd.config_path(top))
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     # A change is written (atomically: a new file, mode 0600).
-    await obd.prepare("c3", chain[-1], {RECORD_TRACE: "yes", RECORD_TRACE_PATH: "/tmp/obd.trace"})
+    await obd.prepare("c3", top_chain, {RECORD_TRACE: "yes", RECORD_TRACE_PATH: "/tmp/obd.trace"})
     changed = os.stat(obd.config_path(top))
     assert changed.st_ino != before.st_ino
     assert changed.st_mode & 0o777 == 0o600
     assert sorted(p.name for p in obd.block(top).iterdir() if p.name.startswith(".")) == []
 
 
-async def test_remove_after_a_restart_detaches_the_device(start_obd: StartObd) -> None:
+async def test_remove_after_a_restart_detaches_the_device(
+    writable_rootfs: WritableRootfs,
+) -> None:
     """Detaching needs nothing kept in memory: a new obdsnap process does it."""
-    obd = await start_obd(rwMode="dir")
-    own = obd.own_id(await obd.prepare("rootfs"))
+    rootfs = await writable_rootfs(files={})
+    obd, own = rootfs.obd, rootfs.id
     obd.assert_attached(own, mounted="rw")
     await obd.restart(kill=True)
     await obd.remove("rootfs")
@@ -81,13 +82,11 @@ async def test_remove_after_a_restart_detaches_the_device(start_obd: StartObd) -
 
 
 async def test_symlinks_planted_in_a_snapshots_block_dir_are_replaced_not_followed(
-    start_obd: StartObd, tmp_path: Path
+    writable_rootfs: WritableRootfs, tmp_path: Path
 ) -> None:
     """obdsnap is root: its mark, result file and mount must never land where a link points."""
-    obd = await start_obd(rwMode="dir")
-    mounts = await obd.prepare("rootfs")
-    own = obd.own_id(mounts)
-    (obd.mountpoint(own) / "file").write_text("data\n")
+    rootfs = await writable_rootfs()
+    obd, own = rootfs.obd, rootfs.id
     obd.detach_like_reboot(own)
     victim_file = tmp_path / "victim-file"
     victim_file.write_text("precious")
@@ -101,11 +100,11 @@ async def test_symlinks_planted_in_a_snapshots_block_dir_are_replaced_not_follow
     obd.mountpoint(own).rmdir()
     obd.mountpoint(own).symlink_to(victim_dir)
     # The re-attach writes the result file and the mark and mounts: none through a link.
-    assert await obd.mounts("rootfs") == mounts
+    assert await obd.mounts("rootfs") == rootfs.mounts
     assert victim_file.read_text() == "precious"
     assert mount_at(victim_dir) is None
     assert sorted(os.listdir(victim_dir)) == ["keep"]
     for path in (block / "backstore_mark", block / "init-debug.log", obd.mountpoint(own)):
         assert not path.is_symlink(), path
     obd.assert_attached(own, mounted="rw")
-    assert (obd.mountpoint(own) / "file").read_text() == "data\n"
+    rootfs.assert_holds()

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 from grpclib.const import Status
+from support.block import Obd
+from support.block_fixtures import StartObd
+from support.simulator import MISSING
+from support.snapshots import expect_status
 
 from tcmusim.testing import only
-
-from .conftest import MISSING, StartObd
-from .helpers import Obd, expect_status
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

@@ -9,27 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import pytest
 from grpclib import GRPCError
 from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
+from support.block import Layer, Obd, remote_labels
+from support.block_fixtures import Images, StartObd, WritableRootfs
+from support.simulator import MISSING
+from support.snapshots import expect_status, wait_until
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
+from obdsnap.labels import BLOB_FS_TYPE, ZFILE_CONFIG
 from tcmusim.testing import only
-
-from .conftest import MISSING, Images, StartObd
-from .helpers import (
-    BLOB_FS_TYPE,
-    WRITABLE,
-    ZFILE_CONFIG,
-    Layer,
-    Obd,
-    expect_status,
-    remote_labels,
-    wait_until,
-)
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -66,30 +58,27 @@ async def test_failed_open_is_reported_at_once_with_overlaybds_reason(
 
 
 async def test_failed_open_of_a_parent_device_leaves_the_parent_as_it_was(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
-    chain = await obd.unpack_remote(images.single)
-    top = obd.latest_id()
+    top_chain, top = await obd.unpack_top(images.single)
     obd.sim.control.set(open_latency=OPEN_LATENCY, fail_open=only("registry said 403", top))
     started = time.monotonic()
-    error = await expect_status(obd.prepare("rootfs", chain[-1]), Status.UNKNOWN)
+    error = await expect_status(obd.prepare("rootfs", top_chain), Status.UNKNOWN)
     assert time.monotonic() - started < 2.0
     assert "registry said 403" in (error.message or "")
     await expect_status(obd.stat("rootfs"), Status.NOT_FOUND)
     await obd.wait_gone(top + 1)
-    assert (await obd.stat(chain[-1])).kind.name == "COMMITTED"
+    assert (await obd.stat(top_chain)).kind.name == "COMMITTED"
     obd.assert_detached(top)
     assert obd.leftovers() == []
     obd.sim.control.clear()
-    await obd.prepare("rootfs", chain[-1])
+    await obd.prepare("rootfs", top_chain)
     obd.assert_attached(top, mounted="ro")
 
 
 async def test_a_blob_missing_from_the_registry_fails_with_overlaybds_reason(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
     real = images.single.layers[0]
     missing = Layer("sha256:" + "0" * 64, real.size, real.diff_id, real.path)
     chain_id = "sha256:" + "1" * 64
@@ -162,47 +151,37 @@ async def test_a_failing_mkfs_or_mount_detaches_the_device_again(
     ['{"algorithm":"gzip"}', '{"blockSize":3}', "not json", '["lz4"]', '{"blockSize":true}'],
 )
 async def test_a_bad_zfile_config_is_invalid_argument_and_the_snapshot_stays_active(
-    start_obd: StartObd, zfile_config: str
+    writable_rootfs: WritableRootfs, zfile_config: str
 ) -> None:
-    obd = await start_obd(rwMode="dir")
-    mounts = await obd.prepare("rootfs")
-    own = obd.own_id(mounts)
-    (Path(mounts[0].source) / "file").write_text("data\n")
+    rootfs = await writable_rootfs()
+    obd = rootfs.obd
     await expect_status(
         obd.commit("layer", "rootfs", {ZFILE_CONFIG: zfile_config}), Status.INVALID_ARGUMENT
     )
     assert (await obd.stat("rootfs")).kind.name == "ACTIVE"
     await expect_status(obd.stat("layer"), Status.NOT_FOUND)
-    assert not (obd.fs(own) / "overlaybd.commit").exists()
+    assert not (obd.fs(rootfs.id) / "overlaybd.commit").exists()
     # Its device answers again, with the data, and a good commit works.
-    assert await obd.mounts("rootfs") == mounts
-    assert (obd.mountpoint(own) / "file").read_text() == "data\n"
-    await obd.commit("layer", "rootfs", {ZFILE_CONFIG: '{"algorithm":"lz4","blockSize":4}'})
-    child = await obd.prepare("child", "layer")
-    assert (Path(child[0].source) / "file").read_text() == "data\n"
+    await rootfs.assert_mounts_and_commits({ZFILE_CONFIG: '{"algorithm":"lz4","blockSize":4}'})
 
 
 async def test_a_bad_zfile_config_is_rejected_before_the_device_is_touched(
-    start_obd: StartObd,
+    writable_rootfs: WritableRootfs,
 ) -> None:
-    obd = await start_obd(rwMode="dir")
-    mounts = await obd.prepare("rootfs")
-    own = obd.own_id(mounts)
-    device = obd.assert_attached(own, mounted="rw")
+    rootfs = await writable_rootfs(files={})
+    device = rootfs.obd.assert_attached(rootfs.id, mounted="rw")
     await expect_status(
-        obd.commit("layer", "rootfs", {ZFILE_CONFIG: '{"algorithm":"gzip"}'}),
+        rootfs.obd.commit("layer", "rootfs", {ZFILE_CONFIG: '{"algorithm":"gzip"}'}),
         Status.INVALID_ARGUMENT,
     )
-    assert obd.assert_attached(own, mounted="rw") == device
+    assert rootfs.obd.assert_attached(rootfs.id, mounted="rw") == device
 
 
 async def test_a_failing_overlaybd_commit_keeps_the_snapshot_active_and_its_data(
-    start_obd: StartObd,
+    writable_rootfs: WritableRootfs,
 ) -> None:
-    obd = await start_obd(rwMode="dir")
-    mounts = await obd.prepare("rootfs")
-    own = obd.own_id(mounts)
-    (Path(mounts[0].source) / "file").write_text("data\n")
+    rootfs = await writable_rootfs()
+    obd = rootfs.obd
     # overlaybd-commit cannot run at all.
     tool = obd.sim.tools_dir / "overlaybd-commit"
     tool.chmod(0o644)
@@ -211,15 +190,11 @@ async def test_a_failing_overlaybd_commit_keeps_the_snapshot_active_and_its_data
     finally:
         tool.chmod(0o755)
     assert "overlaybd-commit" in (error.message or "")
-    assert not (obd.fs(own) / "overlaybd.commit").exists()
+    assert not (obd.fs(rootfs.id) / "overlaybd.commit").exists()
     assert (await obd.stat("rootfs")).kind.name == "ACTIVE"
-    assert (obd.block(own) / "writable_data").exists()
+    assert (obd.block(rootfs.id) / "writable_data").exists()
     # Mounts brings the device back, with the data.
-    assert await obd.mounts("rootfs") == mounts
-    assert (obd.mountpoint(own) / "file").read_text() == "data\n"
-    await obd.commit("layer", "rootfs")
-    child = await obd.prepare("child", "layer", {WRITABLE: "dir"})
-    assert (Path(child[0].source) / "file").read_text() == "data\n"
+    await rootfs.assert_mounts_and_commits()
 
 
 async def test_a_prepare_whose_client_gave_up_finishes_or_undoes_cleanly(

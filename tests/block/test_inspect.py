@@ -19,11 +19,13 @@ from typing import Any
 
 import pytest
 from grpclib.const import Status
+from support.block import REPO_ROOT, Obd
+from support.block_fixtures import Images
+from support.processes import run
+from support.simulator import MISSING
+from support.snapshots import expect_status, wait_until
 
 from tcmusim.testing import only
-
-from .conftest import MISSING, Images, StartObd
-from .helpers import REPO_ROOT, Obd, expect_status, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -32,18 +34,9 @@ ATTACH_HOLD_S = 3.0
 
 
 def obdsnap(obd: Obd, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "obdsnap", *args, "--config", str(obd.server.config_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        timeout=60,
-    )
-    if check:
-        assert done.returncode == 0, f"obdsnap {' '.join(args)}: {done.stderr}"
-    return done
+    command = [sys.executable, "-m", "obdsnap", *args, "--config", str(obd.server.config_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return run(*command, check=check, cwd=REPO_ROOT, env=env, timeout=60)
 
 
 def as_json(obd: Obd, *args: str) -> dict[str, Any]:
@@ -91,9 +84,8 @@ def open_intents(obd: Obd) -> list[tuple[int, str]]:
 
 
 async def test_inspection_of_attached_failed_and_interrupted_devices(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
     # An attached device: a container on the three-layer remote image.
     chain = await obd.unpack_remote(images.three)
     await obd.prepare("ctr-running", chain[-1])

@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
+from support.block import Obd
+from support.block_fixtures import StartObd, WritableRootfs, write_synced
+from support.mounts import mount_at
+from support.simulator import MISSING
+from support.snapshots import expect_status, wait_until
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
-
-from .conftest import MISSING, StartObd
-from .helpers import WRITABLE, Obd, expect_status, mount_at, wait_until
+from obdsnap.labels import WRITABLE
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -51,13 +54,6 @@ async def restart_after(obd: Obd, snapshot_id: int, operation: str) -> None:
     assert open_intents(obd) == []
 
 
-def synced_write(path: Path, text: str) -> None:
-    with path.open("w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-
-
 @contextlib.contextmanager
 def slow_overlaybd_commit(obd: Obd, started: Path, seconds: float = 60) -> Iterator[None]:
     """overlaybd-commit touches ``started``, then waits ``seconds`` before it does anything."""
@@ -78,12 +74,10 @@ def slow_overlaybd_commit(obd: Obd, started: Path, seconds: float = 60) -> Itera
 
 
 async def test_a_commit_killed_inside_overlaybd_commit_is_rolled_back(
-    start_obd: StartObd, tmp_path: Path
+    writable_rootfs: WritableRootfs, tmp_path: Path
 ) -> None:
-    obd = await start_obd(rwMode="dir")
-    mounts = await obd.prepare("rootfs")
-    own = obd.own_id(mounts)
-    synced_write(obd.mountpoint(own) / "file", "kept\n")
+    rootfs = await writable_rootfs()
+    obd, own = rootfs.obd, rootfs.id
     config_before = obd.config_path(own).read_bytes()
     started = tmp_path / "commit-started"
     with slow_overlaybd_commit(obd, started):
@@ -102,19 +96,16 @@ async def test_a_commit_killed_inside_overlaybd_commit_is_rolled_back(
     await expect_status(obd.stat("layer"), Status.NOT_FOUND)
     assert obd.config_path(own).read_bytes() == config_before
     assert not (obd.fs(own) / "overlaybd.commit").exists()
-    assert await obd.mounts("rootfs") == mounts
-    assert (obd.mountpoint(own) / "file").read_text() == "kept\n"
     # And it commits when asked again.
-    await obd.commit("layer", "rootfs")
-    child = await obd.prepare("child", "layer", {WRITABLE: "dir"})
-    assert (Path(child[0].source) / "file").read_text() == "kept\n"
+    await rootfs.assert_mounts_and_commits()
 
 
-async def test_a_commit_cut_after_its_row_committed_is_finished(start_obd: StartObd) -> None:
+async def test_a_commit_cut_after_its_row_committed_is_finished(
+    writable_rootfs: WritableRootfs,
+) -> None:
     """The row says committed: start-up drops what is left of the writable layer."""
-    obd = await start_obd(rwMode="dir")
-    own = obd.own_id(await obd.prepare("rootfs"))
-    synced_write(obd.mountpoint(own) / "file", "data\n")
+    rootfs = await writable_rootfs()
+    obd, own = rootfs.obd, rootfs.id
     await obd.commit("layer", "rootfs")
     committed_config = obd.config_path(own).read_bytes()
     # What a crash just after the row committed leaves: the writable layer and its config.
@@ -132,28 +123,26 @@ async def test_a_commit_cut_after_its_row_committed_is_finished(start_obd: Start
 
 
 async def test_an_attach_cut_before_its_mark_is_torn_down_and_mounts_attaches_again(
-    start_obd: StartObd,
+    writable_rootfs: WritableRootfs,
 ) -> None:
-    obd = await start_obd(rwMode="dir")
-    mounts = await obd.prepare("rootfs")
-    own = obd.own_id(mounts)
-    synced_write(obd.mountpoint(own) / "file", "data\n")
+    rootfs = await writable_rootfs()
+    obd, own = rootfs.obd, rootfs.id
     # Cut before the mark, the attach's last step: the device is up, mounted, unmarked.
     (obd.block(own) / "backstore_mark").unlink()
     await restart_after(obd, own, "attach")
     assert f"attach of snapshot {own} was interrupted: rolled back" in obd.server.log()
     obd.assert_detached(own)
-    assert await obd.mounts("rootfs") == mounts
+    assert await obd.mounts("rootfs") == rootfs.mounts
     obd.assert_attached(own, mounted="rw")
-    assert (obd.mountpoint(own) / "file").read_text() == "data\n"
+    rootfs.assert_holds()
 
 
 async def test_an_attach_that_got_to_its_mark_is_kept_for_the_container_using_it(
-    start_obd: StartObd,
+    writable_rootfs: WritableRootfs,
 ) -> None:
     """A running container keeps its rootfs: a finished attach is not torn down."""
-    obd = await start_obd(rwMode="dir")
-    own = obd.own_id(await obd.prepare("rootfs"))
+    rootfs = await writable_rootfs(files={})
+    obd, own = rootfs.obd, rootfs.id
     device = obd.assert_attached(own, mounted="rw")
     with (obd.mountpoint(own) / "log").open("w") as container_file:
         await restart_after(obd, own, "attach")
@@ -164,10 +153,9 @@ async def test_an_attach_that_got_to_its_mark_is_kept_for_the_container_using_it
     assert (obd.mountpoint(own) / "log").read_text() == "still writing\n"
 
 
-async def test_a_detach_cut_half_way_is_finished(start_obd: StartObd) -> None:
-    obd = await start_obd(rwMode="dir")
-    own = obd.own_id(await obd.prepare("rootfs"))
-    synced_write(obd.mountpoint(own) / "file", "data\n")
+async def test_a_detach_cut_half_way_is_finished(writable_rootfs: WritableRootfs) -> None:
+    rootfs = await writable_rootfs()
+    obd, own = rootfs.obd, rootfs.id
     # Cut after the unmount, before the configfs teardown.
     obd.close_channel()
     obd.server.kill()
@@ -181,7 +169,7 @@ async def test_a_detach_cut_half_way_is_finished(start_obd: StartObd) -> None:
     assert f"detach of snapshot {own} was interrupted: finished" in obd.server.log()
     obd.assert_detached(own)
     await obd.mounts("rootfs")
-    assert (obd.mountpoint(own) / "file").read_text() == "data\n"
+    rootfs.assert_holds()
 
 
 async def test_the_loser_of_two_commits_to_one_name_keeps_its_writable_layer(
@@ -192,7 +180,7 @@ async def test_the_loser_of_two_commits_to_one_name_keeps_its_writable_layer(
     first = obd.own_id(await obd.prepare("first"))
     second = obd.own_id(await obd.prepare("second"))
     for snapshot_id, key in ((first, "first"), (second, "second")):
-        synced_write(obd.mountpoint(snapshot_id) / "owner", key)
+        write_synced(obd.mountpoint(snapshot_id), {"owner": key})
     configs = {i: obd.config_path(i).read_bytes() for i in (first, second)}
     outcomes = await asyncio.gather(
         obd.commit("layer", "first"), obd.commit("layer", "second"), return_exceptions=True
@@ -213,12 +201,11 @@ async def test_the_loser_of_two_commits_to_one_name_keeps_its_writable_layer(
 
 
 async def test_a_mounts_during_a_writable_commit_waits_for_it(
-    start_obd: StartObd, tmp_path: Path
+    writable_rootfs: WritableRootfs, tmp_path: Path
 ) -> None:
     """The commit detaches the device: a Mounts half-way must not attach it again."""
-    obd = await start_obd(rwMode="dir")
-    own = obd.own_id(await obd.prepare("rootfs"))
-    synced_write(obd.mountpoint(own) / "file", "data\n")
+    rootfs = await writable_rootfs()
+    obd, own = rootfs.obd, rootfs.id
     started = tmp_path / "commit-started"
     with slow_overlaybd_commit(obd, started, seconds=1):
         commit = asyncio.ensure_future(obd.commit("layer", "rootfs"))

@@ -11,12 +11,13 @@ import time
 
 import pytest
 from grpclib.const import Status
-from scrape import Exposition, free_port, scrape
+from support.block import Obd, remote_labels
+from support.block_fixtures import Images, StartObd
+from support.scrape import Exposition, free_port, scrape
+from support.simulator import MISSING
+from support.snapshots import expect_status
 
 from tcmusim.testing import only
-
-from .conftest import MISSING, Images, StartObd
-from .helpers import Obd, expect_status, remote_labels
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 

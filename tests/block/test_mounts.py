@@ -12,9 +12,13 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
+from support.block import Obd
+from support.block_fixtures import Images, StartObd, WritableRootfs
+from support.mounts import umount
+from support.simulator import MISSING
+from support.snapshots import expect_status
 
-from .conftest import MISSING, Images, StartObd
-from .helpers import WRITABLE, expect_status, umount
+from obdsnap.labels import WRITABLE
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -22,12 +26,10 @@ pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=M
 @pytest.mark.parametrize("device_state", ["still-attached", "detached-by-reboot"])
 @pytest.mark.parametrize("restart", ["sigkill", "sigterm"])
 async def test_mounts_after_restart_reattaches_a_dir_snapshots_device(
-    start_obd: StartObd, restart: str, device_state: str
+    writable_rootfs: WritableRootfs, restart: str, device_state: str
 ) -> None:
-    obd = await start_obd(rwMode="dir")
-    mounts = await obd.prepare("rootfs")
-    own = obd.own_id(mounts)
-    (Path(mounts[0].source) / "before-restart.txt").write_text("kept\n")
+    rootfs = await writable_rootfs(files={"before-restart.txt": "kept\n"})
+    obd, mounts, own = rootfs.obd, rootfs.mounts, rootfs.id
     device = obd.assert_attached(own, mounted="rw")
 
     await obd.restart(kill=restart == "sigkill")
@@ -41,7 +43,7 @@ async def test_mounts_after_restart_reattaches_a_dir_snapshots_device(
         assert again == device  # reused, not attached a second time
     assert len(obd.sim.loop_devices()) == 1
     # Not mkfs'ed again: the data is still there, and the device still writable.
-    assert (obd.mountpoint(own) / "before-restart.txt").read_text() == "kept\n"
+    rootfs.assert_holds({"before-restart.txt": "kept\n"})
     (obd.mountpoint(own) / "after-restart.txt").write_text("new\n")
     # The snapshot commits as usual afterwards.
     await obd.commit("layer", "rootfs")
@@ -52,13 +54,11 @@ async def test_mounts_after_restart_reattaches_a_dir_snapshots_device(
 
 @pytest.mark.parametrize("restart", ["sigkill", "sigterm"])
 async def test_mounts_after_reboot_reattaches_the_parent_of_an_overlayfs_container(
-    start_obd: StartObd, images: Images, restart: str
+    obd: Obd, images: Images, restart: str
 ) -> None:
-    obd = await start_obd()
-    chain = await obd.unpack_remote(images.three)
-    top = obd.latest_id()
-    mounts = await obd.prepare("rootfs", chain[-1])
-    view = await obd.view("view", chain[-1])
+    top_chain, top = await obd.unpack_top(images.three)
+    mounts = await obd.prepare("rootfs", top_chain)
+    view = await obd.view("view", top_chain)
     obd.assert_attached(top, mounted="ro")
 
     await obd.restart(kill=restart == "sigkill")
@@ -73,15 +73,11 @@ async def test_mounts_after_reboot_reattaches_the_parent_of_an_overlayfs_contain
 
 
 async def test_mounts_reattaches_a_dev_snapshots_device(
-    start_obd: StartObd, tmp_path: Path
+    writable_rootfs: WritableRootfs, tmp_path: Path
 ) -> None:
-    obd = await start_obd(rwMode="dev")
-    mounts = await obd.prepare("vm")
-    own = obd.own_id(mounts)
+    rootfs = await writable_rootfs(mode="dev", key="vm", files={"data.txt": "vm data\n"})
+    obd, own = rootfs.obd, rootfs.id
     target = tmp_path / "vm"
-    obd.mount_for_real(mounts[0], target)
-    (target / "data.txt").write_text("vm data\n")
-    obd.umount_for_real(target)
 
     await obd.restart(kill=True)
     obd.detach_like_reboot(own)
@@ -99,10 +95,9 @@ async def test_mounts_reattaches_what_auto_remove_dev_detached(
     start_obd: StartObd, images: Images
 ) -> None:
     obd = await start_obd(autoRemoveDev=True)
-    chain = await obd.unpack_remote(images.single)
-    top = obd.latest_id()
-    await obd.prepare("first", chain[-1])
-    second = await obd.prepare("second", chain[-1])
+    top_chain, top = await obd.unpack_top(images.single)
+    await obd.prepare("first", top_chain)
+    second = await obd.prepare("second", top_chain)
     await obd.remove("first")  # nothing mounts "second" yet: the device goes
     obd.assert_detached(top)
     assert await obd.mounts("second") == second
@@ -110,18 +105,15 @@ async def test_mounts_reattaches_what_auto_remove_dev_detached(
 
 
 async def test_mounts_mounts_a_device_that_is_attached_but_not_mounted(
-    start_obd: StartObd,
+    writable_rootfs: WritableRootfs,
 ) -> None:
-    obd = await start_obd(rwMode="dir")
-    mounts = await obd.prepare("rootfs")
-    own = obd.own_id(mounts)
-    (Path(mounts[0].source) / "file").write_text("data\n")
-    device = obd.assert_attached(own, mounted="rw")
-    await obd.restart(kill=True)
-    umount(obd.mountpoint(own))  # the device stays attached in configfs
-    assert await obd.mounts("rootfs") == mounts
-    assert obd.assert_attached(own, mounted="rw") == device
-    assert (obd.mountpoint(own) / "file").read_text() == "data\n"
+    rootfs = await writable_rootfs()
+    device = rootfs.obd.assert_attached(rootfs.id, mounted="rw")
+    await rootfs.obd.restart(kill=True)
+    umount(rootfs.mountpoint)  # the device stays attached in configfs
+    assert await rootfs.obd.mounts("rootfs") == rootfs.mounts
+    assert rootfs.obd.assert_attached(rootfs.id, mounted="rw") == device
+    rootfs.assert_holds()
 
 
 async def test_mounts_of_a_committed_snapshot_is_failed_precondition(
@@ -138,13 +130,11 @@ async def test_mounts_of_a_committed_snapshot_is_failed_precondition(
     assert obd.sim.loop_devices() == []
 
 
-async def test_mounts_of_a_missing_snapshot_is_not_found(start_obd: StartObd) -> None:
-    obd = await start_obd()
+async def test_mounts_of_a_missing_snapshot_is_not_found(obd: Obd) -> None:
     await expect_status(obd.mounts("missing"), Status.NOT_FOUND)
 
 
-async def test_mounts_answers_exactly_what_prepare_did(start_obd: StartObd, images: Images) -> None:
-    obd = await start_obd()
+async def test_mounts_answers_exactly_what_prepare_did(obd: Obd, images: Images) -> None:
     chain = await obd.unpack_remote(images.single)
     answers = {
         "overlay": await obd.prepare("overlay", chain[-1]),

@@ -14,20 +14,18 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
+from support.block import Obd, remote_labels
+from support.block_fixtures import Images
+from support.mounts import mount_options
+from support.simulator import MISSING
+from support.snapshots import expect_status
 
-from .conftest import MISSING, Images, StartObd
-from .helpers import (
-    BLOB_DIGEST,
+from obdsnap.labels import (
     BLOB_SIZE,
     CRI_IMAGE_REF,
     IMAGE_REF,
     REMOTE,
     REMOTE_VALUE,
-    SNAPSHOT_REF,
-    Obd,
-    expect_status,
-    options_of,
-    remote_labels,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
@@ -41,9 +39,8 @@ def blob_dir_lowers(obd: Obd, images: Images, ids: list[int]) -> list[dict[str, 
 
 
 async def test_unpacker_flow_commits_every_layer_as_a_remote_snapshot(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
     image = images.three
     parent = ""
     ids: list[int] = []
@@ -78,12 +75,9 @@ async def test_unpacker_flow_commits_every_layer_as_a_remote_snapshot(
 
 
 async def test_remote_layer_answer_is_target_snapshot_already_exists(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
-    layer = images.single.layers[0]
-    chain_id = images.single.chain_ids[0]
-    labels = remote_labels(chain_id, layer, images.single.ref)
+    chain_id, labels = images.single.layer_labels()
     error = await expect_status(
         obd.prepare(f"extract-1 {chain_id}", "", labels), Status.ALREADY_EXISTS
     )
@@ -91,18 +85,16 @@ async def test_remote_layer_answer_is_target_snapshot_already_exists(
 
 
 async def test_rootfs_on_remote_image_is_an_overlay_on_the_top_layer_device(
-    start_obd: StartObd, images: Images, tmp_path: Path
+    obd: Obd, images: Images, tmp_path: Path
 ) -> None:
-    obd = await start_obd()
-    chain = await obd.unpack_remote(images.three)
-    top_id = obd.latest_id()
+    top_chain, top_id = await obd.unpack_top(images.three)
 
-    mounts = await obd.prepare("container-1", chain[-1])
+    mounts = await obd.prepare("container-1", top_chain)
     own = obd.latest_id()
     assert len(mounts) == 1
     mount = mounts[0]
     assert (mount.type, mount.source) == ("overlay", "overlay")
-    options = options_of(mount)
+    options = mount_options(mount)
     assert options["lowerdir"] == str(obd.mountpoint(top_id))
     assert options["upperdir"] == str(obd.fs(own))
     assert options["workdir"] == str(obd.snapshot_dir(own) / "work")
@@ -138,26 +130,20 @@ async def test_rootfs_on_remote_image_is_an_overlay_on_the_top_layer_device(
     obd.umount_for_real(rootfs)
 
 
-async def test_second_container_shares_the_attached_device(
-    start_obd: StartObd, images: Images
-) -> None:
-    obd = await start_obd()
-    chain = await obd.unpack_remote(images.single)
-    top_id = obd.latest_id()
-    await obd.prepare("c1", chain[-1])
+async def test_second_container_shares_the_attached_device(obd: Obd, images: Images) -> None:
+    top_chain, top_id = await obd.unpack_top(images.single)
+    await obd.prepare("c1", top_chain)
     device = obd.assert_attached(top_id, mounted="ro")
-    await obd.prepare("c2", chain[-1])
+    await obd.prepare("c2", top_chain)
     assert obd.assert_attached(top_id, mounted="ro") == device
     assert len(obd.sim.loop_devices()) == 1
 
 
 async def test_view_of_remote_image_is_a_readonly_bind_of_the_device(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
-    chain = await obd.unpack_remote(images.single)
-    top_id = obd.latest_id()
-    mounts = await obd.view("view-1", chain[-1])
+    top_chain, top_id = await obd.unpack_top(images.single)
+    mounts = await obd.view("view-1", top_chain)
     assert [(m.type, m.source, list(m.options)) for m in mounts] == [
         ("bind", str(obd.mountpoint(top_id)), ["ro", "rbind"])
     ]
@@ -167,9 +153,8 @@ async def test_view_of_remote_image_is_a_readonly_bind_of_the_device(
 
 
 async def test_unpacking_an_image_again_answers_already_exists_and_leaves_nothing(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
     chain = await obd.unpack_remote(images.single)
     before = obd.ids()
     labels = remote_labels(chain[0], images.single.layers[0], images.single.ref)
@@ -203,12 +188,10 @@ async def test_unpacking_an_image_again_answers_already_exists_and_leaves_nothin
     ids=["docker.io-library", "docker.io-user", "cri-ref-with-port", "image-ref-preferred"],
 )
 async def test_repo_blob_url_comes_from_the_image_ref(
-    start_obd: StartObd, images: Images, labels: dict[str, str], url: str
+    obd: Obd, images: Images, labels: dict[str, str], url: str
 ) -> None:
-    obd = await start_obd()
-    layer = images.single.layers[0]
-    chain_id = images.single.chain_ids[0]
-    all_labels = {SNAPSHOT_REF: chain_id, BLOB_DIGEST: layer.digest, BLOB_SIZE: str(layer.size)}
+    chain_id, all_labels = images.single.layer_labels()
+    del all_labels[IMAGE_REF]
     await expect_status(
         obd.prepare(f"extract-1 {chain_id}", "", {**all_labels, **labels}), Status.ALREADY_EXISTS
     )
@@ -216,12 +199,9 @@ async def test_repo_blob_url_comes_from_the_image_ref(
 
 
 async def test_a_bad_blob_size_is_invalid_argument_and_leaves_nothing(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
-    layer = images.single.layers[0]
-    chain_id = images.single.chain_ids[0]
-    labels = {**remote_labels(chain_id, layer, images.single.ref), BLOB_SIZE: "big"}
+    chain_id, labels = images.single.layer_labels({BLOB_SIZE: "big"})
     await expect_status(obd.prepare(f"extract-1 {chain_id}", "", labels), Status.INVALID_ARGUMENT)
     assert await obd.list_infos() == []
     await obd.wait_gone(1)
@@ -235,12 +215,9 @@ async def test_a_bad_blob_size_is_invalid_argument_and_leaves_nothing(
     ids=["url", "bad-host", "no-host", "bad-repository"],
 )
 async def test_a_bad_image_ref_is_invalid_argument_and_leaves_nothing(
-    start_obd: StartObd, images: Images, reference: str
+    obd: Obd, images: Images, reference: str
 ) -> None:
-    obd = await start_obd()
-    layer = images.single.layers[0]
-    chain_id = images.single.chain_ids[0]
-    labels = remote_labels(chain_id, layer, reference)
+    chain_id, labels = images.single.layer_labels({IMAGE_REF: reference})
     error = await expect_status(
         obd.prepare(f"extract-1 {chain_id}", "", labels), Status.INVALID_ARGUMENT
     )

@@ -13,20 +13,19 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
+from support.block import Obd
+from support.block_fixtures import Images, StartObd, WritableRootfs
+from support.mounts import mount_at
+from support.processes import run
+from support.simulator import MISSING
+from support.snapshots import expect_status
 
-from .conftest import MISSING, Images, StartObd
-from .helpers import WRITABLE, Obd, expect_status, mount_at, run
+from obdsnap.labels import WRITABLE
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
 
-async def remote_image(obd: Obd, images: Images) -> tuple[str, int]:
-    chain = await obd.unpack_remote(images.single)
-    return chain[-1], obd.latest_id()
-
-
-async def test_remove_of_a_missing_snapshot_is_not_found(start_obd: StartObd) -> None:
-    obd = await start_obd()
+async def test_remove_of_a_missing_snapshot_is_not_found(obd: Obd) -> None:
     await expect_status(obd.remove("nothing"), Status.NOT_FOUND)
 
 
@@ -34,7 +33,7 @@ async def test_remove_of_a_parent_with_children_keeps_its_device(
     start_obd: StartObd, images: Images
 ) -> None:
     obd = await start_obd(autoRemoveDev=True)
-    top, top_id = await remote_image(obd, images)
+    top, top_id = await obd.unpack_top(images.single)
     await obd.prepare("rootfs", top)
     device = obd.assert_attached(top_id, mounted="ro")
     await expect_status(obd.remove(top), Status.FAILED_PRECONDITION)
@@ -45,11 +44,10 @@ async def test_remove_of_a_parent_with_children_keeps_its_device(
 
 
 async def test_remove_of_a_committed_parent_with_a_writable_child_keeps_the_childs_device(
-    start_obd: StartObd,
+    writable_rootfs: WritableRootfs,
 ) -> None:
-    obd = await start_obd(rwMode="dir")
-    mounts = await obd.prepare("a-active")
-    a = obd.own_id(mounts)
+    rootfs = await writable_rootfs(key="a-active")
+    obd, a = rootfs.obd, rootfs.id
     await obd.commit("A", "a-active")
     child = obd.own_id(await obd.prepare("child", "A"))
     await expect_status(obd.remove("A"), Status.FAILED_PRECONDITION)
@@ -57,9 +55,8 @@ async def test_remove_of_a_committed_parent_with_a_writable_child_keeps_the_chil
     assert obd.config_path(a).exists()
 
 
-async def test_remove_detaches_a_block_layers_device(start_obd: StartObd, images: Images) -> None:
-    obd = await start_obd()
-    top, top_id = await remote_image(obd, images)
+async def test_remove_detaches_a_block_layers_device(obd: Obd, images: Images) -> None:
+    top, top_id = await obd.unpack_top(images.single)
     await obd.prepare("rootfs", top)
     obd.assert_attached(top_id, mounted="ro")
     await obd.remove("rootfs")
@@ -73,10 +70,10 @@ async def test_remove_detaches_a_block_layers_device(start_obd: StartObd, images
 
 @pytest.mark.parametrize("mode", ["dir", "dev"])
 async def test_remove_detaches_a_writable_snapshots_own_device(
-    start_obd: StartObd, mode: str
+    writable_rootfs: WritableRootfs, mode: str
 ) -> None:
-    obd = await start_obd(rwMode=mode)
-    own = obd.own_id(await obd.prepare("rootfs"))
+    rootfs = await writable_rootfs(mode=mode, files={})
+    obd, own = rootfs.obd, rootfs.id
     obd.assert_attached(own, mounted="rw" if mode == "dir" else None)
     await obd.remove("rootfs")
     obd.assert_detached(own)
@@ -85,12 +82,11 @@ async def test_remove_detaches_a_writable_snapshots_own_device(
 
 
 async def test_dev_mode_remove_detaches_without_a_mount_check(
-    start_obd: StartObd, tmp_path: Path
+    writable_rootfs: WritableRootfs, tmp_path: Path
 ) -> None:
     """The VM runtime may still have the device mounted elsewhere: dev mode does not look."""
-    obd = await start_obd(rwMode="dev")
-    mounts = await obd.prepare("vm")
-    own = obd.own_id(mounts)
+    rootfs = await writable_rootfs(mode="dev", key="vm", files={})
+    obd, own = rootfs.obd, rootfs.id
     # An overlay whose options name the mountpoint would keep a dir/overlayfs device.
     lower = tmp_path / "lower"
     lower.mkdir()
@@ -113,10 +109,9 @@ async def test_a_device_used_by_an_overlay_mount_stays_and_the_snapshot_goes(
     start_obd: StartObd, images: Images, tmp_path: Path
 ) -> None:
     obd = await start_obd(autoRemoveDev=True)
-    top, top_id = await remote_image(obd, images)
-    mounts = await obd.prepare("rootfs", top)
+    top, top_id = await obd.unpack_top(images.single)
     rootfs = tmp_path / "rootfs"
-    obd.mount_for_real(mounts[0], rootfs)
+    await obd.mount_container("rootfs", top, rootfs)
     device = obd.assert_attached(top_id, mounted="ro")
 
     # The container's snapshot goes; its overlay (still mounted) keeps the parent's device.
@@ -135,13 +130,11 @@ async def test_a_device_used_by_an_overlay_mount_stays_and_the_snapshot_goes(
 
 
 async def test_cleanup_detaches_a_device_kept_busy_on_remove(
-    start_obd: StartObd, images: Images, tmp_path: Path
+    obd: Obd, images: Images, tmp_path: Path
 ) -> None:
-    obd = await start_obd()
-    top, top_id = await remote_image(obd, images)
-    mounts = await obd.prepare("rootfs", top)
+    top, top_id = await obd.unpack_top(images.single)
     rootfs = tmp_path / "rootfs"
-    obd.mount_for_real(mounts[0], rootfs)
+    await obd.mount_container("rootfs", top, rootfs)
     await obd.remove("rootfs")
     await obd.remove(top)
     obd.umount_for_real(rootfs)
@@ -155,11 +148,10 @@ async def test_auto_remove_dev_detaches_the_parent_with_its_last_user(
     start_obd: StartObd, images: Images, tmp_path: Path
 ) -> None:
     obd = await start_obd(autoRemoveDev=True)
-    top, top_id = await remote_image(obd, images)
-    first = await obd.prepare("first", top)
-    await obd.prepare("second", top)
+    top, top_id = await obd.unpack_top(images.single)
     rootfs = tmp_path / "first"
-    obd.mount_for_real(first[0], rootfs)
+    await obd.mount_container("first", top, rootfs)
+    await obd.prepare("second", top)
     device = obd.assert_attached(top_id, mounted="ro")
 
     # "second" goes, "first" still has its overlay mounted: the device stays.
@@ -183,7 +175,7 @@ async def test_auto_remove_dev_leaves_parents_of_views_and_commits_alone(
 ) -> None:
     """Only removing an *active* snapshot detaches the parent."""
     obd = await start_obd(autoRemoveDev=True)
-    top, top_id = await remote_image(obd, images)
+    top, top_id = await obd.unpack_top(images.single)
     await obd.view("view", top)
     obd.assert_attached(top_id, mounted="ro")
     await obd.remove("view")
@@ -191,10 +183,9 @@ async def test_auto_remove_dev_leaves_parents_of_views_and_commits_alone(
 
 
 async def test_without_auto_remove_dev_the_parent_keeps_its_device(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
-    top, top_id = await remote_image(obd, images)
+    top, top_id = await obd.unpack_top(images.single)
     await obd.prepare("only", top)
     await obd.remove("only")
     obd.assert_attached(top_id, mounted="ro")
@@ -203,7 +194,7 @@ async def test_without_auto_remove_dev_the_parent_keeps_its_device(
 async def test_auto_remove_dev_with_a_dir_mode_child(start_obd: StartObd, images: Images) -> None:
     """A dir child has its own device; its parent's was never attached and stays so."""
     obd = await start_obd(autoRemoveDev=True)
-    top, top_id = await remote_image(obd, images)
+    top, top_id = await obd.unpack_top(images.single)
     own = obd.own_id(await obd.prepare("rootfs", top, {WRITABLE: "dir"}))
     obd.assert_detached(top_id)
     await obd.remove("rootfs")

@@ -13,22 +13,19 @@ import os
 from pathlib import Path
 
 import pytest
+from support.block import Image, Obd, read_header
+from support.block_fixtures import Images, StartObd
+from support.mounts import mount_at, mount_options
+from support.simulator import MISSING
 
 from obdsnap.genproto.containerd.types import Mount
-
-from .conftest import MISSING, Images, StartObd
-from .helpers import (
+from obdsnap.labels import (
     BLOB_DIGEST,
     BLOB_SIZE,
     IMAGE_REF,
     LOCAL_COMMIT_PATH,
-    SNAPSHOT_REF,
+    TARGET_SNAPSHOT_REF,
     WRITABLE,
-    Image,
-    Obd,
-    mount_at,
-    options_of,
-    read_header,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
@@ -44,7 +41,7 @@ async def unpack_local(obd: Obd, image: Image, *, blobs: list[bytes] | None = No
     parent = ""
     for index, chain_id in enumerate(image.chain_ids):
         key = f"extract-{index} {chain_id}"
-        labels = {SNAPSHOT_REF: chain_id, IMAGE_REF: image.ref}
+        labels = {TARGET_SNAPSHOT_REF: chain_id, IMAGE_REF: image.ref}
         mounts = await obd.prepare(key, parent, labels)
         content = image.layers[index].path.read_bytes() if blobs is None else blobs[index]
         write_into_mount(mounts, "overlaybd.commit", content)
@@ -59,36 +56,25 @@ def write_into_mount(mounts: list[Mount], name: str, content: bytes) -> None:
     assert len(mounts) == 1
     mount = mounts[0]
     # For an overlay the upper dir is where the layer's files land.
-    upper = mount.source if mount.type == "bind" else options_of(mount)["upperdir"]
+    upper = mount.source if mount.type == "bind" else mount_options(mount)["upperdir"]
     target = Path(upper)
     (target / name).write_bytes(content)
 
 
-async def test_remote_labels_make_a_remote_block_layer(start_obd: StartObd, images: Images) -> None:
-    obd = await start_obd()
+async def test_remote_labels_make_a_remote_block_layer(obd: Obd, images: Images) -> None:
     chain = await obd.unpack_remote(images.single)
     remote_id = obd.latest_id()
     mounts = await obd.prepare("rootfs", chain[0])
-    assert options_of(mounts[0])["lowerdir"] == str(obd.mountpoint(remote_id))
+    assert mount_options(mounts[0])["lowerdir"] == str(obd.mountpoint(remote_id))
     obd.assert_attached(remote_id, mounted="ro")
 
 
 @pytest.mark.parametrize(
     "missing", [BLOB_DIGEST, BLOB_SIZE, IMAGE_REF], ids=["no-digest", "no-size", "no-image-ref"]
 )
-async def test_remote_needs_every_remote_label(
-    start_obd: StartObd, images: Images, missing: str
-) -> None:
+async def test_remote_needs_every_remote_label(obd: Obd, images: Images, missing: str) -> None:
     """Without one of the labels the layer is unpacked normally: a rw bind of ``fs/``."""
-    obd = await start_obd()
-    layer = images.single.layers[0]
-    chain_id = images.single.chain_ids[0]
-    labels = {
-        SNAPSHOT_REF: chain_id,
-        BLOB_DIGEST: layer.digest,
-        BLOB_SIZE: str(layer.size),
-        IMAGE_REF: images.single.ref,
-    }
+    chain_id, labels = images.single.layer_labels()
     del labels[missing]
     mounts = await obd.prepare(f"extract-1 {chain_id}", "", labels)
     own = obd.own_id(mounts)
@@ -101,9 +87,8 @@ async def test_remote_needs_every_remote_label(
 
 @pytest.mark.parametrize("zfile", [False, True], ids=["lsmt", "zfile"])
 async def test_overlaybd_commit_with_magic_makes_a_local_block_layer(
-    start_obd: StartObd, images: Images, zfile: bool
+    obd: Obd, images: Images, zfile: bool
 ) -> None:
-    obd = await start_obd()
     image = images.zfile if zfile else images.single
     [layer_id] = await unpack_local(obd, image)
     chain_id = image.chain_ids[0]
@@ -120,16 +105,15 @@ async def test_overlaybd_commit_with_magic_makes_a_local_block_layer(
 
     # A container on it gets the layer's device.
     mounts = await obd.prepare("rootfs", chain_id)
-    assert options_of(mounts[0])["lowerdir"] == str(obd.mountpoint(layer_id))
+    assert mount_options(mounts[0])["lowerdir"] == str(obd.mountpoint(layer_id))
     obd.assert_attached(layer_id, mounted="ro")
     name = "z.txt" if zfile else "single.txt"
     assert (obd.mountpoint(layer_id) / name).exists()
 
 
 async def test_local_block_layers_stack_their_lowers_parent_first(
-    start_obd: StartObd, images: Images, tmp_path: Path
+    obd: Obd, images: Images, tmp_path: Path
 ) -> None:
-    obd = await start_obd()
     ids = await unpack_local(obd, images.three)
     top = ids[-1]
     assert obd.config(top)["lowers"] == [{"dir": str(obd.fs(i))} for i in ids]
@@ -149,9 +133,8 @@ async def test_local_block_layers_stack_their_lowers_parent_first(
 
 
 async def test_overlaybd_commit_without_magic_stays_a_normal_layer(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
     not_a_layer = b"this is not an overlaybd layer file" * 10
     [layer_id] = await unpack_local(obd, images.single, blobs=[not_a_layer])
     chain_id = images.single.chain_ids[0]
@@ -164,25 +147,19 @@ async def test_overlaybd_commit_without_magic_stays_a_normal_layer(
     for key, labels in (("rootfs", {}), ("rootfs-dir", {WRITABLE: "dir"})):
         mounts = await obd.prepare(key, chain_id, labels)
         assert mounts[0].type == "overlay"
-        assert options_of(mounts[0])["lowerdir"] == str(obd.fs(layer_id))
+        assert mount_options(mounts[0])["lowerdir"] == str(obd.fs(layer_id))
     assert obd.sim.loop_devices() == []
 
 
-async def test_short_file_with_magic_prefix_counts_as_zero_padded(
-    start_obd: StartObd, images: Images
-) -> None:
+async def test_short_file_with_magic_prefix_counts_as_zero_padded(obd: Obd, images: Images) -> None:
     """Only the first 24 bytes matter; a file shorter than the 32-byte header is padded."""
-    obd = await start_obd()
     header = images.single.layers[0].path.read_bytes()[:24]
     [layer_id] = await unpack_local(obd, images.single, blobs=[header])
     assert LOCAL_COMMIT_PATH in (await obd.stat(images.single.chain_ids[0])).labels
     assert obd.config(layer_id)["lowers"] == [{"dir": str(obd.fs(layer_id))}]
 
 
-async def test_empty_overlaybd_commit_falls_through_to_normal(
-    start_obd: StartObd, images: Images
-) -> None:
-    obd = await start_obd()
+async def test_empty_overlaybd_commit_falls_through_to_normal(obd: Obd, images: Images) -> None:
     [layer_id] = await unpack_local(obd, images.single, blobs=[b""])
     assert LOCAL_COMMIT_PATH not in (await obd.stat(images.single.chain_ids[0])).labels
     assert not obd.config_path(layer_id).exists()
@@ -193,7 +170,7 @@ async def test_unpack_prepare_is_never_a_writable_rootfs_even_with_rw_mode_dir(
 ) -> None:
     obd = await start_obd(rwMode="dir")
     chain_id = images.single.chain_ids[0]
-    labels = {SNAPSHOT_REF: chain_id, IMAGE_REF: images.single.ref}
+    labels = {TARGET_SNAPSHOT_REF: chain_id, IMAGE_REF: images.single.ref}
     mounts = await obd.prepare(f"extract-1 {chain_id}", "", labels)
     own = obd.own_id(mounts)
     write_into_mount(mounts, "overlaybd.commit", images.single.layers[0].path.read_bytes())
@@ -207,15 +184,14 @@ async def test_unpack_prepare_is_never_a_writable_rootfs_even_with_rw_mode_dir(
 
 
 async def test_unpack_prepare_on_a_block_parent_attaches_no_device(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
     [first] = await unpack_local(obd, Image(images.three.ref, images.three.layers[:1]))
     chain = images.three.chain_ids
-    labels = {SNAPSHOT_REF: chain[1], IMAGE_REF: images.three.ref}
+    labels = {TARGET_SNAPSHOT_REF: chain[1], IMAGE_REF: images.three.ref}
     mounts = await obd.prepare(f"extract-2 {chain[1]}", chain[0], labels)
     try:
-        assert options_of(mounts[0])["lowerdir"] == str(obd.fs(first))
+        assert mount_options(mounts[0])["lowerdir"] == str(obd.fs(first))
         obd.assert_detached(first)
     finally:
         await obd.remove(f"extract-2 {chain[1]}")
@@ -232,5 +208,5 @@ async def test_a_committed_writable_layer_is_a_local_block_parent(start_obd: Sta
     await obd.commit("W", "w")
     assert read_header(obd.fs(own) / "overlaybd.commit").magic.name == "ZFILE"
     child = await obd.prepare("child", "W", {WRITABLE: "overlayfs"})
-    assert options_of(child[0])["lowerdir"] == str(obd.mountpoint(own))
+    assert mount_options(child[0])["lowerdir"] == str(obd.mountpoint(own))
     assert mount_at(obd.mountpoint(own)) is not None

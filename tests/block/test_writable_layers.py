@@ -14,23 +14,15 @@ from pathlib import Path
 
 import pytest
 from grpclib.const import Status
+from support.block import Obd, read_header
+from support.block_fixtures import Images, StartObd, WritableRootfs
+from support.mounts import mount_at, mount_options
+from support.processes import run
+from support.simulator import MISSING
+from support.snapshots import expect_status
 
+from obdsnap.labels import BLOB_FS_TYPE, LOCAL_COMMIT_PATH, WRITABLE, ZFILE_CONFIG
 from tcmusim import layerfmt
-
-from .conftest import MISSING, Images, StartObd
-from .helpers import (
-    BLOB_FS_TYPE,
-    LOCAL_COMMIT_PATH,
-    WRITABLE,
-    ZFILE_CONFIG,
-    Obd,
-    expect_status,
-    mount_at,
-    options_of,
-    read_header,
-    remote_labels,
-    run,
-)
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -50,11 +42,10 @@ async def committed_dir_layer(
 
 
 async def test_dir_mode_device_has_a_writable_layer_and_is_mounted_rw(
-    start_obd: StartObd,
+    writable_rootfs: WritableRootfs,
 ) -> None:
-    obd = await start_obd(rwMode="dir")
-    mounts = await obd.prepare("rootfs")
-    own = obd.own_id(mounts)
+    rootfs = await writable_rootfs(files={"hello": "hi\n"})
+    obd, own = rootfs.obd, rootfs.id
     block = obd.block(own)
     assert obd.config(own) == {
         "repoBlobUrl": "",
@@ -70,16 +61,15 @@ async def test_dir_mode_device_has_a_writable_layer_and_is_mounted_rw(
     assert entry is not None and entry.fs_type == "ext4"
     assert "discard" in entry.super_options.split(",")
     # ext4 made with the snapshotter's options: no journal.
-    assert "has_journal" not in run("dumpe2fs", "-h", device)
+    assert "has_journal" not in run("dumpe2fs", "-h", device).stdout
     # The rootfs is the device's filesystem.
-    (Path(mounts[0].source) / "hello").write_text("hi\n")
-    assert (obd.mountpoint(own) / "hello").read_text() == "hi\n"
+    assert Path(rootfs.mounts[0].source) == obd.mountpoint(own)
+    rootfs.assert_holds({"hello": "hi\n"})
 
 
-async def test_sparse_writable_layer_type(start_obd: StartObd) -> None:
-    obd = await start_obd(rwMode="dir", writableLayerType="sparse")
-    own = obd.own_id(await obd.prepare("rootfs"))
-    assert read_header(obd.block(own) / "writable_data").sparse is True
+async def test_sparse_writable_layer_type(writable_rootfs: WritableRootfs) -> None:
+    rootfs = await writable_rootfs(files={}, writableLayerType="sparse")
+    assert read_header(rootfs.obd.block(rootfs.id) / "writable_data").sparse is True
 
 
 @pytest.mark.parametrize(
@@ -159,7 +149,7 @@ async def test_children_in_dir_mode_read_their_parents_and_keep_their_own_writes
 
     # An overlayfs container on B sees the same files through B's read-only device.
     overlay = await obd.prepare("overlay-container", "B", {WRITABLE: "overlayfs"})
-    assert options_of(overlay[0])["lowerdir"] == str(obd.mountpoint(b))
+    assert mount_options(overlay[0])["lowerdir"] == str(obd.mountpoint(b))
     obd.assert_attached(b, mounted="ro")
     target = tmp_path / "rootfs"
     obd.mount_for_real(overlay[0], target)
@@ -197,20 +187,16 @@ async def test_view_in_dev_mode_is_ro(start_obd: StartObd) -> None:
     ]
 
 
-async def test_dev_mode_hands_out_the_device_unmounted(start_obd: StartObd, tmp_path: Path) -> None:
-    obd = await start_obd(rwMode="dev")
-    mounts = await obd.prepare("vm-rootfs")
-    own = obd.own_id(mounts)
+async def test_dev_mode_hands_out_the_device_unmounted(writable_rootfs: WritableRootfs) -> None:
+    # The VM runtime mounts it (a fresh ext4), writes and unmounts it again.
+    files = {"vm.txt": "written in the VM\n"}
+    rootfs = await writable_rootfs(mode="dev", key="vm-rootfs", files=files)
+    obd, own = rootfs.obd, rootfs.id
     device = obd.assert_attached(own, mounted=None)
-    assert [(m.type, m.source, list(m.options)) for m in mounts] == [
+    assert [(m.type, m.source, list(m.options)) for m in rootfs.mounts] == [
         ("ext4", device, ["rw", "discard"])
     ]
     assert obd.mark(own) == device
-    # The VM runtime mounts it; it is a fresh ext4.
-    target = tmp_path / "vm"
-    obd.mount_for_real(mounts[0], target)
-    (target / "vm.txt").write_text("written in the VM\n")
-    obd.umount_for_real(target)
     await obd.commit("vm-layer", "vm-rootfs")
     obd.assert_detached(own)
     child = await obd.prepare("next", "vm-layer", {WRITABLE: "dir"})
@@ -227,7 +213,7 @@ async def test_blob_fs_type_label_sets_mount_and_mkfs_options(start_obd: StartOb
     assert entry is not None
     assert "noatime" in entry.options.split(",")
     assert "discard" not in entry.super_options.split(",")
-    assert run("blkid", "-o", "value", "-s", "LABEL", device).strip() == "obdtest"
+    assert run("blkid", "-o", "value", "-s", "LABEL", device).stdout.strip() == "obdtest"
 
 
 async def test_blob_fs_type_with_empty_mount_options(start_obd: StartObd) -> None:
@@ -245,12 +231,9 @@ async def test_dev_mode_type_comes_from_blob_fs_type(start_obd: StartObd) -> Non
 
 
 async def test_parent_blob_fs_type_is_used_for_its_read_only_device(
-    start_obd: StartObd, images: Images
+    obd: Obd, images: Images
 ) -> None:
-    obd = await start_obd()
-    layer = images.single.layers[0]
-    chain_id = images.single.chain_ids[0]
-    labels = {**remote_labels(chain_id, layer, images.single.ref), BLOB_FS_TYPE: "ext4;noatime"}
+    chain_id, labels = images.single.layer_labels({BLOB_FS_TYPE: "ext4;noatime"})
     await expect_status(obd.prepare(f"extract-1 {chain_id}", "", labels), Status.ALREADY_EXISTS)
     parent_id = obd.latest_id()
     # The container's own label does not matter in overlayfs mode: the parent's does.

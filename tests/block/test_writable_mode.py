@@ -9,11 +9,13 @@ any other value gives ``overlayfs``); without the label, the boot config's
 from __future__ import annotations
 
 import pytest
+from support.block import Obd
+from support.block_fixtures import Images, StartObd, WritableRootfs
+from support.mounts import mount_options
+from support.simulator import MISSING
 
 from obdsnap.genproto.containerd.types import Mount
-
-from .conftest import MISSING, Images, StartObd
-from .helpers import WRITABLE, Obd, options_of
+from obdsnap.labels import WRITABLE
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -51,7 +53,7 @@ def assert_mode(obd: Obd, mounts: list[Mount], mode: str, parent_id: int | None)
         assert obd.sim.loop_devices() == []
     else:
         assert kind[:2] == ("overlay", "overlay")
-        options = options_of(mount)
+        options = mount_options(mount)
         assert options["upperdir"] == str(obd.fs(own))
         if obd.config_path(parent_id).exists():
             assert options["lowerdir"] == str(obd.mountpoint(parent_id))
@@ -106,13 +108,13 @@ async def test_writable_mode_resolution(
     assert await obd.mounts("rootfs") == mounts
 
 
-async def test_fresh_writable_device_without_parent_is_mkfsed(start_obd: StartObd) -> None:
+async def test_fresh_writable_device_without_parent_is_mkfsed(
+    writable_rootfs: WritableRootfs,
+) -> None:
     """(With no parent, dir gives a fresh writable device that is mkfs'ed: an empty ext4.)
 
     Empty as containerd expects a snapshot without parent to be: no lost+found either.
     """
-    obd = await start_obd(rwMode="dir")
-    mounts = await obd.prepare("rootfs")
-    own = obd.own_id(mounts)
-    obd.assert_attached(own, mounted="rw")
-    assert sorted(p.name for p in obd.mountpoint(own).iterdir()) == []
+    rootfs = await writable_rootfs(files={})
+    rootfs.obd.assert_attached(rootfs.id, mounted="rw")
+    assert sorted(p.name for p in rootfs.mountpoint.iterdir()) == []

@@ -16,7 +16,6 @@ import os
 import random
 import shutil
 import sqlite3
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -26,7 +25,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from grpclib.client import Channel
-from server_process import ServerProcess, short_tmpdir
+from support.server_process import ServerProcess, short_tmpdir
+from support.simulator import force_clean, settings_on
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.genproto.containerd.types import Mount
@@ -478,12 +478,7 @@ async def run_chaos(settings: Settings, sim: RunningSimulator | None) -> Report:
     if sim is None:
         server = ServerProcess(workdir)
     else:
-        config: dict[str, object] = {
-            "rwMode": settings.variant,
-            "configfsRoot": str(sim.configfs),
-            "sysfsRoot": str(sim.sysfs),
-            "overlaybd_util_bin_dir": str(sim.tools_dir),
-        }
+        config = settings_on(sim, rwMode=settings.variant)
         server = ServerProcess.with_config(workdir, config, start_timeout=30.0)
     rng = random.Random(f"{settings.seed}-{settings.variant}")
     try:
@@ -504,7 +499,7 @@ async def run_chaos(settings: Settings, sim: RunningSimulator | None) -> Report:
         with contextlib.suppress(Exception):
             if server.running():
                 server.kill()
-        force_clean(workdir, sim)
+        force_clean(sim, [workdir])
         shutil.rmtree(workdir, ignore_errors=True)
     report.acked = ledger.acked
     report.unknown = ledger.unknown
@@ -633,28 +628,6 @@ async def remove_all(stub: api.SnapshotsStub, report: Report) -> None:
                 report.add(TEARDOWN, f"Remove {name!r}: {type(exc).__name__}: {exc}")
                 return
     report.add(TEARDOWN, f"still listed: {sorted(await list_infos(stub))}")
-
-
-def force_clean(workdir: Path, sim: RunningSimulator | None) -> None:
-    """Whatever the run left: mounts under the workdir, then the simulator's devices."""
-    for point in sorted(mounts_under(workdir), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-    if sim is None:
-        return
-    loopback = sim.configfs / "target/loopback"
-    for name in os.listdir(loopback) if loopback.is_dir() else []:
-        tpg = loopback / name / "tpgt_1"
-        lun = tpg / "lun" / "lun_0"
-        for link in lun.glob("dev_*") if lun.is_dir() else []:
-            with contextlib.suppress(OSError):
-                link.unlink()
-        for directory in (lun, tpg, loopback / name):
-            with contextlib.suppress(OSError):
-                directory.rmdir()
-    hba = sim.configfs / "target/core" / HBA
-    for name in os.listdir(hba) if hba.is_dir() else []:
-        with contextlib.suppress(OSError):
-            (hba / name).rmdir()
 
 
 def log(line: str) -> None:

@@ -16,14 +16,12 @@ the same choices, not necessarily the same interleaving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import shutil
 from collections.abc import Iterator
 
 import pytest
-from server_process import short_tmpdir
-
-from tcmusim.testing import missing_requirements, running_simulator
+from support.simulator import simulator_for_tests
 
 from .chaos import (
     ACKED_PRESENT,
@@ -77,20 +75,13 @@ def run_variant(request: pytest.FixtureRequest, variant: str) -> Report:
     if variant == OVERLAY:
         report = asyncio.run(run_chaos(settings, None))
     else:
-        missing = missing_requirements()
-        if missing is not None:
-            pytest.skip(missing)
-        work = short_tmpdir()
-        try:
-            with running_simulator(work / "sim") as sim:
-                report = asyncio.run(run_chaos(settings, sim))
-                status = sim.stop()
-                if status != 0:
-                    report.add(TEARDOWN, f"simulator exited with {status}")
-                if sim.loop_devices():
-                    report.add(TEARDOWN, f"loop devices after the simulator: {sim.loop_devices()}")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        with contextlib.ExitStack() as stack:
+            sim = stack.enter_context(simulator_for_tests())
+            report = asyncio.run(run_chaos(settings, sim))
+            try:
+                stack.close()
+            except AssertionError as exc:  # the simulator did not stop cleanly
+                report.add(TEARDOWN, str(exc).splitlines()[0])
     details = [report.summary()]
     for category, found in sorted(report.violations.items()):
         details += [f"  {category}: {message}" for message in found[:5]]

@@ -25,7 +25,6 @@ Every test of the suite must pass in every mode, but Rename, which upstream skip
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
@@ -34,13 +33,11 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from obdsnap.mountinfo import mounts_under
-from tcmusim.testing import RunningSimulator, missing_requirements, running_simulator
+from support.mounts import deepest_first
+from support.simulator import RunningSimulator, configfs_devices, force_clean, settings_on
 
 from .gotest_report import SubtestResult, format_report, parse_go_test_verbose
 
@@ -99,74 +96,6 @@ def run_script(args: list[str], timeout: float, env: dict[str, str]) -> tuple[in
     return process.returncode, output
 
 
-@pytest.fixture(scope="module")
-def simulator() -> Iterator[RunningSimulator]:
-    """One TCMU simulator for the dir and dev runs; it must stop cleanly, no loop device left."""
-    missing = missing_requirements()
-    if missing is not None:
-        pytest.skip(missing)
-    # Short: the kernel (and the simulator) cut dev_config at 255 bytes.
-    work = Path(tempfile.mkdtemp(prefix="obdconf-sim-", dir="/tmp"))
-    try:
-        with running_simulator(work / "sim") as sim:
-            yield sim
-            status = sim.stop()
-            assert status == 0, f"simulator exited with {status}:\n{sim.log()[-4000:]}"
-            assert sim.loop_devices() == [], "loop devices left after the simulator stopped"
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def block_config(rw_mode: str, sim: RunningSimulator) -> dict[str, str]:
-    """Boot config keys for obdsnap in ``rw_mode`` on the simulator."""
-    return {
-        "rwMode": rw_mode,
-        "configfsRoot": str(sim.configfs),
-        "sysfsRoot": str(sim.sysfs),
-        "overlaybd_util_bin_dir": str(sim.tools_dir),
-    }
-
-
-def deepest_first_under(path: Path) -> list[str]:
-    """Mount points at or under ``path``, deepest first."""
-    return sorted(mounts_under(path), key=len, reverse=True)
-
-
-def configfs_devices(sim: RunningSimulator) -> list[Path]:
-    """TCMU targets and loopback WWNs still set up in the simulator's configfs."""
-    found = [entry for entry in sim.hba_dir.iterdir() if entry.name.startswith("dev_")]
-    loopback = sim.configfs / "target/loopback"
-    if loopback.is_dir():
-        found += [entry for entry in loopback.iterdir() if entry.name.startswith("naa.")]
-    return found
-
-
-def remove_configfs_devices(sim: RunningSimulator) -> None:
-    """Take every device down as the kernel's users do: LUN link, LUN, TPG, WWN, target."""
-    loopback = sim.configfs / "target/loopback"
-    for wwn in list(loopback.iterdir()) if loopback.is_dir() else []:
-        if not (wwn.name.startswith("naa.") and wwn.is_dir()):
-            continue
-        lun = wwn / "tpgt_1/lun/lun_0"
-        for link in list(lun.iterdir()) if lun.is_dir() else []:
-            if link.is_symlink():
-                link.unlink()
-        for directory in (lun, wwn / "tpgt_1", wwn):
-            with contextlib.suppress(FileNotFoundError):
-                directory.rmdir()
-    for target in list(sim.hba_dir.iterdir()):
-        if target.name.startswith("dev_"):
-            with contextlib.suppress(FileNotFoundError):
-                target.rmdir()
-
-
-def unmount_all(mount_points: list[str]) -> None:
-    for mount_point in mount_points:
-        done = subprocess.run(["umount", mount_point], capture_output=True, check=False)
-        if done.returncode != 0:
-            subprocess.run(["umount", "-l", mount_point], capture_output=True, check=False)
-
-
 def compare_with_expected(results: dict[str, SubtestResult]) -> list[str]:
     """How the results differ from: upstream skips skipped, every other test passed."""
     problems = []
@@ -198,7 +127,13 @@ def test_containerd_snapshotter_suite(
     sim: RunningSimulator | None = None
     if rw_mode != "overlayfs":
         sim = request.getfixturevalue("simulator")
-        args = ["--config-extra", json.dumps(block_config(rw_mode, sim)), *args, "-parallel", "1"]
+        args = [
+            "--config-extra",
+            json.dumps(settings_on(sim, rwMode=rw_mode)),
+            *args,
+            "-parallel",
+            "1",
+        ]
     log_dir = tmp_path / "server-logs"
     env["OBDSNAP_TEST_LOG_DIR"] = str(log_dir)
     # The suite's temp dirs (TMPDIR) and the servers' dirs, all in one short
@@ -213,14 +148,12 @@ def test_containerd_snapshotter_suite(
         status, output = run_script(args, RUN_TIMEOUT, env)
         elapsed = time.monotonic() - started
         # The driver removed every snapshot: obdsnap must have released all.
-        server_mounts = deepest_first_under(scratch / "srv")
+        server_mounts = deepest_first(scratch / "srv")
         devices = configfs_devices(sim) if sim is not None else []
         # The suite's own, from tests that fail between a mount and its unmount.
-        suite_mounts = deepest_first_under(scratch / "suite")
+        suite_mounts = deepest_first(scratch / "suite")
     finally:
-        unmount_all(deepest_first_under(scratch))
-        if sim is not None:
-            remove_configfs_devices(sim)
+        force_clean(sim, [scratch])
         shutil.rmtree(scratch, ignore_errors=True)
 
     results = parse_go_test_verbose(output, SUITE)

@@ -18,6 +18,8 @@ from pathlib import Path
 import debian_rootfs
 import pytest
 
+from obdsnap.mountinfo import mounts_under
+
 REPO_ROOT = debian_rootfs.REPO_ROOT
 build_dir = debian_rootfs.build_dir
 
@@ -61,13 +63,7 @@ class DebianRoot:
 
     def mounts_below(self) -> list[str]:
         """Mount points of this namespace at or below the root: none, outside a command."""
-        prefix = str(self.path)
-        points = []
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            point = line.split()[4].replace("\\040", " ")
-            if point == prefix or point.startswith(prefix + "/"):
-                points.append(point)
-        return points
+        return mounts_under(self.path)
 
 
 @contextmanager

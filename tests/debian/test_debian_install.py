@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from grpclib.client import Channel
-from server_process import ServerProcess
+from support.processes import run
+from support.server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
@@ -57,14 +58,7 @@ def deb_package() -> Path:
     ).stdout.strip()
     package = build_dir() / "deb" / f"obdsnap_{version}_{arch}.deb"
     package.unlink(missing_ok=True)
-    done = subprocess.run(
-        ["make", "--no-print-directory", "-C", str(REPO_ROOT), "deb"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert done.returncode == 0, f"make deb failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    done = run("make", "--no-print-directory", "-C", REPO_ROOT, "deb", timeout=900)
     assert package.is_file(), f"make deb made no {package.name}:\n{done.stdout[-2000:]}"
     return package
 

@@ -15,7 +15,7 @@ import promql_parser
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from server_process import ServerProcess
+from support.server_process import ServerProcess
 
 from .kustomize import REPO_ROOT, find, render
 

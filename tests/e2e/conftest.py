@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from server_process import ServerProcess
+from support.server_process import ServerProcess
 
 from .containerd import PROXY_PLUGIN_NAME, PrivateContainerd, unmount_all_under
 from .ociimage import ImageInfo, build_image, find_static_busybox

@@ -16,7 +16,6 @@ import hashlib
 import itertools
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from support.mounts import deepest_first
 
 # Plugins a snapshotter test does not need; CRI would also want CNI etc.
 # The name containerd's config gives the proxy plugin, i.e. the snapshotter name.
@@ -129,16 +130,7 @@ def snapshot_info_direct(
 
 def mount_points_under(directory: Path) -> list[Path]:
     """Mount points at or below directory, deepest first."""
-    prefix = os.path.realpath(directory).rstrip("/") + "/"
-    found = set()
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            mount_point = re.sub(
-                r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), line.split()[4]
-            )
-            if (mount_point + "/").startswith(prefix):
-                found.add(Path(mount_point))
-    return sorted(found, key=lambda path: len(path.parts), reverse=True)
+    return [Path(point) for point in deepest_first(Path(os.path.realpath(directory)))]
 
 
 def unmount_all_under(directory: Path) -> list[Path]:

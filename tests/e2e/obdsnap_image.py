@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import subprocess
 import tarfile
 import tomllib
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 import build_image
 import pytest
 from debian_rootfs import REPO_ROOT, RootUnavailable, build_dir
+from support.processes import run
 
 
 def project_version() -> str:
@@ -35,14 +35,7 @@ def make_image() -> Path:
         pytest.skip(str(missing))
     archive = archive_path()
     archive.unlink(missing_ok=True)
-    done = subprocess.run(
-        ["make", "--no-print-directory", "-C", str(REPO_ROOT), "image"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    assert done.returncode == 0, f"make image failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    done = run("make", "--no-print-directory", "-C", REPO_ROOT, "image", timeout=1800)
     assert archive.is_file(), f"make image made no {archive.name}:\n{done.stdout[-2000:]}"
     return archive
 

@@ -10,13 +10,13 @@ container through the snapshotter under the printed name.
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from server_process import ServerProcess
+from support.processes import run
+from support.server_process import ServerProcess
 
 from . import ociimage
 from .containerd import DISABLED_PLUGINS, PrivateContainerd, run_command
@@ -32,13 +32,8 @@ SNAPSHOTTER_NAME = "obd.snap-e2e"
 
 
 def printed_config(server: ServerProcess) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "obdsnap", "containerd-config",
-         "--config", str(server.config_path), "--name", SNAPSHOTTER_NAME],
-        capture_output=True, text=True, check=False, cwd=REPO_ROOT,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    command = [sys.executable, "-m", "obdsnap", "containerd-config", "--config"]
+    return run(*command, server.config_path, "--name", SNAPSHOTTER_NAME, cwd=REPO_ROOT).stdout
 
 
 def cri_private_dirs(workdir: Path) -> str:

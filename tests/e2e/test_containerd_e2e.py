@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 import pytest
-from server_process import ServerProcess
+from support.server_process import ServerProcess
 
 from . import ociimage
 from .containerd import (

@@ -39,28 +39,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from block.helpers import (
+from support.block import SnapshotFiles
+from support.gobuild import build_go_program
+from support.mounts import MountEntry, mount_at, mounts_under
+from support.server_process import ServerProcess, short_tmpdir
+from support.simulator import configfs_devices, force_clean, settings_on
+
+from obdsnap.labels import (
     BLOB_DIGEST,
     BLOB_SIZE,
-    HBA,
     IMAGE_REF,
     LOCAL_COMMIT_PATH,
     REMOTE,
     REMOTE_VALUE,
-    SNAPSHOT_REF,
+    TARGET_SNAPSHOT_REF,
     WRITABLE,
-    MountInfo,
-    force_clean,
-    mount_at,
-    mounts_under,
-    wwn,
 )
-from gobuild import build_go_program
-from server_process import ServerProcess, short_tmpdir
-
+from obdsnap.mountinfo import parse_line
 from tcmusim import loopdev
-from tcmusim.testing import RunningSimulator, running_simulator
-from tcmusim.testing import missing_requirements as simulator_missing
+from tcmusim.testing import RunningSimulator
 
 from .containerd import (
     PROXY_PLUGIN_NAME,
@@ -377,21 +374,12 @@ UNPACK_PULL_SOURCE = Path(__file__).with_name("unpackpull")
 # ---------------------------------------------------------------------- obdsnap + containerd
 
 
-def parse_mountinfo_line(line: str) -> MountInfo:
-    fields = line.split()
-    separator = fields.index("-", 6)
-    super_options = fields[separator + 3] if len(fields) > separator + 3 else ""
-    return MountInfo(
-        fields[4], fields[5], fields[separator + 1], fields[separator + 2], super_options
-    )
-
-
 def option_map(options: str) -> dict[str, str]:
     return {key: value for key, _, value in (item.partition("=") for item in options.split(","))}
 
 
 @dataclass
-class Stack:
+class Stack(SnapshotFiles):
     """One obdsnap on the simulator and the private containerd that uses it."""
 
     sim: RunningSimulator
@@ -404,29 +392,6 @@ class Stack:
     @property
     def root(self) -> Path:
         return self.server.root
-
-    def fs(self, snapshot_id: int) -> Path:
-        return self.root / "snapshots" / str(snapshot_id) / "fs"
-
-    def block(self, snapshot_id: int) -> Path:
-        return self.root / "snapshots" / str(snapshot_id) / "block"
-
-    def mountpoint(self, snapshot_id: int) -> Path:
-        return self.block(snapshot_id) / "mountpoint"
-
-    def config(self, snapshot_id: int) -> dict[str, Any]:
-        document = json.loads((self.block(snapshot_id) / "config.v1.json").read_text())
-        assert isinstance(document, dict)
-        return document
-
-    def id_of(self, path: str | Path) -> int:
-        """The snapshot ID of a path under ``snapshots/<ID>/``."""
-        return int(Path(path).relative_to(self.root / "snapshots").parts[0])
-
-    def snapshot_ids(self) -> list[int]:
-        return sorted(
-            int(entry.name) for entry in (self.root / "snapshots").iterdir() if entry.name.isdigit()
-        )
 
     def backend_keys(self) -> dict[str, str]:
         """obdsnap's keys by containerd's names.
@@ -450,22 +415,6 @@ class Stack:
         }
 
     # -- devices ----------------------------------------------------------------------
-
-    def mark(self, snapshot_id: int) -> str | None:
-        try:
-            return (self.block(snapshot_id) / "backstore_mark").read_text()
-        except FileNotFoundError:
-            return None
-
-    def configfs_entries(self, snapshot_id: int | None = None) -> list[Path]:
-        """configfs objects of a snapshot's device (of any device, without an ID)."""
-        core = self.sim.configfs / "target/core" / HBA
-        loopback = self.sim.configfs / "target/loopback"
-        if snapshot_id is not None:
-            candidates = [core / f"dev_{snapshot_id}", loopback / wwn(snapshot_id)]
-            return [path for path in candidates if path.exists()]
-        found = [entry for entry in core.iterdir() if entry.is_dir()] if core.is_dir() else []
-        return found + [entry for entry in loopback.iterdir() if entry.is_dir()]
 
     def loop_devices(self) -> list[str]:
         """Loop devices the simulator bound, or backed by a file of this obdsnap."""
@@ -493,16 +442,11 @@ class Stack:
             assert entry.options.split(",")[0] == mounted, entry
         return device
 
-    def device_owner(self, device: str) -> int:
-        owners = [i for i in self.snapshot_ids() if self.mark(i) == device]
-        assert len(owners) == 1, (device, owners)
-        return owners[0]
-
     # -- containers -------------------------------------------------------------------
 
     def run_reader(
         self, reference: str, container_id: str, labels: Mapping[str, str] | None = None
-    ) -> MountInfo:
+    ) -> MountEntry:
         """Runs the reader script; checks what it saw; returns the container's root mount."""
         result = self.containerd.run_container(
             reference,
@@ -515,7 +459,9 @@ class Stack:
         root_line = facts.pop("root_mount", "")
         assert facts == EXPECTED_FACTS, f"container output:\n{result.stdout}{result.stderr}"
         assert root_line, f"no mount on / in the container's mountinfo:\n{result.stdout}"
-        return parse_mountinfo_line(root_line)
+        entry = parse_line(root_line)
+        assert entry is not None, root_line
+        return entry
 
     def remove_container(self, container_id: str) -> None:
         """Remove a container; containerd's GC then removes its snapshot in the background."""
@@ -542,7 +488,7 @@ class Stack:
         assert in_server == [], "obdsnap still holds snapshots after containerd's GC"
         assert on_disk == [], f"{snapshot_dir} not empty after GC (Remove + Cleanup)"
         assert mounts_under(self.root) == [], mounts_under(self.root)
-        assert self.configfs_entries() == [], self.configfs_entries()
+        assert configfs_devices(self.sim) == [], configfs_devices(self.sim)
         assert self.loop_devices() == [], self.loop_devices()
 
     def tear_down(self) -> list[str]:
@@ -566,24 +512,7 @@ StartStack = Callable[..., Stack]
 
 
 @pytest.fixture(scope="module")
-def simulator(e2e_host: None) -> Iterator[RunningSimulator]:
-    missing = simulator_missing()
-    if missing is not None:
-        pytest.skip(missing)
-    work = short_tmpdir()
-    try:
-        with running_simulator(work / "sim") as sim:
-            yield sim
-            sim.control.clear()
-            status = sim.stop()
-            assert status == 0, f"simulator exited with {status}:\n{sim.log()}"
-            assert sim.loop_devices() == [], "loop devices left after the simulator stopped"
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def block_image(simulator: RunningSimulator) -> Iterator[BlockImage]:
+def block_image(e2e_host: None, simulator: RunningSimulator) -> Iterator[BlockImage]:
     """The test image; its blobs go straight into the simulator's blob store (its registry)."""
     busybox = find_static_busybox()
     assert busybox is not None  # e2e_host checked it
@@ -595,19 +524,15 @@ def block_image(simulator: RunningSimulator) -> Iterator[BlockImage]:
 
 
 @pytest.fixture
-def start_stack(simulator: RunningSimulator, tmp_path: Path) -> Iterator[StartStack]:
+def start_stack(
+    e2e_host: None, simulator: RunningSimulator, tmp_path: Path
+) -> Iterator[StartStack]:
     """``start_stack(rwMode="dir")``: obdsnap (boot config keys given) behind a containerd."""
     stacks: list[Stack] = []
 
     def start(**settings: object) -> Stack:
         workdir = short_tmpdir()
-        config: dict[str, object] = {
-            "rwMode": "overlayfs",
-            "configfsRoot": str(simulator.configfs),
-            "sysfsRoot": str(simulator.sysfs),
-            "overlaybd_util_bin_dir": str(simulator.tools_dir),
-            **settings,
-        }
+        config = settings_on(simulator, **{"rwMode": "overlayfs", **settings})
         server = ServerProcess.with_config(workdir, config)
         containerd = PrivateContainerd(
             tmp_path / f"containerd-{len(stacks)}", {PLUGIN: server.address}
@@ -682,7 +607,7 @@ def check_local_layers(stack: Stack, image: BlockImage) -> dict[str, int]:
 
 
 def check_overlay_on_device(
-    stack: Stack, root: MountInfo, top_id: int, *, only_device: bool
+    stack: Stack, root: MountEntry, top_id: int, *, only_device: bool
 ) -> int:
     """The rootfs was an overlay on the top layer's read-only device; the container's ID."""
     assert root.fs_type == "overlay", root
@@ -692,7 +617,7 @@ def check_overlay_on_device(
     assert options["workdir"] == str(stack.fs(container_id).with_name("work")), options
     device = stack.assert_device(top_id, mounted="ro")
     if only_device:
-        others = {i: stack.mark(i) for i in stack.snapshot_ids() if i != top_id and stack.mark(i)}
+        others = {i: stack.mark(i) for i in sorted(stack.ids()) if i != top_id and stack.mark(i)}
         assert others == {}, f"devices other than the top layer's: {others}"
         assert stack.loop_devices() == [device], stack.loop_devices()
     # What the container wrote went to the overlay's upper directory.
@@ -822,14 +747,14 @@ def test_remote_block_layers_pull_run_remove(
     # Each layer was committed through the remote path, under its chain ID.
     backend = stack.backend()
     assert {name: key for name, (key, _) in backend.items()} == {c: c for c in image.chain_ids}
-    ids_by_digest = {stack.config(i)["lowers"][-1]["digest"]: i for i in stack.snapshot_ids()}
+    ids_by_digest = {stack.config(i)["lowers"][-1]["digest"]: i for i in sorted(stack.ids())}
     repo_blob_url = f"https://{registry.host}/v2/{REMOTE_REPOSITORY}/blobs"
     lowers: list[dict[str, object]] = []
     for chain_id, layer in zip(image.chain_ids, image.layers, strict=True):
         _, info = backend[chain_id]
         assert info["Kind"] == "Committed", info
         assert info["Labels"] == {
-            SNAPSHOT_REF: chain_id,
+            TARGET_SNAPSHOT_REF: chain_id,
             BLOB_DIGEST: layer.digest,
             BLOB_SIZE: str(layer.size),
             IMAGE_REF: image.reference,

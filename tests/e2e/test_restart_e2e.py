@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from server_process import ServerProcess
+from support.server_process import ServerProcess
 
 from . import ociimage
 from . import test_overlaybd_e2e as obd
@@ -37,8 +37,7 @@ exec sleep 600
 """
 RESTART_TIMEOUT = 20.0
 REDIAL_TIMEOUT = 30.0
-# The overlaybd variant reuses the simulator, its image and the obdsnap+containerd stack.
-simulator = obd.simulator
+# The overlaybd variant reuses the image and the obdsnap+containerd stack.
 block_image = obd.block_image
 start_stack = obd.start_stack
 

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from server_process import ServerProcess
+from support.server_process import ServerProcess
 
 # Cases and steps run, by kind; reported in the terminal summary.
 FUZZ_COUNTS: Counter[str] = Counter()

@@ -23,7 +23,7 @@ from grpclib.const import Status
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
-from server_process import ServerProcess
+from support.server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 

@@ -19,7 +19,7 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_process import ServerProcess
+from support.server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from grpclib.client import Channel
-from server_process import ServerProcess
+from support.server_process import ServerProcess
 
 from .gohelpers import go_dump, many_ops, write_go_metadata
 

@@ -18,9 +18,10 @@ from typing import Any
 
 import betterproto
 from betterproto.lib.google.protobuf import Timestamp
-from gobuild import build_go_program
 from grpclib.client import Channel, UnaryStreamMethod, UnaryUnaryMethod
-from server_process import ServerProcess
+from support.gobuild import build_go_program
+from support.processes import run
+from support.server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.overlaybd.storage_type import LSMT_MAGIC, ZFILE_MAGIC
@@ -38,16 +39,7 @@ def gometa_binary() -> Path:
 
 
 def gometa(*argv: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [str(gometa_binary()), *map(str, argv)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if check:
-        assert done.returncode == 0, f"gometa {argv[0]} failed: {done.stderr}"
-    return done
+    return run(gometa_binary(), *argv, check=check)
 
 
 # ---------------------------------------------------------------------- writing a Go root
@@ -259,10 +251,5 @@ def many_ops(count: int = 10_000, depth: int = 50) -> GoOps:
 
 
 def migrate_to_go(root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "obdsnap", "migrate", "--root", str(root), "--to", "go"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    migrate: list[str | Path] = [sys.executable, "-m", "obdsnap", "migrate", "--root", root]
+    return run(*migrate, "--to", "go", check=False, timeout=120)

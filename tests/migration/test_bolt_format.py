@@ -11,13 +11,13 @@ import json
 import random
 import sqlite3
 import struct
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gobuild import build_go_program
+from support.gobuild import build_go_program
+from support.processes import run
 
 from obdsnap.storage.bolt import BoltError, Bucket, looks_like_bolt, read_bolt, write_bolt
 
@@ -66,18 +66,12 @@ class GoBolt:
         return from_json(json.loads(self._run("dump", str(db))))
 
     def check(self, db: Path) -> list[str]:
-        done = subprocess.run(
-            [self.binary, "check", db], capture_output=True, text=True, timeout=300, check=False
-        )
+        done = run(self.binary, "check", db, timeout=300, check=False)
         assert done.returncode in (0, 1), done.stderr
         return done.stdout.splitlines()
 
     def _run(self, *argv: str) -> str:
-        done = subprocess.run(
-            [self.binary, *argv], capture_output=True, text=True, timeout=300, check=False
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        return run(self.binary, *argv, timeout=300).stdout
 
 
 @pytest.fixture(scope="module")

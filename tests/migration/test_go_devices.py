@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from block.conftest import MISSING, Images, StartObd, images, sim, start_obd
-from block.helpers import WRITABLE, Obd, mount_at
+from support.block import Obd
+from support.block_fixtures import Images, StartObd
+from support.mounts import mount_at
+from support.simulator import MISSING
+
+from obdsnap.labels import WRITABLE
 
 from .gohelpers import migrate_to_go
-
-__all__ = ["images", "sim", "start_obd"]  # the block tests' fixtures, used here
 
 pytestmark = [
     pytest.mark.root,

@@ -8,9 +8,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from api.helpers import commit, own_id, prepare
 from grpclib.client import Channel
-from server_process import ServerProcess
+from support.server_process import ServerProcess
+from support.snapshots import commit, own_id, prepare
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 

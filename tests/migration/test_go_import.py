@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api.helpers import commit, lower_ids, mount_options, own_id, prepare, stat, usage
 from grpclib.client import Channel
-from server_process import ServerProcess, refusal
+from support.mounts import mount_options
+from support.processes import run
+from support.server_process import ServerProcess, refusal
+from support.snapshots import commit, lower_ids, own_id, prepare, stat, usage
 
 from obdsnap.fsutil import disk_usage
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
@@ -302,22 +304,8 @@ def small_go_root(root: Path) -> dict[str, int]:
 
 def serve_once(root: Path, workdir: Path) -> subprocess.CompletedProcess[str]:
     """obdsnap serve on ``root``, expected to refuse to start."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "obdsnap",
-            "serve",
-            "--root",
-            str(root),
-            "--address",
-            str(workdir / "refused.sock"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    serve: list[str | Path] = [sys.executable, "-m", "obdsnap", "serve", "--root", root]
+    return run(*serve, "--address", workdir / "refused.sock", check=False, timeout=20)
 
 
 def tree(root: Path) -> dict[str, bytes | None]:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api.helpers import own_id, prepare
 from grpclib.client import Channel
-from server_process import ServerProcess
+from support.server_process import ServerProcess
+from support.snapshots import own_id, prepare
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 

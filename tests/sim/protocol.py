@@ -5,10 +5,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from support.processes import run
 
 HBA = "user_999999999"
 CMD_TIME_OUT = "2147483"
@@ -194,17 +195,8 @@ class Snapshot:
         return {"index": str(self.index), "data": str(self.data)}
 
 
-def run(*command: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(c) for c in command], capture_output=True, text=True, check=False, timeout=120
-    )
-
-
 def must(*command: str | Path) -> str:
-    done = run(*command)
-    if done.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, command))} failed: {done.stderr or done.stdout}")
-    return done.stdout
+    return run(*command, timeout=120).stdout
 
 
 MKFS_EXT4 = ("mkfs", "-t", "ext4", "-O", "^has_journal,sparse_super,flex_bg", "-G", "1",

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support import processes
 
 from tcmusim import layerfmt, tools
 from tcmusim.knobs import DeviceKnobs, Knobs
@@ -24,10 +25,8 @@ def bin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def run(bin_dir: Path, tool: str, *args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(bin_dir / tool), *map(str, args)], capture_output=True, text=True, check=False
-    )
+def run(bin_dir: Path, tool: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return processes.run(bin_dir / tool, *args, check=False)
 
 
 def writable_pair(bin_dir: Path, root: Path, *extra: str) -> tuple[Path, Path]:

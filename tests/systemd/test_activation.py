@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from grpclib.client import Channel
-from server_process import ServerProcess, refusal, short_tmpdir
+from support.server_process import ServerProcess, refusal, short_tmpdir
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.systemd import activated_listener

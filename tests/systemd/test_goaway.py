@@ -22,7 +22,7 @@ from fuzz.rawgrpc import RawClient, frame
 from h2.errors import ErrorCodes
 from hpack import Decoder
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
-from server_process import ServerProcess, short_tmpdir
+from support.server_process import ServerProcess, short_tmpdir
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 

@@ -19,7 +19,7 @@ import pytest
 from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Status
-from server_process import ServerProcess, short_tmpdir
+from support.server_process import ServerProcess, short_tmpdir
 
 from obdsnap import systemd
 from obdsnap.genproto.containerd.services.snapshots import v1 as api

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from gobuild import build_go_program
-from server_process import short_tmpdir
+from support.gobuild import build_go_program
+from support.server_process import short_tmpdir
 
 from .helpers import Notification, NotifyListener
 

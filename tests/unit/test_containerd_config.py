@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.processes import run
 
 from obdsnap.config import BootConfig
 from obdsnap.containerd_config import (
@@ -134,10 +135,7 @@ def test_the_deploy_file_is_the_printed_text_for_the_default_config() -> None:
 
 
 def obdsnap(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "obdsnap", *args],
-        capture_output=True, text=True, check=False, cwd=REPO_ROOT,
-    )  # fmt: skip
+    return run(sys.executable, "-m", "obdsnap", *args, check=False, cwd=REPO_ROOT)
 
 
 @pytest.mark.parametrize(("version", "cri"), [("2", CRI_V2), ("3", CRI_V3)])

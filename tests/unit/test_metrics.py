@@ -14,7 +14,7 @@ from grpclib import GRPCError
 from grpclib.const import Status
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
-from scrape import Exposition
+from support.scrape import Exposition
 
 from obdsnap import __version__
 from obdsnap.commands import CommandError, CommandTimedOut

@@ -2,7 +2,15 @@ from pathlib import Path
 
 import pytest
 
-from obdsnap.mountinfo import is_mounted, mounted_source, mounts_under, overlay_uses, read_mounts
+from obdsnap.mountinfo import (
+    is_mounted,
+    mount_at,
+    mounted_source,
+    mounts_under,
+    overlay_uses,
+    parse_line,
+    read_mounts,
+)
 
 OVERLAY_OPTIONS = (
     "rw,lowerdir=/r/snapshots/9/block/mountpoint,upperdir=/r/snapshots/12/fs,"
@@ -63,3 +71,21 @@ def test_mounted_source_is_the_topmost_mounts(table: Path) -> None:
     )
     table.write_text(stacked)
     assert mounted_source(Path("/r/snapshots/9/block/mountpoint"), table) == "/dev/loop4"
+
+
+def test_mount_at_gives_the_topmost_entry_with_its_per_mount_options(table: Path) -> None:
+    entry = mount_at(Path("/r/snapshots/9/block/mountpoint"), table)
+    assert entry is not None
+    assert (entry.source, entry.options, entry.super_options) == (
+        "/dev/loop3",
+        "ro,relatime",
+        "ro,discard",
+    )
+    assert mount_at(Path("/r/snapshots/9"), table) is None
+
+
+def test_parse_line_unescapes_and_refuses_a_line_without_separator() -> None:
+    entry = parse_line(r"40 22 0:40 / /a\134b\040c rw,noatime - overlay overlay lowerdir=/l")
+    assert entry is not None
+    assert (entry.mount_point, entry.options) == ("/a\\b c", "rw,noatime")
+    assert parse_line("40 22 0:40 / /a rw") is None

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -21,36 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api.helpers import expect_status as expect_status
-from api.helpers import wait_until as wait_until
 from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Status
-from server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.genproto.containerd.types import Mount
+from obdsnap.labels import BLOB_DIGEST, BLOB_SIZE, IMAGE_REF, TARGET_SNAPSHOT_REF
+from support.mounts import mount, mount_at, mount_options, mounts_under, umount
+from support.processes import run
+from support.server_process import ServerProcess
+from support.simulator import HBA, remove_device, wwn
+from support.snapshots import expect_status, wait_until
 from tcmusim import layerfmt
 from tcmusim.testing import RunningSimulator
 
-HBA = "user_999999999"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-# Labels (DESIGN §4).
-SNAPSHOT_REF = "containerd.io/snapshot.ref"
-IMAGE_REF = "containerd.io/snapshot/image-ref"
-CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
-BLOB_DIGEST = "containerd.io/snapshot/overlaybd/blob-digest"
-BLOB_SIZE = "containerd.io/snapshot/overlaybd/blob-size"
-BLOB_FS_TYPE = "containerd.io/snapshot/overlaybd/blob-fs-type"
-ACCELERATION_LAYER = "containerd.io/snapshot/overlaybd/acceleration-layer"
-RECORD_TRACE = "containerd.io/snapshot/overlaybd/record-trace"
-RECORD_TRACE_PATH = "containerd.io/snapshot/overlaybd/record-trace-path"
-ZFILE_CONFIG = "containerd.io/snapshot/overlaybd/zfile-config"
-WRITABLE = "containerd.io/snapshot/overlaybd.writable"
-LOCAL_COMMIT_PATH = "containerd.io/snapshot/overlaybd.localcommitpath"
-REMOTE = "containerd.io/snapshot/remote"
-REMOTE_VALUE = "remote snapshot"
 
 DEFAULT_REF = "docker.io/library/obdtest:v1"
 
@@ -83,6 +68,13 @@ class Image:
                 chain.append("sha256:" + hashlib.sha256(joined).hexdigest())
         return chain
 
+    def layer_labels(
+        self, extra: Mapping[str, str] | None = None, index: int = 0
+    ) -> tuple[str, dict[str, str]]:
+        """A layer's chain ID and the labels containerd unpacks it with, plus ``extra``."""
+        chain_id = self.chain_ids[index]
+        return chain_id, {**remote_labels(chain_id, self.layers[index], self.ref), **(extra or {})}
+
 
 def write_tree(root: Path, files: Mapping[str, str]) -> Path:
     """A layer directory; a name ``dir/.wh.x`` is an OCI whiteout of ``dir/x``."""
@@ -104,14 +96,7 @@ def build_image(
     command += ["--oci-tar", str(work / "image.tar"), "--ref", ref, "--work-dir", str(work)]
     if zfile:
         command.append("-z")
-    done = subprocess.run(
-        [*command, *map(str, sources)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO_ROOT,
-    )
-    assert done.returncode == 0, f"mkimage failed: {done.stderr}"
+    done = run(*command, *sources, cwd=REPO_ROOT)
     document = json.loads(done.stdout)
     return Image(
         ref,
@@ -132,90 +117,6 @@ def copy_blobs(image: Image, store: Path) -> None:
             shutil.copyfile(layer.path, target)
 
 
-# ---------------------------------------------------------------------- gRPC calls
-
-
-def options_of(mount: Mount) -> dict[str, str]:
-    """``key=value`` options of a mount, by key."""
-    found: dict[str, str] = {}
-    for option in mount.options:
-        key, _, value = option.partition("=")
-        found[key] = value
-    return found
-
-
-# ---------------------------------------------------------------------- the kernel's view
-
-
-@dataclass(frozen=True)
-class MountInfo:
-    mount_point: str
-    options: str  # per-mount options (ro/rw, ...)
-    fs_type: str
-    source: str
-    super_options: str
-
-
-def _unescape(text: str) -> str:
-    return text.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-
-
-def mount_table() -> list[MountInfo]:
-    entries = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        separator = fields.index("-", 6)
-        entries.append(
-            MountInfo(
-                _unescape(fields[4]),
-                fields[5],
-                fields[separator + 1],
-                _unescape(fields[separator + 2]),
-                fields[separator + 3] if len(fields) > separator + 3 else "",
-            )
-        )
-    return entries
-
-
-def mount_at(path: Path) -> MountInfo | None:
-    """The top mount exactly on ``path``, if any."""
-    found = [entry for entry in mount_table() if entry.mount_point == str(path)]
-    return found[-1] if found else None
-
-
-def mounts_under(path: Path) -> list[str]:
-    prefix = str(path).rstrip("/") + "/"
-    return [
-        entry.mount_point
-        for entry in mount_table()
-        if entry.mount_point.startswith(prefix) or entry.mount_point == str(path)
-    ]
-
-
-def run(*argv: str | Path) -> str:
-    done = subprocess.run([str(arg) for arg in argv], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, f"{' '.join(map(str, argv))}: {done.stderr.strip()}"
-    return done.stdout
-
-
-def mount_for_real(mount: Mount, target: Path) -> None:
-    """Mount one containerd Mount on ``target`` as containerd would (mount(8))."""
-    target.mkdir(parents=True, exist_ok=True)
-    options = ",".join(mount.options)
-    if mount.type == "bind":
-        run("mount", "-o", options, mount.source, target)
-    else:
-        run("mount", "-t", mount.type, "-o", options, mount.source, target)
-
-
-def umount(target: Path, *, lazy: bool = False) -> None:
-    run("umount", *(["-l"] if lazy else []), target)
-
-
-def wwn(snapshot_id: int) -> str:
-    return f"naa.199{snapshot_id:013d}"
-
-
 def read_header(path: Path) -> layerfmt.Header:
     """The tcmusim layer header of an overlaybd layer file."""
     descriptor = os.open(path, os.O_RDONLY)
@@ -225,11 +126,101 @@ def read_header(path: Path) -> layerfmt.Header:
         os.close(descriptor)
 
 
+# ---------------------------------------------------------------------- obdsnap's files
+
+
+class SnapshotFiles:
+    """What an obdsnap keeps for its snapshots: under its ``root``, and in the configfs and
+    sysfs of the simulator ``sim``."""
+
+    sim: RunningSimulator
+
+    @property
+    def root(self) -> Path:
+        raise NotImplementedError
+
+    def snapshot_dir(self, snapshot_id: int) -> Path:
+        return self.root / "snapshots" / str(snapshot_id)
+
+    def fs(self, snapshot_id: int) -> Path:
+        return self.snapshot_dir(snapshot_id) / "fs"
+
+    def block(self, snapshot_id: int) -> Path:
+        return self.snapshot_dir(snapshot_id) / "block"
+
+    def mountpoint(self, snapshot_id: int) -> Path:
+        return self.block(snapshot_id) / "mountpoint"
+
+    def config_path(self, snapshot_id: int) -> Path:
+        return self.block(snapshot_id) / "config.v1.json"
+
+    def config(self, snapshot_id: int) -> dict[str, Any]:
+        document = json.loads(self.config_path(snapshot_id).read_text())
+        assert isinstance(document, dict)
+        return document
+
+    def ids(self) -> set[int]:
+        return {
+            int(entry.name) for entry in (self.root / "snapshots").iterdir() if entry.name.isdigit()
+        }
+
+    def latest_id(self) -> int:
+        """The ID of the snapshot made last (IDs only grow, and its directory is there)."""
+        return max(self.ids())
+
+    def id_of(self, path: str | Path) -> int:
+        """The snapshot ID of a path under ``snapshots/<ID>/``."""
+        relative = Path(path).relative_to(self.root / "snapshots")
+        return int(relative.parts[0])
+
+    # -- devices --------------------------------------------------------------------
+
+    def target_dir(self, snapshot_id: int) -> Path:
+        return self.sim.configfs / "target/core" / HBA / f"dev_{snapshot_id}"
+
+    def loopback_dir(self, snapshot_id: int) -> Path:
+        return self.sim.configfs / "target/loopback" / wwn(snapshot_id)
+
+    def configfs_entries(self, snapshot_id: int) -> list[Path]:
+        """configfs objects of the snapshot's device that exist."""
+        return [
+            path
+            for path in (self.target_dir(snapshot_id), self.loopback_dir(snapshot_id))
+            if path.exists()
+        ]
+
+    def device_of(self, snapshot_id: int) -> str | None:
+        """The device node of the snapshot's attached device (per configfs and sysfs)."""
+        tpg = self.loopback_dir(snapshot_id) / "tpgt_1"
+        try:
+            address = (tpg / "address").read_text().strip()
+        except OSError:
+            return None
+        disks = self.sim.sysfs / "class/scsi_device" / f"{address}:0" / "device/block"
+        try:
+            names = sorted(os.listdir(disks))
+        except FileNotFoundError:
+            return None
+        return f"/dev/{names[0]}" if names else None
+
+    def mark(self, snapshot_id: int) -> str | None:
+        try:
+            return (self.block(snapshot_id) / "backstore_mark").read_text()
+        except FileNotFoundError:
+            return None
+
+    def device_owner(self, device: str) -> int:
+        """The snapshot whose mark names ``device``."""
+        owners = [i for i in self.ids() if self.mark(i) == device]
+        assert len(owners) == 1, (device, owners)
+        return owners[0]
+
+
 # ---------------------------------------------------------------------- obdsnap on the simulator
 
 
 @dataclass
-class Obd:
+class Obd(SnapshotFiles):
     """One obdsnap server on the simulator ``sim``, and a client of it."""
 
     sim: RunningSimulator
@@ -331,90 +322,21 @@ class Obd:
             parent = chain_id
         return image.chain_ids
 
-    # -- what is on disk ------------------------------------------------------------
-
-    def snapshot_dir(self, snapshot_id: int) -> Path:
-        return self.root / "snapshots" / str(snapshot_id)
-
-    def fs(self, snapshot_id: int) -> Path:
-        return self.snapshot_dir(snapshot_id) / "fs"
-
-    def block(self, snapshot_id: int) -> Path:
-        return self.snapshot_dir(snapshot_id) / "block"
-
-    def mountpoint(self, snapshot_id: int) -> Path:
-        return self.block(snapshot_id) / "mountpoint"
-
-    def config_path(self, snapshot_id: int) -> Path:
-        return self.block(snapshot_id) / "config.v1.json"
-
-    def config(self, snapshot_id: int) -> dict[str, Any]:
-        document = json.loads(self.config_path(snapshot_id).read_text())
-        assert isinstance(document, dict)
-        return document
-
-    def ids(self) -> set[int]:
-        return {
-            int(entry.name) for entry in (self.root / "snapshots").iterdir() if entry.name.isdigit()
-        }
-
-    def latest_id(self) -> int:
-        """The ID of the snapshot made last (IDs only grow, and its directory is there)."""
-        return max(self.ids())
-
-    def id_of(self, path: str | Path) -> int:
-        """The snapshot ID of a path under ``snapshots/<ID>/``."""
-        relative = Path(path).relative_to(self.root / "snapshots")
-        return int(relative.parts[0])
+    async def unpack_top(self, image: Image) -> tuple[str, int]:
+        """``unpack_remote``, then the top layer's chain ID and snapshot ID."""
+        chain = await self.unpack_remote(image)
+        return chain[-1], self.latest_id()
 
     def own_id(self, mounts: Sequence[Mount]) -> int:
         """The ID of the snapshot that Prepare/View/Mounts answered for, from its mounts."""
         assert len(mounts) == 1, mounts
         mount = mounts[0]
         if mount.type == "overlay":
-            return self.id_of(options_of(mount)["upperdir"])
+            return self.id_of(mount_options(mount)["upperdir"])
         if mount.source.startswith("/dev/"):
             # dev mode: the snapshot whose device it is.
-            owners = [i for i in self.ids() if self.mark(i) == mount.source]
-            assert len(owners) == 1, (mount.source, owners)
-            return owners[0]
+            return self.device_owner(mount.source)
         return self.id_of(mount.source)
-
-    # -- devices --------------------------------------------------------------------
-
-    def target_dir(self, snapshot_id: int) -> Path:
-        return self.sim.configfs / "target/core" / HBA / f"dev_{snapshot_id}"
-
-    def loopback_dir(self, snapshot_id: int) -> Path:
-        return self.sim.configfs / "target/loopback" / wwn(snapshot_id)
-
-    def configfs_entries(self, snapshot_id: int) -> list[Path]:
-        """configfs objects of the snapshot's device that exist."""
-        return [
-            path
-            for path in (self.target_dir(snapshot_id), self.loopback_dir(snapshot_id))
-            if path.exists()
-        ]
-
-    def device_of(self, snapshot_id: int) -> str | None:
-        """The device node of the snapshot's attached device (per configfs and sysfs)."""
-        tpg = self.loopback_dir(snapshot_id) / "tpgt_1"
-        try:
-            address = (tpg / "address").read_text().strip()
-        except OSError:
-            return None
-        disks = self.sim.sysfs / "class/scsi_device" / f"{address}:0" / "device/block"
-        try:
-            names = sorted(os.listdir(disks))
-        except FileNotFoundError:
-            return None
-        return f"/dev/{names[0]}" if names else None
-
-    def mark(self, snapshot_id: int) -> str | None:
-        try:
-            return (self.block(snapshot_id) / "backstore_mark").read_text()
-        except FileNotFoundError:
-            return None
 
     def assert_attached(self, snapshot_id: int, *, mounted: str | None) -> str:
         """The device of the snapshot is attached; mounted ``ro``/``rw``, or not at all (None).
@@ -445,12 +367,18 @@ class Obd:
         mountpoint = self.mountpoint(snapshot_id)
         if mount_at(mountpoint) is not None:
             umount(mountpoint)
-        remove_configfs_entries(self.sim, snapshot_id)
+        remove_device(self.sim, snapshot_id)
         assert self.device_of(snapshot_id) is None
 
-    def mount_for_real(self, mount: Mount, target: Path) -> None:
-        mount_for_real(mount, target)
+    def mount_for_real(self, spec: Mount, target: Path) -> None:
+        mount(spec, target)
         self.real_mounts.append(target)
+
+    async def mount_container(self, key: str, parent: str, target: Path) -> list[Mount]:
+        """Prepare ``key`` on ``parent`` and mount it on ``target`` as a container's rootfs."""
+        mounts = await self.prepare(key, parent)
+        self.mount_for_real(mounts[0], target)
+        return mounts
 
     def umount_for_real(self, target: Path) -> None:
         umount(target)
@@ -493,37 +421,8 @@ def remote_labels(
 ) -> dict[str, str]:
     """The labels containerd passes when it unpacks a layer of an overlaybd image."""
     return {
-        SNAPSHOT_REF: chain_id,
+        TARGET_SNAPSHOT_REF: chain_id,
         BLOB_DIGEST: layer.digest,
         BLOB_SIZE: str(layer.size),
         ref_label: image_ref,
     }
-
-
-def remove_configfs_entries(sim: RunningSimulator, snapshot_id: int) -> None:
-    """Take a device down in configfs as the kernel's users do (LUN link first)."""
-    loopback = sim.configfs / "target/loopback" / wwn(snapshot_id)
-    lun = loopback / "tpgt_1/lun/lun_0"
-    with contextlib.suppress(FileNotFoundError):
-        (lun / f"dev_{snapshot_id}").unlink()
-    target = sim.configfs / "target/core" / HBA / f"dev_{snapshot_id}"
-    for directory in (lun, loopback / "tpgt_1", loopback, target):
-        with contextlib.suppress(FileNotFoundError):
-            directory.rmdir()
-
-
-def force_clean(sim: RunningSimulator, roots: Sequence[Path]) -> None:
-    """After a failed test: unmount under ``roots``, drop every configfs object."""
-    for root in roots:
-        for path in sorted(mounts_under(root), key=len, reverse=True):
-            subprocess.run(["umount", "-l", path], capture_output=True, check=False)
-    loopback = sim.configfs / "target/loopback"
-    for entry in list(loopback.iterdir()):
-        if entry.is_dir() and entry.name.startswith("naa.199"):
-            remove_configfs_entries(sim, int(entry.name[len("naa.199") :]))
-    core = sim.configfs / "target/core" / HBA
-    if core.exists():
-        for entry in list(core.iterdir()):
-            if entry.is_dir():
-                with contextlib.suppress(OSError):
-                    entry.rmdir()

@@ -12,12 +12,13 @@ import fcntl
 import hashlib
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from support.processes import run
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 GOCODE = Path(os.environ.get("GOCODE") or "/usr/share/gocode")
 CONTAINERD_SOURCES = GOCODE / "src/github.com/containerd/containerd"
 
@@ -66,9 +67,7 @@ def build_go_program(source_dir: Path, name: str) -> Path:
 
 
 def _go(argv: list[str], build: Path) -> str:
-    cache = subprocess.run(
-        ["go", "env", "GOCACHE"], capture_output=True, text=True, timeout=60, check=False
-    ).stdout.strip()
+    cache = run("go", "env", "GOCACHE", check=False, timeout=60).stdout.strip()
     env = {
         **os.environ,
         "GO111MODULE": "off",
@@ -76,8 +75,4 @@ def _go(argv: list[str], build: Path) -> str:
         "GOPATH": f"{build / 'gopath'}:{GOCODE}",
         "GOCACHE": cache if cache and cache != "off" else str(build / "go-cache"),
     }
-    done = subprocess.run(
-        argv, cwd=build, env=env, capture_output=True, text=True, timeout=900, check=False
-    )
-    assert done.returncode == 0, f"{' '.join(argv)} failed:\n{done.stderr[-4000:]}"
-    return done.stdout
+    return run(*argv, cwd=build, env=env, timeout=900).stdout

@@ -1,9 +1,8 @@
-"""Helpers shared by the gRPC-level tests: status checks, listing, IDs, servers, mounts."""
+"""Snapshots through obdsnap's gRPC API: status checks, calls, listing, IDs, on-disk names."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -15,10 +14,11 @@ from typing import Any
 from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Status
-from server_process import ServerProcess
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.genproto.containerd.types import Mount
+from support.mounts import mount_options
+from support.server_process import ServerProcess
 
 # containerd's overlayfs snapshotter adds index=off when the kernel knows the parameter.
 INDEX_OFF = Path("/sys/module/overlay/parameters/index").exists()
@@ -120,18 +120,12 @@ def dir_entries(root: Path) -> set[str]:
     return {entry.name for entry in snapshots_dir(root).iterdir()}
 
 
+def is_dir(path: str | Path) -> bool:
+    return Path(path).is_dir()
+
+
 def numeric_ids(root: Path) -> set[int]:
     return {int(name) for name in dir_entries(root) if name.isdigit()}
-
-
-def mount_options(mount: Mount) -> dict[str, str]:
-    """``key=value`` options of a mount, by key."""
-    options: dict[str, str] = {}
-    for option in mount.options:
-        key, sep, value = option.partition("=")
-        if sep:
-            options[key] = value
-    return options
 
 
 def id_of_path(path: str | Path, root: Path) -> int:
@@ -274,38 +268,3 @@ async def connect(server: ServerProcess) -> AsyncIterator[api.SnapshotsStub]:
 async def start_server(server: ServerProcess) -> ServerProcess:
     """Start ``server``; it returns once a connection gets through."""
     return await asyncio.to_thread(server.start)
-
-
-# ---------------------------------------------------------------------- processes
-
-
-async def run(*argv: str | Path, cwd: Path | None = None) -> str:
-    """Run a command; its stdout, or AssertionError with its output if it fails."""
-    process = await asyncio.create_subprocess_exec(
-        *(str(arg) for arg in argv),
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    assert process.returncode == 0, (
-        f"{' '.join(map(str, argv))} exited {process.returncode}: {err.decode()} {out.decode()}"
-    )
-    return out.decode()
-
-
-async def mount(mount_spec: Mount, target: Path, cwd: Path | None = None) -> None:
-    """Mount one containerd Mount on ``target`` with mount(8)."""
-    options = ",".join(mount_spec.options)
-    if mount_spec.type == "bind":
-        await run("mount", "-o", options, mount_spec.source, target, cwd=cwd)
-    else:
-        await run("mount", "-t", mount_spec.type, "-o", options, mount_spec.source, target, cwd=cwd)
-
-
-async def umount(target: Path) -> None:
-    await run("umount", target)
-
-
-def is_dir(path: str | Path) -> bool:
-    return os.path.isdir(path)
