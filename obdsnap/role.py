@@ -117,7 +117,7 @@ class PlainUnpack:
 
 @dataclass(frozen=True)
 class AccelerationUnpack:
-    pass
+    block_parent: bool  # its config is the parent's plus its files: without one, refused
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ def role_of(
     """The role of an active or view snapshot, from its kept writable mode."""
     if is_unpack(key, labels):
         if is_acceleration_unpack(labels):
-            return AccelerationUnpack()
+            return AccelerationUnpack(block_parent=parent is not None and parent.storage.is_block)
         if is_remote_layer(labels):
             return RemoteUnpack(target=labels[L.TARGET_SNAPSHOT_REF])
         return PlainUnpack()

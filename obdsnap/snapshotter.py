@@ -192,8 +192,12 @@ class Snapshotter:
         match role:
             case RemoteUnpack(target=target):
                 await self._commit_remote(record, parent, target)
-            case AccelerationUnpack():
+            case AccelerationUnpack(block_parent=True) if parent is not None:
                 await self._layers.write_acceleration_config(record, parent)
+            case AccelerationUnpack():
+                raise InvalidArgument(
+                    f"acceleration layer {record.key!r} needs an overlaybd parent layer"
+                )
             case WritableRootfs(block_parent=block_parent, trace=trace):
                 await self._layers.create_writable_layer(record, parent if block_parent else None)
                 if parent is not None and trace is not None:

@@ -57,9 +57,6 @@ class BlockLayers:
             self._committed_types[record.id] = found
         return found
 
-    async def is_block(self, record: Record | None) -> bool:
-        return record is not None and (await self.storage_type(record)).is_block
-
     def forget(self, snapshot_id: int) -> None:
         self._committed_types.pop(snapshot_id, None)
 
@@ -79,12 +76,8 @@ class BlockLayers:
             repo_blob_url=base.repo_blob_url, lowers=base.lowers, result_file=result_file
         )
 
-    async def write_acceleration_config(self, record: Record, parent: Record | None) -> None:
-        """An acceleration layer: the parent's whole config plus its own unpacked files."""
-        if parent is None or not await self.is_block(parent):
-            raise InvalidArgument(
-                f"acceleration layer {record.key!r} needs an overlaybd parent layer"
-            )
+    async def write_acceleration_config(self, record: Record, parent: Record) -> None:
+        """An acceleration layer: the (block) parent's whole config plus its own unpacked files."""
         config = await self.read_config(parent.id)
         lower = Lower(dir=str(self._layout.fs_dir(record.id)))
         await self.write_config(record.id, config.with_lower(lower))

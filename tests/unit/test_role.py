@@ -148,9 +148,13 @@ def test_plain_unpack(parent: ParentLayer | None) -> None:
     assert not has_own_device(role)
 
 
-def test_acceleration_unpack() -> None:
-    role = new_role("extract-1 sha256:accel", ACCELERATION, LOCAL_PARENT, RwMode.DIR)
-    assert role == AccelerationUnpack()
+@pytest.mark.parametrize(
+    ("parent", "block_parent"),
+    [(LOCAL_PARENT, True), (REMOTE_PARENT, True), (PLAIN_PARENT, False), (None, False)],
+)
+def test_acceleration_unpack(parent: ParentLayer | None, block_parent: bool) -> None:
+    role = new_role("extract-1 sha256:accel", ACCELERATION, parent, RwMode.DIR)
+    assert role == AccelerationUnpack(block_parent=block_parent)
     assert not ready_at_create(role)
     assert not has_own_device(role)
 
@@ -162,7 +166,8 @@ def test_remote_unpack_is_committed_under_its_target() -> None:
 
 
 def test_remote_labels_with_acceleration_make_an_acceleration_unpack() -> None:
-    assert new_role("k", {**REMOTE, L.ACCELERATION_LAYER: "yes"}, None) == AccelerationUnpack()
+    labels = {**REMOTE, L.ACCELERATION_LAYER: "yes"}
+    assert new_role("k", labels, LOCAL_PARENT) == AccelerationUnpack(block_parent=True)
 
 
 @pytest.mark.parametrize("parent", [None, PLAIN_PARENT], ids=["none", "plain"])

@@ -65,7 +65,7 @@ def test_plain_layers_mount_as_containerd_overlay(role: Role) -> None:
 
 
 def test_acceleration_unpack_is_a_rw_bind_of_its_fs() -> None:
-    assert mounts(AccelerationUnpack(), Kind.ACTIVE, [5]) == [
+    assert mounts(AccelerationUnpack(block_parent=True), Kind.ACTIVE, [5]) == [
         Mount("bind", f"{SNAPSHOTS}/7/fs", ("rw", "bind"))
     ]
 
