@@ -171,25 +171,25 @@ def new_rw_mode(
     """
     if is_unpack(key, labels) or (parent is not None and not parent.storage.is_block):
         return RwMode.OVERLAYFS
-    if L.WRITABLE in labels:
-        chosen = labels[L.WRITABLE]
-        return (
-            RwMode(chosen) if chosen in (RwMode.DIR.value, RwMode.DEV.value) else RwMode.OVERLAYFS
-        )
-    return default
+    if L.WRITABLE not in labels:
+        return default
+    chosen = labels[L.WRITABLE]
+    if chosen in (RwMode.DIR.value, RwMode.DEV.value):
+        return RwMode(chosen)
+    return RwMode.OVERLAYFS
 
 
 def role_of(
     key: str, labels: Mapping[str, str], rw_mode: RwMode, parent: ParentLayer | None
 ) -> Role:
     """The role of an active or view snapshot, from its kept writable mode."""
+    block_parent = parent is not None and parent.storage.is_block
     if is_unpack(key, labels):
         if is_acceleration_unpack(labels):
-            return AccelerationUnpack(block_parent=parent is not None and parent.storage.is_block)
+            return AccelerationUnpack(block_parent=block_parent)
         if is_remote_layer(labels):
             return RemoteUnpack(target=labels[L.TARGET_SNAPSHOT_REF])
         return PlainUnpack()
-    block_parent = parent is not None and parent.storage.is_block
     trace = trace_flags(parent, labels) if parent is not None and block_parent else None
     if rw_mode.writable:
         return WritableRootfs(
