@@ -28,12 +28,7 @@ from obdsnap.blocking import BlockingRunner, CompletionGuard
 from obdsnap.device.filesystem import fs_spec
 from obdsnap.device.manager import DeviceManager, MountMode
 from obdsnap.device.mounter import Mounter
-from obdsnap.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-)
+from obdsnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from obdsnap.fsutil import disk_usage
 from obdsnap.labels import validate_key, validate_labels
 from obdsnap.layout import Layout
@@ -249,15 +244,10 @@ class Snapshotter:
         """
         device = None
         match role:
-            case WritableRootfs(mode=mode, fresh_filesystem=fresh):
+            case WritableRootfs(fresh_filesystem=fresh):
                 spec = fs_spec(record.info.labels)
-                unmounted = mode is RwMode.DEV
-                path = await self._devices.attach(
-                    record.id,
-                    spec,
-                    mkfs=new and fresh,
-                    mode=MountMode.NONE if unmounted else MountMode.READ_WRITE,
-                )
+                mode = MountMode.READ_WRITE if device_is_mounted(role) else MountMode.NONE
+                path = await self._devices.attach(record.id, spec, mkfs=new and fresh, mode=mode)
                 device = AttachedDevice(path, spec.fs_type)
             case BlockRootfs() if parent is not None:
                 spec = fs_spec(parent.info.labels)
