@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import posixpath
-import re
 from collections.abc import Mapping
 
 from obdsnap.errors import InvalidArgument
@@ -26,22 +25,6 @@ WRITABLE = "containerd.io/snapshot/overlaybd.writable"
 LOCAL_COMMIT_PATH = "containerd.io/snapshot/overlaybd.localcommitpath"
 REMOTE = "containerd.io/snapshot/remote"
 REMOTE_VALUE = "remote snapshot"
-
-
-# containerd's snapshots.UnpackKeyFormat is "extract-%s %s" (ctr import unpacks without
-# labels), and its metadata store hands proxies keys as "<namespace>/<id>/<key>".
-UNPACK_KEY_PREFIX = "extract-"
-_UNPACK_KEY = re.compile(r"(?:[^/]+/[0-9]+/)?" + re.escape(UNPACK_KEY_PREFIX))
-
-
-def is_unpack(key: str, labels: Mapping[str, str]) -> bool:
-    """Whether containerd is unpacking a layer into this snapshot (never a container's rootfs)."""
-    return TARGET_SNAPSHOT_REF in labels or _UNPACK_KEY.match(key) is not None
-
-
-def is_acceleration_unpack(labels: Mapping[str, str]) -> bool:
-    """containerd unpacks an acceleration layer (its files list what to prefetch)."""
-    return TARGET_SNAPSHOT_REF in labels and labels.get(ACCELERATION_LAYER) == "yes"
 
 
 def validate_labels(labels: Mapping[str, str]) -> None:

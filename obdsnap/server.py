@@ -30,6 +30,7 @@ from obdsnap.metrics import Exporter, Metrics
 from obdsnap.mounts import overlay_has_index_param
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.tools import OverlaybdTools
+from obdsnap.role import RwMode
 from obdsnap.runstatus import ReconcileSummary, ServingStatus, write_status
 from obdsnap.service import CallGate, SnapshotsService
 from obdsnap.snapshotter import ReconcileReport, Snapshotter, SnapshotterOptions
@@ -61,7 +62,7 @@ async def serve(config: BootConfig) -> None:
     metrics = Metrics()
     store = MetaStore(layout.metadata_db, metrics)
     try:
-        await blocking(import_go_metadata, layout, config.rw_mode)
+        await blocking(import_go_metadata, layout, RwMode(config.rw_mode))
         await store.open()
     except (MigrationError, StoreError) as exc:
         raise StartupError(str(exc)) from None
@@ -246,7 +247,7 @@ async def build_snapshotter(
     layers = BlockLayers(layout, tools, blocking, sparse=config.writable_layer_type == "sparse")
     backend = TcmuBackend(Path(config.configfs_root), Path(config.sysfs_root))
     options = SnapshotterOptions(
-        rw_mode=config.rw_mode,
+        rw_mode=RwMode(config.rw_mode),
         auto_remove_dev=config.auto_remove_dev,
         index_off=await blocking(overlay_has_index_param),
     )

@@ -8,8 +8,8 @@ layer is made and committed with overlaybd's tools.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,9 +20,12 @@ from obdsnap.fsutil import fsync_path
 from obdsnap.layout import Layout
 from obdsnap.overlaybd import device_config
 from obdsnap.overlaybd.device_config import DeviceConfig, Lower, Upper
-from obdsnap.overlaybd.storage_type import StorageType, detect_storage_type
+from obdsnap.overlaybd.storage_type import detect_storage_type
 from obdsnap.overlaybd.tools import OverlaybdTools, ZFileConfig
+from obdsnap.role import StorageType, TraceFlags
 from obdsnap.storage import Kind, Record
+
+log = logging.getLogger(__name__)
 
 
 class BlockLayers:
@@ -54,9 +57,6 @@ class BlockLayers:
             self._committed_types[record.id] = found
         return found
 
-    async def is_block(self, record: Record | None) -> bool:
-        return record is not None and await self.storage_type(record) is not StorageType.NORMAL
-
     def forget(self, snapshot_id: int) -> None:
         self._committed_types.pop(snapshot_id, None)
 
@@ -76,18 +76,18 @@ class BlockLayers:
             repo_blob_url=base.repo_blob_url, lowers=base.lowers, result_file=result_file
         )
 
-    async def write_acceleration_config(self, record: Record, parent: Record | None) -> None:
-        """An acceleration layer: the parent's whole config plus its own unpacked files."""
-        if parent is None or not await self.is_block(parent):
-            raise InvalidArgument(
-                f"acceleration layer {record.key!r} needs an overlaybd parent layer"
-            )
+    async def write_acceleration_config(self, record: Record, parent: Record) -> None:
+        """An acceleration layer: the (block) parent's whole config plus its own unpacked files."""
         config = await self.read_config(parent.id)
         lower = Lower(dir=str(self._layout.fs_dir(record.id)))
         await self.write_config(record.id, config.with_lower(lower))
 
     async def write_remote_config(self, record: Record, parent: Record | None) -> None:
-        """A remote layer's device config: its blob, fetched lazily into its block dir."""
+        """A remote layer's device config: its blob, fetched lazily into its own ``fs/``.
+
+        overlaybd-tcmu keeps a downloaded blob in the lower's ``dir``; the Go
+        snapshotter names the layer's ``fs/`` there, so both agree where it lives.
+        """
         labels = record.info.labels
         try:
             size = int(labels[L.BLOB_SIZE])
@@ -103,7 +103,7 @@ class BlockLayers:
             Lower(
                 digest=labels[L.BLOB_DIGEST],
                 size=size,
-                dir=str(self._layout.block(record.id).path),
+                dir=str(self._layout.fs_dir(record.id)),
             )
         )
         await self.write_config(record.id, config)
@@ -115,18 +115,16 @@ class BlockLayers:
             record.id, config.with_lower(Lower(dir=str(self._layout.fs_dir(record.id))))
         )
 
-    async def set_trace_flags(
-        self, parent: Record, labels: Mapping[str, str], own_id: int | None
-    ) -> None:
-        """Acceleration (parent is an acceleration layer) or trace recording, else neither."""
-        acceleration = parent.info.labels.get(L.ACCELERATION_LAYER) == "yes"
-        trace_path = ""
-        if not acceleration and labels.get(L.RECORD_TRACE) == "yes":
-            trace_path = labels.get(L.RECORD_TRACE_PATH, "")
+    async def set_trace_flags(self, parent_id: int, own_id: int | None, flags: TraceFlags) -> None:
+        """The role's trace flags on the parent's config (and the own one, when writable)."""
         # A writable device opens its own config, not the parent's: it needs the flags too.
-        for snapshot_id in (parent.id, *([] if own_id is None else [own_id])):
+        for snapshot_id in (parent_id, *([] if own_id is None else [own_id])):
             config = await self.read_config(snapshot_id)
-            flagged = replace(config, acceleration_layer=acceleration, record_trace_path=trace_path)
+            flagged = replace(
+                config,
+                acceleration_layer=flags.acceleration_layer,
+                record_trace_path=flags.record_trace_path,
+            )
             await self.write_config(snapshot_id, flagged)
 
     # ------------------------------------------------------------------ writable layers
@@ -160,6 +158,21 @@ class BlockLayers:
         """Before a commit replaces the writable layer's config: keep it for a roll-back."""
         block = self._layout.block(snapshot_id)
         await self._blocking(_keep, block.config, block.kept_config)
+
+    async def settle_commit(self, snapshot_id: int, *, committed: bool) -> str:
+        """After a writable commit, however it ended: finish it or roll it back.
+
+        The row decides: committed, the writable layer is dropped (the layer file has
+        its data); still active, the writable layer and its config are as before.
+        """
+        if not committed:
+            await self.roll_back_commit(snapshot_id)
+            return "rolled back"
+        try:
+            await self.drop_writable_layer(snapshot_id)
+        except OSError as exc:  # the commit stands all the same
+            log.warning("snapshot %d: writable layer not dropped: %s", snapshot_id, exc)
+        return "finished"
 
     async def roll_back_commit(self, snapshot_id: int) -> None:
         """Undo a commit that did not reach the metadata: the writable layer is as it was."""

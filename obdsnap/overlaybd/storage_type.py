@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import enum
 import struct
 from collections.abc import Mapping
 from pathlib import Path
 
-from obdsnap import labels as L
 from obdsnap.layout import Layout
+from obdsnap.role import StorageType as StorageType
+from obdsnap.role import is_remote_layer
 
 ZFILE_MAGIC = (281910587246170, 7384066304294679924, 7017278244700045632)
 LSMT_MAGIC = (564050879402828, 5478704352671792741, 9993152565363659426)
 _HEADER_SIZE = 32
 _MAGIC = struct.Struct("<3Q")
-
-
-class StorageType(enum.Enum):
-    NORMAL = "normal"  # a plain OCI layer, served by overlayfs
-    LOCAL_BLOCK = "local"  # an overlaybd layer file on this node
-    REMOTE_BLOCK = "remote"  # an overlaybd blob fetched lazily from the registry
-
-
-def is_remote_layer(labels: Mapping[str, str]) -> bool:
-    return (
-        L.TARGET_SNAPSHOT_REF in labels
-        and L.BLOB_DIGEST in labels
-        and L.BLOB_SIZE in labels
-        and (L.IMAGE_REF in labels or L.CRI_IMAGE_REF in labels)
-    )
 
 
 def detect_storage_type(labels: Mapping[str, str], layout: Layout, snapshot_id: int) -> StorageType:

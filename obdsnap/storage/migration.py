@@ -25,10 +25,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from obdsnap import labels as L
 from obdsnap.fsutil import fsync_path
 from obdsnap.layout import Layout
-from obdsnap.overlaybd.storage_type import StorageType, detect_storage_type
+from obdsnap.overlaybd.storage_type import detect_storage_type
+from obdsnap.role import ParentLayer, RwMode, StorageType, new_rw_mode
 from obdsnap.storage.bolt import BoltError, looks_like_bolt, read_bolt, write_bolt
 from obdsnap.storage.gometa import (
     GoMetadata,
@@ -48,7 +48,6 @@ GO_KEPT_SUFFIX = ".go-bbolt"  # the Go snapshotter's bolt file, kept after an im
 SQLITE_KEPT_SUFFIX = ".obdsnap-sqlite"  # obdsnap's store, kept after an export
 IMPORTING_SUFFIX = ".importing"
 EXPORTING_SUFFIX = ".exporting"
-OVERLAYFS, DIR, DEV = "overlayfs", "dir", "dev"
 
 
 class MigrationError(Exception):
@@ -58,7 +57,7 @@ class MigrationError(Exception):
 # ---------------------------------------------------------------------- Go -> obdsnap
 
 
-def import_go_metadata(layout: Layout, rw_mode: str) -> str | None:
+def import_go_metadata(layout: Layout, rw_mode: RwMode) -> str | None:
     """Blocking: import a bbolt ``metadata.db`` into SQLite; what was done, or None.
 
     ``rw_mode`` is the boot config's: with it the imported rootfs snapshots get the
@@ -136,7 +135,7 @@ def _read_go_metadata(path: Path) -> GoMetadata:
         raise MigrationError(f"{path}: cannot read it: {exc.strerror}") from None
 
 
-def adopted_records(records: list[Record], layout: Layout, rw_mode: str) -> list[Record]:
+def adopted_records(records: list[Record], layout: Layout, rw_mode: RwMode) -> list[Record]:
     """Blocking: the records as obdsnap would have made them: their writable mode, ready.
 
     The rules are the Go snapshotter's (DESIGN §5): a rootfs on a plain parent is
@@ -145,31 +144,29 @@ def adopted_records(records: list[Record], layout: Layout, rw_mode: str) -> list
     its Prepare made; without one it never had a device of its own.
     """
     by_key = {record.key: record for record in records}
-    block_parents: dict[str, bool] = {}
+    parents: dict[str, ParentLayer] = {}
 
-    def parent_is_block(key: str) -> bool:
-        if key not in block_parents:
+    def parent_layer(key: str) -> ParentLayer:
+        """A parent the metadata lacks counts as a plain layer."""
+        if key not in parents:
             parent = by_key.get(key)
-            block_parents[key] = (
-                parent is not None
-                and detect_storage_type(parent.info.labels, layout, parent.id)
-                is not StorageType.NORMAL
+            parents[key] = (
+                ParentLayer({}, StorageType.NORMAL)
+                if parent is None
+                else ParentLayer(
+                    parent.info.labels, detect_storage_type(parent.info.labels, layout, parent.id)
+                )
             )
-        return block_parents[key]
+        return parents[key]
 
     def mode(record: Record) -> str:
         if record.kind == Kind.COMMITTED:
             return ""
-        labels = record.info.labels
-        if L.is_unpack(record.key, labels) or (
-            record.parent and not parent_is_block(record.parent)
-        ):
-            return OVERLAYFS
-        chosen = labels.get(L.WRITABLE, rw_mode)
-        if chosen not in (DIR, DEV):
-            return OVERLAYFS
-        has_layer = layout.block(record.id).writable_data.exists()
-        return chosen if has_layer else OVERLAYFS
+        parent = parent_layer(record.parent) if record.parent else None
+        chosen = new_rw_mode(record.key, record.info.labels, parent, rw_mode)
+        if chosen.writable and not layout.block(record.id).writable_data.exists():
+            return RwMode.OVERLAYFS.value
+        return chosen.value
 
     return [replace(record, rw_mode=mode(record), ready=True) for record in records]
 

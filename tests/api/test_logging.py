@@ -67,7 +67,7 @@ async def test_under_journald_lines_carry_their_priority_and_no_time(
     assert effective == parse_config(effective).as_json()
     assert effective["rwMode"] == "dir" and effective["logFormat"] == "text"
     assert any(
-        line.startswith("<6>INFO obdsnap.snapshotter: reconciled at start-up: ") for line in lines
+        line.startswith("<6>INFO obdsnap.reconcile: reconciled at start-up: ") for line in lines
     )
     loud = [line for line in lines if line[:3] in ("<3>", "<4>")]
     assert len(loud) == 1, lines

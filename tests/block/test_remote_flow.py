@@ -32,8 +32,9 @@ pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=M
 
 
 def blob_dir_lowers(obd: Obd, images: Images, ids: list[int]) -> list[dict[str, object]]:
+    """As the Go snapshotter writes them: each blob's dir is its own layer's fs/ (DESIGN §8)."""
     return [
-        {"digest": layer.digest, "size": layer.size, "dir": str(obd.block(snapshot_id))}
+        {"digest": layer.digest, "size": layer.size, "dir": str(obd.fs(snapshot_id))}
         for layer, snapshot_id in zip(images.three.layers[: len(ids)], ids, strict=True)
     ]
 
@@ -72,6 +73,21 @@ async def test_unpacker_flow_commits_every_layer_as_a_remote_snapshot(
         parent = chain_id
     assert len(set(ids)) == 3
     assert {info.name for info in await obd.list_infos()} == set(image.chain_ids)
+
+
+async def test_remote_layer_usage_is_that_of_its_fs_at_commit(
+    start_obd: StartObd, images: Images
+) -> None:
+    """DESIGN §1: the stored usage of its (empty) fs/, 1 inode and its blocks; not 0/0."""
+    obd = await start_obd()
+    chain = await obd.unpack_remote(images.three)
+    ids = sorted(obd.ids())  # one snapshot per layer, IDs in the order of the Prepares
+    assert len(ids) == len(chain)
+    for chain_id, snapshot_id in zip(chain, ids, strict=True):
+        usage = await obd.usage(chain_id)
+        fs = os.stat(obd.fs(snapshot_id))
+        assert (usage.size, usage.inodes) == (fs.st_blocks * 512, 1)
+        assert usage.size > 0
 
 
 async def test_remote_layer_answer_is_target_snapshot_already_exists(

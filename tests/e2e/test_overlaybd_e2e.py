@@ -762,7 +762,7 @@ def test_remote_block_layers_pull_run_remove(
         }, info
         snapshot_id = ids_by_digest[layer.digest]
         lowers.append(
-            {"digest": layer.digest, "size": layer.size, "dir": str(stack.block(snapshot_id))}
+            {"digest": layer.digest, "size": layer.size, "dir": str(stack.fs(snapshot_id))}
         )
         config = stack.config(snapshot_id)
         assert (config["repoBlobUrl"], config["lowers"], config["upper"]) == (

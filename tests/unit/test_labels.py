@@ -4,28 +4,6 @@ from obdsnap import labels as L
 from obdsnap.errors import InvalidArgument
 
 
-@pytest.mark.parametrize(
-    ("key", "labels", "unpack"),
-    [
-        ("extract-123 sha256:abc", {}, True),
-        ("default/42/extract-123 sha256:abc", {}, True),
-        ("k8s.io/7/extract-1 sha256:abc", {}, True),
-        ("mycontainer", {L.TARGET_SNAPSHOT_REF: "sha256:abc"}, True),
-        ("default/42/mycontainer", {}, False),
-        ("default/x/extract-1", {}, False),
-        ("my-extract-1", {}, False),
-    ],
-)
-def test_is_unpack(key: str, labels: dict[str, str], unpack: bool) -> None:
-    assert L.is_unpack(key, labels) is unpack
-
-
-def test_acceleration_unpack_needs_the_target_ref() -> None:
-    assert L.is_acceleration_unpack({L.TARGET_SNAPSHOT_REF: "x", L.ACCELERATION_LAYER: "yes"})
-    assert not L.is_acceleration_unpack({L.ACCELERATION_LAYER: "yes"})
-    assert not L.is_acceleration_unpack({L.TARGET_SNAPSHOT_REF: "x", L.ACCELERATION_LAYER: "no"})
-
-
 def test_label_size_limit_counts_bytes() -> None:
     L.validate_labels({"k": "v" * (4096 - 1)})
     with pytest.raises(InvalidArgument):

@@ -1,0 +1,247 @@
+"""What a snapshot is for, decided once: the one place that reads rwMode, labels and storage types.
+
+A snapshot's role follows from its key and labels, its writable mode and its
+parent's storage type (DESIGN §3-§7). The snapshotter computes it once per call
+and branches on it with ``match`` for set-up, mounts, commit, remove and
+locking, so a new kind of layer is one new class here and one case there.
+
+    PlainUnpack         containerd unpacks a plain OCI layer into ``fs/``
+    AccelerationUnpack  containerd unpacks an acceleration layer (a trace) into ``fs/``
+    RemoteUnpack        an overlaybd blob: committed at once, fetched lazily by the device
+    OverlayRootfs       a rootfs on plain parents (or none): overlay of their ``fs/``
+    BlockRootfs         a rootfs or view on a block parent: overlay on (ro bind of) its device
+    WritableRootfs      a rootfs with a writable device of its own (rwMode dir or dev)
+    CommittedLayer      a committed layer: plain, or a block layer whose device children use
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from obdsnap import labels as L
+
+
+class RwMode(enum.Enum):
+    """How a container's rootfs is set up (the boot config's ``rwMode``, DESIGN §5)."""
+
+    OVERLAYFS = "overlayfs"  # an overlay: upper dir of its own, lowers of its parents
+    DIR = "dir"  # a writable device of its own, mounted; the rootfs is a bind of it
+    DEV = "dev"  # a writable device of its own, handed over unmounted (VM runtimes)
+
+    @classmethod
+    def stored(cls, value: str) -> RwMode:
+        """The mode a metadata row records; "" (committed, or made before modes were kept)."""
+        return cls(value) if value else cls.OVERLAYFS
+
+    @property
+    def writable(self) -> bool:
+        return self is not RwMode.OVERLAYFS
+
+
+class StorageType(enum.Enum):
+    """Which kind of layer a snapshot is (DESIGN §3); detected by overlaybd/storage_type.py."""
+
+    NORMAL = "normal"  # a plain OCI layer, served by overlayfs
+    LOCAL_BLOCK = "local"  # an overlaybd layer file on this node
+    REMOTE_BLOCK = "remote"  # an overlaybd blob fetched lazily from the registry
+
+    @property
+    def is_block(self) -> bool:
+        """An overlaybd layer: it has a device config, and a device once a child needs it."""
+        return self is not StorageType.NORMAL
+
+
+# containerd's snapshots.UnpackKeyFormat is "extract-%s %s" (ctr import unpacks without
+# labels), and its metadata store hands proxies keys as "<namespace>/<id>/<key>".
+UNPACK_KEY_PREFIX = "extract-"
+_UNPACK_KEY = re.compile(r"(?:[^/]+/[0-9]+/)?" + re.escape(UNPACK_KEY_PREFIX))
+
+
+def is_unpack(key: str, labels: Mapping[str, str]) -> bool:
+    """Whether containerd is unpacking a layer into this snapshot (never a container's rootfs)."""
+    return L.TARGET_SNAPSHOT_REF in labels or _UNPACK_KEY.match(key) is not None
+
+
+def is_acceleration_unpack(labels: Mapping[str, str]) -> bool:
+    """containerd unpacks an acceleration layer (its files list what to prefetch)."""
+    return L.TARGET_SNAPSHOT_REF in labels and is_acceleration_layer(labels)
+
+
+def is_acceleration_layer(labels: Mapping[str, str]) -> bool:
+    return labels.get(L.ACCELERATION_LAYER) == "yes"
+
+
+def is_remote_layer(labels: Mapping[str, str]) -> bool:
+    """The labels of an overlaybd blob that containerd would otherwise download (DESIGN §3)."""
+    return (
+        L.TARGET_SNAPSHOT_REF in labels
+        and L.BLOB_DIGEST in labels
+        and L.BLOB_SIZE in labels
+        and (L.IMAGE_REF in labels or L.CRI_IMAGE_REF in labels)
+    )
+
+
+@dataclass(frozen=True)
+class ParentLayer:
+    """What a snapshot's role needs to know of its (committed) parent."""
+
+    labels: Mapping[str, str]
+    storage: StorageType
+
+
+@dataclass(frozen=True)
+class TraceFlags:
+    """A block parent's device flags for the child's start (DESIGN §6 3.)."""
+
+    acceleration_layer: bool = False  # the parent is an acceleration layer: prefetch
+    record_trace_path: str = ""  # record the child's start into this file
+
+
+def trace_flags(parent: ParentLayer, labels: Mapping[str, str]) -> TraceFlags:
+    """Acceleration when the parent is an acceleration layer, else trace recording if asked."""
+    if is_acceleration_layer(parent.labels):
+        return TraceFlags(acceleration_layer=True)
+    if labels.get(L.RECORD_TRACE) == "yes":
+        return TraceFlags(record_trace_path=labels.get(L.RECORD_TRACE_PATH, ""))
+    return TraceFlags()
+
+
+@dataclass(frozen=True)
+class PlainUnpack:
+    pass
+
+
+@dataclass(frozen=True)
+class AccelerationUnpack:
+    block_parent: bool  # its config is the parent's plus its files: without one, refused
+
+
+@dataclass(frozen=True)
+class RemoteUnpack:
+    target: str  # the name the layer is committed under at once
+
+
+@dataclass(frozen=True)
+class OverlayRootfs:
+    pass
+
+
+@dataclass(frozen=True)
+class BlockRootfs:
+    trace: TraceFlags  # set on the parent's config before its device is attached
+
+
+@dataclass(frozen=True)
+class WritableRootfs:
+    mode: RwMode  # DIR or DEV
+    block_parent: bool  # the writable layer stacks on the parent's lowers (else: none)
+    fresh_filesystem: bool  # no parent at all: the new device gets mkfs'ed
+    trace: TraceFlags | None  # with a block parent: its flags, on the parent and own config
+    commits_layer_file: bool  # Commit turns the writable layer into fs/overlaybd.commit
+
+
+@dataclass(frozen=True)
+class CommittedLayer:
+    storage: StorageType
+    was_writable: bool = False  # committed from a dir/dev rootfs: it had a device of its own
+
+
+Role: TypeAlias = (
+    PlainUnpack
+    | AccelerationUnpack
+    | RemoteUnpack
+    | OverlayRootfs
+    | BlockRootfs
+    | WritableRootfs
+    | CommittedLayer
+)
+
+
+def new_rw_mode(
+    key: str, labels: Mapping[str, str], parent: ParentLayer | None, default: RwMode
+) -> RwMode:
+    """DESIGN §5: the writable mode a new snapshot is created with, and keeps.
+
+    An unpack is never a rootfs; plain parents give overlayfs; otherwise the
+    writable label (any value but dir/dev meaning overlayfs), else the boot config's.
+    """
+    if is_unpack(key, labels) or (parent is not None and not parent.storage.is_block):
+        return RwMode.OVERLAYFS
+    if L.WRITABLE not in labels:
+        return default
+    chosen = labels[L.WRITABLE]
+    if chosen in (RwMode.DIR.value, RwMode.DEV.value):
+        return RwMode(chosen)
+    return RwMode.OVERLAYFS
+
+
+def role_of(
+    key: str, labels: Mapping[str, str], rw_mode: RwMode, parent: ParentLayer | None
+) -> Role:
+    """The role of an active or view snapshot, from its kept writable mode."""
+    block_parent = parent is not None and parent.storage.is_block
+    if is_unpack(key, labels):
+        if is_acceleration_unpack(labels):
+            return AccelerationUnpack(block_parent=block_parent)
+        if is_remote_layer(labels):
+            return RemoteUnpack(target=labels[L.TARGET_SNAPSHOT_REF])
+        return PlainUnpack()
+    trace = trace_flags(parent, labels) if parent is not None and block_parent else None
+    if rw_mode.writable:
+        return WritableRootfs(
+            mode=rw_mode,
+            block_parent=block_parent,
+            fresh_filesystem=parent is None,
+            trace=trace,
+            commits_layer_file=not is_acceleration_layer(labels),
+        )
+    if trace is not None:
+        return BlockRootfs(trace=trace)
+    return OverlayRootfs()
+
+
+def committed_role(storage: StorageType, rw_mode: RwMode) -> CommittedLayer:
+    """The role of a committed snapshot, from its own storage type and its kept mode."""
+    return CommittedLayer(storage=storage, was_writable=rw_mode.writable)
+
+
+def ready_at_create(role: Role) -> bool:
+    """False for a snapshot with a device or config of its own until its set-up is done.
+
+    After a crash, start-up rolls a snapshot that is not ready back instead of
+    keeping half of it.
+    """
+    match role:
+        case WritableRootfs() | AccelerationUnpack() | RemoteUnpack():
+            return False
+        case _:
+            return True
+
+
+def has_own_device(role: Role) -> bool:
+    """Only writable snapshots and block layers ever get a device of their own."""
+    match role:
+        case WritableRootfs():
+            return True
+        case CommittedLayer(storage=storage, was_writable=was_writable):
+            return storage.is_block or was_writable
+        case _:
+            return False
+
+
+def device_is_mounted(role: Role) -> bool:
+    """Whether the snapshot's own device is mounted on its mountpoint (not in dev mode)."""
+    match role:
+        case WritableRootfs(mode=RwMode.DEV):
+            return False
+        case _:
+            return has_own_device(role)
+
+
+def commits_local_layer(storage: StorageType) -> bool:
+    """A layer committed with an overlaybd layer file in ``fs/`` gets a device config."""
+    return storage is StorageType.LOCAL_BLOCK

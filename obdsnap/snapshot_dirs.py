@@ -1,0 +1,113 @@
+"""Snapshot directories: made together with their metadata row, removed in the background.
+
+A new directory is built as ``snapshots/new-XXXX`` while the row is written, and
+takes the row's ID only after both; ``building`` names those under way, so that
+Cleanup never takes one for an orphan. The directories of removed snapshots go
+one at a time in the background; what that leaves, Cleanup takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from obdsnap.blocking import BlockingRunner
+from obdsnap.errors import SnapshotError
+from obdsnap.fsutil import remove_tree
+from obdsnap.layout import NEW_DIR_PREFIX, Layout
+from obdsnap.role import RwMode
+from obdsnap.storage import Kind, MetaStore, Record
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotDirs:
+    def __init__(self, layout: Layout, store: MetaStore, blocking: BlockingRunner) -> None:
+        self._layout = layout
+        self._store = store
+        self._blocking = blocking
+        self.building: set[Path] = set()
+        self._removals: asyncio.Queue[Path] = asyncio.Queue()
+        self._remover: asyncio.Task[None] | None = None
+
+    async def create(
+        self,
+        kind: Kind,
+        key: str,
+        parent: str,
+        labels: Mapping[str, str],
+        parent_id: int | None,
+        rw_mode: RwMode,
+        ready: bool,
+    ) -> Record:
+        """The row and the directory ``snapshots/<ID>`` of a new snapshot, or neither."""
+        # Named here, on the loop, so Cleanup never mistakes it for an orphan.
+        new_dir = self._layout.snapshots / f"{NEW_DIR_PREFIX}{secrets.token_hex(8)}"
+        self.building.add(new_dir)
+        try:
+            # The directory is built while the row is committed; it takes the row's ID after both.
+            built = asyncio.ensure_future(
+                self._blocking(
+                    self._layout.build_new_snapshot_dir,
+                    new_dir,
+                    active=kind == Kind.ACTIVE,
+                    parent_id=parent_id,
+                )
+            )
+            row = asyncio.ensure_future(
+                self._store.create(kind, key, parent, labels, rw_mode.value, ready=ready)
+            )
+            await asyncio.wait([built, row])
+            build_error = built.exception()
+            row_error = row.exception()
+            if row_error is not None:
+                await self._blocking(remove_tree, new_dir)
+                raise row_error
+            record = row.result()
+            try:
+                if build_error is not None:
+                    raise build_error
+                await self._blocking(os.rename, new_dir, self._layout.snapshot_dir(record.id))
+            except Exception as exc:
+                # The row goes again; its ID is never handed out a second time.
+                await self._store.remove(key)
+                await self._blocking(remove_tree, new_dir)
+                raise SnapshotError(
+                    f"failed to create the directory of {key!r}: {exc}"
+                ).add_context(snapshot_id=record.id, step="snapshot-dir") from exc
+            return record
+        finally:
+            self.building.discard(new_dir)
+
+    def remove_later(self, snapshot_id: int) -> None:
+        """Queue the directory of a snapshot whose row is gone."""
+        self._removals.put_nowait(self._layout.snapshot_dir(snapshot_id))
+
+    def start(self) -> None:
+        """Start removing in the background (after start-up's reconcile)."""
+        self._remover = asyncio.create_task(self._run(), name="snapshot-dir-remover")
+
+    async def close(self) -> None:
+        """Stop removing, and wait until stopped.
+
+        A removal under way runs to its end in its executor thread; what is still
+        queued is left where it is: no row names those directories any more, so
+        they are orphans that the next Cleanup (at the latest, the next start) takes.
+        """
+        if self._remover is None:
+            return
+        self._remover.cancel()
+        await asyncio.wait([self._remover])  # its cancellation is no error; ours still is
+        self._remover = None
+
+    async def _run(self) -> None:
+        while True:
+            directory = await self._removals.get()
+            try:
+                await self._blocking(remove_tree, directory)
+            except OSError as exc:
+                log.warning("could not remove %s (Cleanup will retry): %s", directory, exc)
