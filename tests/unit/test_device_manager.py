@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from obdsnap.layout import Layout
 from obdsnap.storage import Intent, MetaStore, Operation
 
 ID = 5
+NOW = datetime.now(UTC)
 
 
 class Recorder:
@@ -173,7 +175,7 @@ async def test_detach_flushes_unmounts_tears_down_and_unmarks(node: Node) -> Non
 
 async def test_reconcile_keeps_an_attach_that_reached_its_mark(node: Node) -> None:
     await node.devices.attach(ID, FsSpec(), mkfs=True, mode=MountMode.READ_WRITE)
-    outcome = await node.devices.reconcile(Intent(ID, Operation.ATTACH, 0))
+    outcome = await node.devices.reconcile(Intent(ID, Operation.ATTACH, NOW))
     assert outcome == "kept: it had finished"
     assert node.mounter.is_mounted(node.mountpoint) and await node.devices.is_marked(ID)
 
@@ -183,14 +185,14 @@ async def test_reconcile_rolls_back_an_attach_cut_before_its_mark(node: Node) ->
     node.backend.leave_half_set_up(ID, owner=node.backend.owner_token(node.layout.block(ID)))
     node.backend.devices[ID].node = device
     node.mounter.add_mount(str(device), node.mountpoint)
-    outcome = await node.devices.reconcile(Intent(ID, Operation.ATTACH, 0))
+    outcome = await node.devices.reconcile(Intent(ID, Operation.ATTACH, NOW))
     assert outcome == "rolled back" and node.nothing_set_up()
 
 
 async def test_reconcile_finishes_a_detach(node: Node) -> None:
     await node.devices.attach(ID, FsSpec(), mkfs=True, mode=MountMode.READ_WRITE)
     await node.mounter.unmount(node.mountpoint)  # the detach got past its unmount
-    assert await node.devices.reconcile(Intent(ID, Operation.DETACH, 0)) == "finished"
+    assert await node.devices.reconcile(Intent(ID, Operation.DETACH, NOW)) == "finished"
     assert node.nothing_set_up()
 
 
