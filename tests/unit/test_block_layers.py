@@ -55,7 +55,8 @@ async def test_a_remote_layers_config_names_its_blob(obd: InProcess) -> None:
     record = await remote_layer(obd)
     config = await obd.layers.read_config(record.id)
     assert config.repo_blob_url == "https://registry.example/v2/ns/app/blobs"
-    assert config.lowers == (Lower(digest=DIGEST, size=512, dir=str(obd.layout.block(record.id).path)),)
+    block_dir = str(obd.layout.block(record.id).path)
+    assert config.lowers == (Lower(digest=DIGEST, size=512, dir=block_dir),)
     assert config.result_file == str(obd.layout.block(record.id).result_file)
     assert await obd.layers.storage_type(record) is StorageType.REMOTE_BLOCK
 

@@ -6,6 +6,7 @@ and mounts stay as the dead process left them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -42,6 +43,14 @@ async def _unpack_remote(obd: InProcess) -> None:
 async def _writable(obd: InProcess, key: str = "w") -> int:
     await obd.snapshotter.prepare(key, "remote-layer", {L.WRITABLE: "dir"})
     return obd.id_of(key)
+
+
+async def _gone(path: Path) -> None:
+    for _ in range(500):
+        if not await asyncio.to_thread(path.exists):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{path} is still there")
 
 
 async def crash_inside(obd: InProcess, snapshot_id: int, operation: Operation) -> None:
@@ -176,7 +185,9 @@ async def test_cleanup_keeps_a_device_that_is_an_overlays_lower(obd: InProcess) 
     remote = obd.id_of("remote-layer")
     lower = obd.layout.block(remote).mountpoint
     obd.mounter.add_overlay(Path("/run/containers/c/rootfs"), [lower])
+    container_dir = obd.layout.snapshot_dir(obd.id_of("c"))
     await obd.snapshotter.remove("c")
+    await _gone(container_dir)  # removed in the background
     await obd.store.remove("remote-layer")  # its row went while a container ran on it
     report = await obd.snapshotter.cleanup()
     assert report.kept == [str(remote)] and report.directories_removed == 0
