@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -32,10 +32,15 @@ async def obd(tmp_path: Path) -> AsyncIterator[InProcess]:
 
 
 async def snapshot(
-    obd: InProcess, kind: Kind, key: str, parent: Record | None = None, **labels: str
+    obd: InProcess,
+    kind: Kind,
+    key: str,
+    parent: Record | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> Record:
     """A row and its directory, as the Snapshotter makes them."""
-    record = await obd.store.create(kind, key, parent.key if parent else "", labels, "dir")
+    parent_key = parent.key if parent else ""
+    record = await obd.store.create(kind, key, parent_key, labels or {}, "dir")
     new = obd.layout.snapshots / f"new-{key}"
     obd.layout.build_new_snapshot_dir(
         new, active=kind == Kind.ACTIVE, parent_id=parent.id if parent else None
@@ -46,7 +51,7 @@ async def snapshot(
 
 async def remote_layer(obd: InProcess) -> Record:
     """The committed remote layer ``layer``, as the remote unpack leaves it."""
-    record = await snapshot(obd, Kind.ACTIVE, "extract-layer", **REMOTE)
+    record = await snapshot(obd, Kind.ACTIVE, "extract-layer", None, REMOTE)
     await obd.layers.write_remote_config(record, None)
     return await obd.store.commit(record.key, "layer", Usage(), REMOTE)
 
@@ -62,7 +67,7 @@ async def test_a_remote_layers_config_names_its_blob(obd: InProcess) -> None:
 
 
 async def test_a_bad_blob_size_is_invalid(obd: InProcess) -> None:
-    record = await snapshot(obd, Kind.ACTIVE, "extract-bad", **{**REMOTE, L.BLOB_SIZE: "x"})
+    record = await snapshot(obd, Kind.ACTIVE, "extract-bad", None, {**REMOTE, L.BLOB_SIZE: "x"})
     with pytest.raises(InvalidArgument, match="blob-size is not a number: 'x'"):
         await obd.layers.write_remote_config(record, None)
 
