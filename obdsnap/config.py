@@ -23,6 +23,7 @@ DEFAULT_ADDRESS = "/run/overlaybd-snapshotter/overlaybd.sock"
 RW_MODES = ("overlayfs", "dir", "dev")
 LOG_FORMATS = ("text", "json")
 WRITABLE_LAYER_TYPES = ("append", "sparse")
+DEVICE_BACKENDS = ("tcmu",)  # obdsnap's own: how a snapshot's block device is set up
 # logrus level names, as the Go snapshotter's "verbose" accepts them.
 LOG_LEVELS = {
     "trace": logging.DEBUG,
@@ -62,7 +63,8 @@ class BootConfig:
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     writable_layer_type: str = "append"
     overlaybd_util_bin_dir: str = "/opt/overlaybd/bin"
-    # obdsnap's own keys: where the kernel interfaces of the TCMU backend live.
+    # obdsnap's own keys: the device backend, and where the TCMU backend's kernel interfaces live.
+    device_backend: str = "tcmu"
     configfs_root: str = "/sys/kernel/config"
     sysfs_root: str = "/sys"
     socket_group: str = ""  # group allowed to use the socket (mode 0660); root only if empty
@@ -87,6 +89,7 @@ class BootConfig:
             },
             "writableLayerType": self.writable_layer_type,
             "overlaybd_util_bin_dir": self.overlaybd_util_bin_dir,
+            "deviceBackend": self.device_backend,
             "configfsRoot": self.configfs_root,
             "sysfsRoot": self.sysfs_root,
             "socketGroup": self.socket_group,
@@ -178,6 +181,7 @@ def parse_config(raw: Mapping[str, Any]) -> BootConfig:
         overlaybd_util_bin_dir=reader.get(
             "overlaybd_util_bin_dir", str, default.overlaybd_util_bin_dir
         ),
+        device_backend=reader.get("deviceBackend", str, default.device_backend),
         configfs_root=reader.get("configfsRoot", str, default.configfs_root),
         sysfs_root=reader.get("sysfsRoot", str, default.sysfs_root),
         socket_group=reader.get("socketGroup", str, default.socket_group),
@@ -200,6 +204,7 @@ def parse_config(raw: Mapping[str, Any]) -> BootConfig:
     _check_choice('"logFormat"', config.log_format, LOG_FORMATS)
     _check_choice('"rwMode"', config.rw_mode, RW_MODES)
     _check_choice('"writableLayerType"', config.writable_layer_type, WRITABLE_LAYER_TYPES)
+    _check_choice('"deviceBackend"', config.device_backend, DEVICE_BACKENDS)
     reader.warn_unknown()
     exporter_reader.warn_unknown()
     return config

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
@@ -21,6 +22,7 @@ from typing import IO
 from obdsnap import __version__
 from obdsnap.blocking import BlockingRunner
 from obdsnap.config import BootConfig, socket_group_id
+from obdsnap.device.backend import DeviceBackend
 from obdsnap.device.manager import DeviceManager
 from obdsnap.device.mounter import HostMounter
 from obdsnap.device.tcmu import TcmuBackend
@@ -236,6 +238,14 @@ def lock_root(layout: Layout) -> IO[str]:
     return lock_file
 
 
+def _tcmu_backend(config: BootConfig) -> DeviceBackend:
+    return TcmuBackend(Path(config.configfs_root), Path(config.sysfs_root))
+
+
+# Config "deviceBackend" -> how the backend is built (config.DEVICE_BACKENDS names them).
+DEVICE_BACKENDS: dict[str, Callable[[BootConfig], DeviceBackend]] = {"tcmu": _tcmu_backend}
+
+
 async def build_snapshotter(
     config: BootConfig,
     layout: Layout,
@@ -245,7 +255,7 @@ async def build_snapshotter(
 ) -> Snapshotter:
     tools = OverlaybdTools(Path(config.overlaybd_util_bin_dir))
     layers = BlockLayers(layout, tools, blocking, sparse=config.writable_layer_type == "sparse")
-    backend = TcmuBackend(Path(config.configfs_root), Path(config.sysfs_root))
+    backend = DEVICE_BACKENDS[config.device_backend](config)
     options = SnapshotterOptions(
         rw_mode=RwMode(config.rw_mode),
         auto_remove_dev=config.auto_remove_dev,

@@ -10,6 +10,7 @@ from grpclib.const import Status
 
 from obdsnap.commands import CommandTimedOut
 from obdsnap.errors import SnapshotError
+from obdsnap.layout import BlockDir
 
 
 class AttachError(SnapshotError):
@@ -27,8 +28,20 @@ class DeviceTimeout(AttachError):
 
 
 class DeviceBackend(Protocol):
-    async def attach(self, snapshot_id: int, config_path: Path, result_file: Path) -> Path:
-        """Set up the snapshot's device from its config; the device node. Undone on failure."""
+    """Block devices that open a snapshot's device config, one per snapshot ID.
+
+    Ownership is a token: what the backend records on the device when it sets it
+    up from a snapshot's block directory. A device whose token is not the
+    snapshot's own was set up by someone else (another snapshotter on the host)
+    and is never touched.
+    """
+
+    def describe(self, snapshot_id: int) -> str:
+        """The snapshot's device as messages name it, e.g. ``device dev_12``."""
+        ...
+
+    async def attach(self, snapshot_id: int, block: BlockDir) -> Path:
+        """Set up the snapshot's device from ``block``; the device node. Undone on failure."""
         ...
 
     async def detach(self, snapshot_id: int) -> None:
@@ -47,20 +60,20 @@ class DeviceBackend(Protocol):
         """The device node of an attached snapshot, if its disk is there."""
         ...
 
-    async def configured_image(self, snapshot_id: int) -> str | None:
-        """What the snapshot's device was set up to open; None if no target or none set yet."""
+    async def owner(self, snapshot_id: int) -> str | None:
+        """The token of whoever set the device up; None if nothing, or no token yet."""
         ...
 
-    def dev_config(self, config_path: Path) -> str:
-        """What ``configured_image`` answers for a device set up from ``config_path``."""
+    def owner_token(self, block: BlockDir) -> str:
+        """What ``owner`` answers for a device this backend set up from ``block``."""
         ...
 
     async def attached_ids(self) -> set[int]:
         """IDs of every snapshot with a device set up, known to the metadata or not."""
         ...
 
-    async def set_disk_timeout(self, device: Path) -> None:
-        """Give the mounted disk the command timeout overlaybd needs."""
+    async def mounted(self, device: Path) -> None:
+        """What the backend does once the device's filesystem is mounted (may be nothing)."""
         ...
 
 

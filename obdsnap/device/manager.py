@@ -126,9 +126,9 @@ class DeviceManager:
             return None
         if not await self.may_own(snapshot_id):
             raise AttachError(
-                f"device dev_{snapshot_id} is set up for another image "
-                f"({await self._backend.configured_image(snapshot_id)}): "
-                "is another snapshotter using this host's TCMU devices?"
+                f"{self._backend.describe(snapshot_id)} is set up for another image "
+                f"({await self._backend.owner(snapshot_id)}): "
+                "is another snapshotter using this host's devices?"
             )
         if not await self._backend.is_attached(snapshot_id):
             return None
@@ -155,8 +155,8 @@ class DeviceManager:
                 await self._mounter.mount(
                     device, block.mountpoint, spec, readonly=mode is MountMode.READ_ONLY
                 )
-                with failure_context(step="disk-timeout"):
-                    await self._backend.set_disk_timeout(device)
+                with failure_context(step="mounted"):
+                    await self._backend.mounted(device)
             with failure_context(step="mark"):
                 await self._blocking(_write_mark, block.mark, device)
         except BaseException as exc:
@@ -175,7 +175,7 @@ class DeviceManager:
         async with self.attaching:
             started = time.perf_counter()
             try:
-                device = await self._backend.attach(snapshot_id, block.config, block.result_file)
+                device = await self._backend.attach(snapshot_id, block)
             except Exception as exc:
                 self._observer.attach_failed(exc)
                 raise
@@ -207,7 +207,9 @@ class DeviceManager:
         device = await self._blocking(_read_mark, block.mark)
         ours = await self.may_own(snapshot_id)
         if not ours:
-            log.warning("dev_%d belongs to another image; left alone", snapshot_id)
+            log.warning(
+                "%s belongs to another image; left alone", self._backend.describe(snapshot_id)
+            )
         if ours and device is not None and await self._backend.is_attached(snapshot_id):
             # The filesystem may still be mounted elsewhere (a container's namespace):
             # its dirty data must reach the device before the device goes.
@@ -229,16 +231,22 @@ class DeviceManager:
     async def attached_ids(self) -> set[int]:
         return await self._backend.attached_ids()
 
+    def describe(self, snapshot_id: int) -> str:
+        """The snapshot's device as messages name it."""
+        return self._backend.describe(snapshot_id)
+
     async def owns(self, snapshot_id: int) -> bool:
-        """Whether the device ``dev_<ID>`` was set up from this snapshot's config."""
-        configured = await self._backend.configured_image(snapshot_id)
-        return configured == self._backend.dev_config(self._layout.block(snapshot_id).config)
+        """Whether the snapshot's device was set up from this snapshot's block directory."""
+        owner = await self._backend.owner(snapshot_id)
+        return owner == self._own_token(snapshot_id)
 
     async def may_own(self, snapshot_id: int) -> bool:
-        """Ours, or not configured yet (a set-up that died before writing its dev_config)."""
-        configured = await self._backend.configured_image(snapshot_id)
-        own_config = self._layout.block(snapshot_id).config
-        return configured is None or configured == self._backend.dev_config(own_config)
+        """Ours, or no owner yet (a set-up that died before recording its owner)."""
+        owner = await self._backend.owner(snapshot_id)
+        return owner is None or owner == self._own_token(snapshot_id)
+
+    def _own_token(self, snapshot_id: int) -> str:
+        return self._backend.owner_token(self._layout.block(snapshot_id))
 
     async def _undo_attach(self, snapshot_id: int, mountpoint: Path) -> None:
         if await self._is_mounted(mountpoint):

@@ -4,8 +4,13 @@ For snapshot N: a TCMU target ``core/user_999999999/dev_N`` whose ``dev_config``
 names the snapshot's ``config.v1.json``; overlaybd-tcmu opens the image when the
 target is enabled and reports in the result file. A tcm_loop LUN then turns the
 target into a SCSI disk that shows up in sysfs. Every blocking step runs in the
-executor; the result file is watched from the loop, so a failed open surfaces
-with overlaybd's reason as soon as overlaybd-tcmu writes it.
+backend's own executor; the result file is watched from the loop (read with
+aiofiles on that executor), so a failed open surfaces with overlaybd's reason
+as soon as overlaybd-tcmu writes it.
+
+A device's owner token is its ``dev_config``: a device set up by the Go
+snapshotter from the same root carries the same token, one set up from another
+root does not.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiofiles
+
 from obdsnap.blocking import BlockingRunner
 from obdsnap.device.backend import AttachError, DeviceTimeout, OpenFailed
 from obdsnap.errors import failure_context
 from obdsnap.fsutil import write_file_no_follow
+from obdsnap.layout import BlockDir
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +66,8 @@ class TcmuBackend:
         self._timings = timings
         # Its own threads: a configfs write blocks for as long as overlaybd-tcmu takes to
         # open an image, and slow images must not starve the snapshotter's file work.
-        self._blocking = BlockingRunner(
-            ThreadPoolExecutor(max_workers=DEVICE_THREADS, thread_name_prefix="tcmu")
-        )
+        self._executor = ThreadPoolExecutor(max_workers=DEVICE_THREADS, thread_name_prefix="tcmu")
+        self._blocking = BlockingRunner(self._executor)
 
     @property
     def core_dir(self) -> Path:
@@ -73,8 +80,12 @@ class TcmuBackend:
     def loopback_dir(self, snapshot_id: int) -> Path:
         return self._loopback / wwn(snapshot_id)
 
-    async def attach(self, snapshot_id: int, config_path: Path, result_file: Path) -> Path:
+    def describe(self, snapshot_id: int) -> str:
+        return f"device dev_{snapshot_id}"
+
+    async def attach(self, snapshot_id: int, block: BlockDir) -> Path:
         """Set up the device of a snapshot; its path, e.g. ``/dev/sdc``. Undone on failure."""
+        config_path, result_file = block.config, block.result_file
         try:
             with failure_context(snapshot_id=snapshot_id, step="configfs"):
                 await self._blocking(self._create_target, snapshot_id, config_path, result_file)
@@ -105,10 +116,11 @@ class TcmuBackend:
         """The disk of an attached snapshot, from its LUN's SCSI address."""
         return await self._blocking(self.find_disk, snapshot_id)
 
-    def dev_config(self, config_path: Path) -> str:
-        return dev_config(config_path)
+    def owner_token(self, block: BlockDir) -> str:
+        """The ``dev_config`` of a target set up from ``block``, as the kernel keeps it."""
+        return dev_config(block.config)
 
-    async def configured_image(self, snapshot_id: int) -> str | None:
+    async def owner(self, snapshot_id: int) -> str | None:
         """The ``dev_config`` a target was set up with, as its ``info`` attribute shows it."""
         info = await self._blocking(_read_text, self.target_dir(snapshot_id) / "info")
         return info_config(info or "")
@@ -126,7 +138,8 @@ class TcmuBackend:
         """Blocking: a target's ``info`` attribute, None if there is no such target."""
         return _read_text(self.target_dir(snapshot_id) / "info")
 
-    async def set_disk_timeout(self, device: Path) -> None:
+    async def mounted(self, device: Path) -> None:
+        """Give the mounted disk the SCSI command timeout a lazily fetched image needs."""
         timeout_file = self._sysfs / "block" / device.name / "device" / "timeout"
         await self._blocking(_write_attribute, timeout_file, COMMAND_TIMEOUT)
 
@@ -150,7 +163,7 @@ class TcmuBackend:
                 watching.result()  # raises as soon as overlaybd reported a failed open
             await enabling
         except OSError as exc:
-            reason = await self._blocking(_read_result, result_file)
+            reason = await self._read_result(result_file)
             error = OpenFailed if reason.startswith("failed") else AttachError
             raise error(
                 f"failed to enable the target of snapshot {snapshot_id}: {exc.strerror}: {reason}"
@@ -178,7 +191,7 @@ class TcmuBackend:
     async def _watch_result(self, result_file: Path, enabling: asyncio.Future[None]) -> None:
         """Raise AttachError as soon as the result file says ``failed:``."""
         while True:
-            text = await self._blocking(_read_result, result_file)
+            text = await self._read_result(result_file)
             if text.startswith("failed"):
                 raise OpenFailed(f"overlaybd could not open the image: {text}").add_context(
                     reason=_overlaybd_reason(text)
@@ -186,6 +199,14 @@ class TcmuBackend:
             if text.startswith("success") or enabling.done():
                 return
             await asyncio.sleep(self._timings.result_poll_interval_s)
+
+    async def _read_result(self, result_file: Path) -> str:
+        """overlaybd's result file, stripped; "" if it is missing."""
+        try:
+            async with aiofiles.open(result_file, errors="replace", executor=self._executor) as f:
+                return (await f.read()).strip()
+        except FileNotFoundError:
+            return ""
 
     def _create_lun(self, snapshot_id: int) -> str:
         name = wwn(snapshot_id)
@@ -205,7 +226,7 @@ class TcmuBackend:
             names = await self._blocking(_list_dir, disks)
             if names:
                 return Path("/dev") / sorted(names)[0]
-            text = await self._blocking(_read_result, result_file)
+            text = await self._read_result(result_file)
             if text.startswith("failed"):
                 raise OpenFailed(f"overlaybd could not open the image: {text}").add_context(
                     reason=_overlaybd_reason(text)
@@ -270,10 +291,6 @@ def info_config(info: str) -> str | None:
 
 def read_result(result_file: Path) -> str:
     """Blocking: overlaybd's result file, stripped; "" if it is missing."""
-    return _read_result(result_file)
-
-
-def _read_result(result_file: Path) -> str:
     try:
         return result_file.read_text(errors="replace").strip()
     except FileNotFoundError:

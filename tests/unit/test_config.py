@@ -386,3 +386,18 @@ def test_check_config_shows_the_log_format(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "obdsnap: config: \"logFormat\": must be one of text, json (got 'yaml')"
     ]
+
+
+def test_device_backend_defaults_to_tcmu_and_a_bad_one_is_one_line() -> None:
+    assert parse_config({}).device_backend == "tcmu"
+    assert parse_config({"deviceBackend": "tcmu"}).as_json()["deviceBackend"] == "tcmu"
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"deviceBackend": "nbd"})
+    assert str(raised.value) == "config: \"deviceBackend\": must be one of tcmu (got 'nbd')"
+
+
+def test_every_device_backend_the_config_accepts_can_be_built() -> None:
+    from obdsnap.config import DEVICE_BACKENDS
+    from obdsnap.server import DEVICE_BACKENDS as BUILDERS
+
+    assert set(BUILDERS) == set(DEVICE_BACKENDS)
