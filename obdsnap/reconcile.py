@@ -128,7 +128,7 @@ class Reconciler:
                 if await self._release_orphan_device(snapshot_id):
                     report.devices_released += 1
                 else:
-                    report.kept.append(f"dev_{snapshot_id}")
+                    report.kept.append(self._devices.describe(snapshot_id))
         return report
 
     async def _unmount_strays(self, orphan: Path, report: CleanupReport) -> bool:

@@ -75,11 +75,8 @@ async def test_unpacker_flow_commits_every_layer_as_a_remote_snapshot(
     assert {info.name for info in await obd.list_infos()} == set(image.chain_ids)
 
 
-async def test_remote_layer_usage_is_that_of_its_fs_at_commit(
-    start_obd: StartObd, images: Images
-) -> None:
+async def test_remote_layer_usage_is_that_of_its_fs_at_commit(obd: Obd, images: Images) -> None:
     """DESIGN §1: the stored usage of its (empty) fs/, 1 inode and its blocks; not 0/0."""
-    obd = await start_obd()
     chain = await obd.unpack_remote(images.three)
     ids = sorted(obd.ids())  # one snapshot per layer, IDs in the order of the Prepares
     assert len(ids) == len(chain)

@@ -11,7 +11,7 @@ was committed, the devices and mounts are as the process left them.
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from obdsnap.blocking import BlockingRunner
@@ -40,6 +40,8 @@ class InProcess:
     tools: OverlaybdTools
     blocking: BlockingRunner
     report: ReconcileReport | None = None
+    # Operations a crash cut short, held: a dropped one would clear its intent when collected.
+    cut_short: list[AbstractAsyncContextManager[None]] = field(default_factory=list)
 
     async def restart(self, options: SnapshotterOptions | None = None) -> ReconcileReport:
         """The process dies and starts again: devices and mounts stay, the rest is rebuilt."""
@@ -47,6 +49,7 @@ class InProcess:
         fresh = await _build(
             self.layout, self.backend, self.mounter, self.tools, options or self.options
         )
+        fresh.cut_short = self.cut_short
         self.__dict__.update(fresh.__dict__)
         self.report = await self.snapshotter.start()
         return self.report
@@ -64,7 +67,9 @@ class InProcess:
         self, snapshot_id: int, operation: Operation
     ) -> AbstractAsyncContextManager[None]:
         """The intent an operation records first; entered and never left, it is a crash."""
-        return self.store.intent(snapshot_id, operation)
+        intent = self.store.intent(snapshot_id, operation)
+        self.cut_short.append(intent)
+        return intent
 
     def id_of(self, key: str) -> int:
         return self.store.get(key).id

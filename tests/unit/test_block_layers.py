@@ -13,6 +13,7 @@ from obdsnap.errors import InvalidArgument
 from obdsnap.overlaybd.device_config import DeviceConfig, Lower
 from obdsnap.overlaybd.storage_type import StorageType
 from obdsnap.overlaybd.tools import ZFileConfig
+from obdsnap.role import ParentLayer, trace_flags
 from obdsnap.storage import Kind, Record, Usage
 
 DIGEST = "sha256:" + "ef" * 32
@@ -60,8 +61,9 @@ async def test_a_remote_layers_config_names_its_blob(obd: InProcess) -> None:
     record = await remote_layer(obd)
     config = await obd.layers.read_config(record.id)
     assert config.repo_blob_url == "https://registry.example/v2/ns/app/blobs"
-    block_dir = str(obd.layout.block(record.id).path)
-    assert config.lowers == (Lower(digest=DIGEST, size=512, dir=block_dir),)
+    # As the Go snapshotter writes it: the blob lives in the layer's own fs/ (DESIGN §8).
+    fs_dir = str(obd.layout.fs_dir(record.id))
+    assert config.lowers == (Lower(digest=DIGEST, size=512, dir=fs_dir),)
     assert config.result_file == str(obd.layout.block(record.id).result_file)
     assert await obd.layers.storage_type(record) is StorageType.REMOTE_BLOCK
 
@@ -88,12 +90,13 @@ async def test_configs_start_from_the_parents(obd: InProcess) -> None:
 
 
 async def test_an_acceleration_layer_needs_a_block_parent(obd: InProcess) -> None:
-    unpacked = await snapshot(obd, Kind.ACTIVE, "extract-plain")
-    plain = await obd.store.commit(unpacked.key, "plain", Usage(), {})
-    accel = await snapshot(obd, Kind.ACTIVE, "accel", plain)
+    await obd.snapshotter.prepare("extract-plain", "", {})
+    await obd.snapshotter.commit("plain", "extract-plain", {})
+    labels = {L.TARGET_SNAPSHOT_REF: "accel", L.ACCELERATION_LAYER: "yes"}
     with pytest.raises(InvalidArgument, match="needs an overlaybd parent layer"):
-        await obd.layers.write_acceleration_config(accel, plain)
-    assert await obd.layers.storage_type(plain) is StorageType.NORMAL
+        await obd.snapshotter.prepare("extract-accel", "plain", labels)
+    assert await obd.layers.storage_type(obd.store.get("plain")) is StorageType.NORMAL
+    assert obd.store.find("extract-accel") is None
 
 
 async def test_trace_flags_go_to_the_parent_and_the_writable_layer(obd: InProcess) -> None:
@@ -101,7 +104,8 @@ async def test_trace_flags_go_to_the_parent_and_the_writable_layer(obd: InProces
     child = await snapshot(obd, Kind.ACTIVE, "w", parent)
     await obd.layers.create_writable_layer(child, parent)
     trace = {L.RECORD_TRACE: "yes", L.RECORD_TRACE_PATH: "/var/trace/app"}
-    await obd.layers.set_trace_flags(parent, trace, child.id)
+    flags = trace_flags(ParentLayer(parent.info.labels, StorageType.REMOTE_BLOCK), trace)
+    await obd.layers.set_trace_flags(parent.id, child.id, flags)
     for snapshot_id in (parent.id, child.id):
         config = await obd.layers.read_config(snapshot_id)
         assert config.record_trace_path == "/var/trace/app" and not config.acceleration_layer

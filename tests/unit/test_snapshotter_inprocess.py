@@ -14,6 +14,7 @@ from obdsnap import labels as L
 from obdsnap.device.backend import AttachError
 from obdsnap.errors import AlreadyExists, SnapshotError
 from obdsnap.mounts import Mount
+from obdsnap.role import RwMode
 from obdsnap.snapshotter import SnapshotterOptions
 from obdsnap.storage import Kind
 
@@ -104,7 +105,7 @@ async def test_remote_unpack_answers_already_exists_and_writes_the_device_config
         {
             "digest": REMOTE_LABELS[L.BLOB_DIGEST],
             "size": 4096,
-            "dir": str(obd.layout.block(remote).path),
+            "dir": str(obd.layout.fs_dir(remote)),
         }
     ]
     assert obd.backend.devices == {}  # a layer is attached when a container needs it
@@ -203,7 +204,7 @@ async def test_writable_dir_on_a_block_parent_then_commit_makes_a_local_layer(
 
 
 async def test_writable_dir_without_parent_gets_a_filesystem_once(tmp_path: Path) -> None:
-    obd = await start_in_process(tmp_path, SnapshotterOptions(rw_mode="dir"))
+    obd = await start_in_process(tmp_path, SnapshotterOptions(rw_mode=RwMode.DIR))
     try:
         await obd.snapshotter.prepare("w", "", {})
         own = obd.id_of("w")
