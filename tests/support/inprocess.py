@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner
 from obdsnap.device.manager import DeviceManager
 from obdsnap.layout import Layout
@@ -25,6 +26,16 @@ from support.fake_devices import FakeDeviceBackend, FakeMounter
 from tcmusim import tools as standins
 
 MAX_ATTACHING = 4
+
+
+def remote_layer_labels(target: str, digest: str, size: int, image: str) -> dict[str, str]:
+    """The labels containerd's unpacker puts on an overlaybd (remote) layer's Prepare."""
+    return {
+        L.TARGET_SNAPSHOT_REF: target,
+        L.BLOB_DIGEST: digest,
+        L.BLOB_SIZE: str(size),
+        L.IMAGE_REF: image,
+    }
 
 
 @dataclass

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 
 import pytest
-from support.inprocess import InProcess, start_in_process
+from support.inprocess import InProcess, remote_layer_labels
 
 from obdsnap import labels as L
 from obdsnap.errors import InvalidArgument
@@ -17,19 +16,7 @@ from obdsnap.role import ParentLayer, trace_flags
 from obdsnap.storage import Kind, Record, Usage
 
 DIGEST = "sha256:" + "ef" * 32
-REMOTE = {
-    L.TARGET_SNAPSHOT_REF: "layer",
-    L.BLOB_DIGEST: DIGEST,
-    L.BLOB_SIZE: "512",
-    L.IMAGE_REF: "registry.example/ns/app:2",
-}
-
-
-@pytest.fixture
-async def obd(tmp_path: Path) -> AsyncIterator[InProcess]:
-    node = await start_in_process(tmp_path)
-    yield node
-    await node.close()
+REMOTE = remote_layer_labels("layer", DIGEST, 512, "registry.example/ns/app:2")
 
 
 async def snapshot(

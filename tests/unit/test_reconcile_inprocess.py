@@ -8,31 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from support.fake_devices import OTHER_OWNER, FakeDevice
-from support.inprocess import InProcess, start_in_process
+from support.inprocess import InProcess, remote_layer_labels
 
 from obdsnap import labels as L
 from obdsnap.overlaybd.tools import ZFileConfig
 from obdsnap.storage import Kind, Operation, Usage
 
-REMOTE_LABELS = {
-    L.TARGET_SNAPSHOT_REF: "remote-layer",
-    L.BLOB_DIGEST: "sha256:" + "cd" * 32,
-    L.BLOB_SIZE: "8192",
-    L.IMAGE_REF: "registry.example/app:1",
-}
+REMOTE_LABELS = remote_layer_labels(
+    "remote-layer", "sha256:" + "cd" * 32, 8192, "registry.example/app:1"
+)
 
 
 @pytest.fixture
-async def obd(tmp_path: Path) -> AsyncIterator[InProcess]:
-    node = await start_in_process(tmp_path)
-    await _unpack_remote(node)
-    yield node
-    await node.close()
+async def obd(obd: InProcess) -> InProcess:
+    """The in-process snapshotter with a remote layer unpacked."""
+    await _unpack_remote(obd)
+    return obd
 
 
 async def _unpack_remote(obd: InProcess) -> None:

@@ -42,21 +42,18 @@ def mounts(
     return snapshot_mounts(role, snapshot, LAYOUT, index_off=True, device=device)
 
 
+def container_overlay(lowerdir: str) -> Mount:
+    """The overlay of snapshot 7, an active one, on ``lowerdir``."""
+    options = ("index=off", f"workdir={SNAPSHOTS}/7/work", f"upperdir={SNAPSHOTS}/7/fs")
+    return Mount("overlay", "overlay", (*options, f"lowerdir={lowerdir}"))
+
+
 @pytest.mark.parametrize("role", [PlainUnpack(), OverlayRootfs(), RemoteUnpack("t")])
 def test_plain_layers_mount_as_containerd_overlay(role: Role) -> None:
     assert mounts(role, Kind.ACTIVE, []) == [Mount("bind", f"{SNAPSHOTS}/7/fs", ("rw", "rbind"))]
     assert mounts(role, Kind.VIEW, []) == [Mount("bind", f"{SNAPSHOTS}/7/fs", ("ro", "rbind"))]
     assert mounts(role, Kind.ACTIVE, [5, 3]) == [
-        Mount(
-            "overlay",
-            "overlay",
-            (
-                "index=off",
-                f"workdir={SNAPSHOTS}/7/work",
-                f"upperdir={SNAPSHOTS}/7/fs",
-                f"lowerdir={SNAPSHOTS}/5/fs:{SNAPSHOTS}/3/fs",
-            ),
-        )
+        container_overlay(f"{SNAPSHOTS}/5/fs:{SNAPSHOTS}/3/fs")
     ]
     assert mounts(role, Kind.VIEW, [5]) == [Mount("bind", f"{SNAPSHOTS}/5/fs", ("ro", "rbind"))]
     assert mounts(role, Kind.VIEW, [5, 3]) == [
@@ -73,16 +70,7 @@ def test_acceleration_unpack_is_a_rw_bind_of_its_fs() -> None:
 def test_block_rootfs_is_an_overlay_on_the_parent_device() -> None:
     role = BlockRootfs(TraceFlags())
     assert mounts(role, Kind.ACTIVE, [5, 3]) == [
-        Mount(
-            "overlay",
-            "overlay",
-            (
-                "index=off",
-                f"workdir={SNAPSHOTS}/7/work",
-                f"upperdir={SNAPSHOTS}/7/fs",
-                f"lowerdir={SNAPSHOTS}/5/block/mountpoint",
-            ),
-        )
+        container_overlay(f"{SNAPSHOTS}/5/block/mountpoint")
     ]
     assert mounts(role, Kind.VIEW, [5, 3]) == [
         Mount("bind", f"{SNAPSHOTS}/5/block/mountpoint", ("ro", "rbind"))

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from support.fake_devices import OTHER_OWNER
-from support.inprocess import InProcess, start_in_process
+from support.inprocess import InProcess, remote_layer_labels, start_in_process
 
 from obdsnap import labels as L
 from obdsnap.device.backend import AttachError
@@ -18,19 +17,9 @@ from obdsnap.role import RwMode
 from obdsnap.snapshotter import SnapshotterOptions
 from obdsnap.storage import Kind
 
-REMOTE_LABELS = {
-    L.TARGET_SNAPSHOT_REF: "remote-layer",
-    L.BLOB_DIGEST: "sha256:" + "ab" * 32,
-    L.BLOB_SIZE: "4096",
-    L.IMAGE_REF: "registry.example/library/app:1",
-}
-
-
-@pytest.fixture
-async def obd(tmp_path: Path) -> AsyncIterator[InProcess]:
-    node = await start_in_process(tmp_path)
-    yield node
-    await node.close()
+REMOTE_LABELS = remote_layer_labels(
+    "remote-layer", "sha256:" + "ab" * 32, 4096, "registry.example/library/app:1"
+)
 
 
 async def unpack_plain(obd: InProcess, name: str, parent: str = "") -> int:
