@@ -8,10 +8,11 @@ checked against the size and digest); a lower with only a ``dir`` and nothing
 in it carries no image data. The result file gets ``success`` or
 ``failed:<reason>`` before the open returns.
 
-Serving: the top data lower's image (each layer holds the whole merged image)
-is expanded into a shared sparse cache file for a read-only device; a writable
-device is the upper's data file itself, filled from the top lower's image on its
-first open. Either way a loop device is bound to it.
+Serving (:mod:`tcmusim.backing`): the top data lower's image (each layer holds
+the whole merged image) is expanded into a shared sparse cache file for a
+read-only device; a writable device is the upper's data file itself, filled
+from the top lower's image on its first open. Either way a loop device is bound
+to it. The config's fields are read by :mod:`tcmusim.imageconfig`.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tcmusim import layerfmt, loopdev
+from tcmusim.backing import Backing, ImageCache
+from tcmusim.imageconfig import ImageConfig, LowerConfig, parse_image_config
 from tcmusim.knobs import DeviceKnobs
 from tcmusim.layerfmt import CommittedLayer, Kind, LayerFormatError
 from tcmusim.slowio import SlowIO
@@ -51,141 +53,6 @@ class OpenError(Exception):
 
 class _Failed(Exception):
     """The image cannot be opened: goes to the result file as ``failed:<reason>``."""
-
-
-@dataclass(frozen=True)
-class LowerConfig:
-    file: str = ""
-    digest: str = ""
-    size: int = 0
-    dir: str = ""
-
-
-@dataclass(frozen=True)
-class ImageConfig:
-    result_file: str
-    repo_blob_url: str = ""
-    lowers: tuple[LowerConfig, ...] = ()
-    upper_index: str = ""
-    upper_data: str = ""
-    acceleration_layer: bool = False
-    record_trace_path: str = ""
-
-
-def _string(document: dict[str, object], key: str, where: str) -> str:
-    value = document.get(key, "")
-    if not isinstance(value, str):
-        raise ValueError(f"{where}{key} must be a string")
-    return value
-
-
-def parse_image_config(document: object) -> ImageConfig:
-    """The fields overlaybd reads from config.v1.json (others are ignored, as it does)."""
-    if not isinstance(document, dict):
-        raise ValueError("the image config must be a JSON object")
-    lowers: list[LowerConfig] = []
-    raw_lowers = document.get("lowers", [])
-    if not isinstance(raw_lowers, list):
-        raise ValueError("lowers must be a list")
-    for i, raw in enumerate(raw_lowers):
-        if not isinstance(raw, dict):
-            raise ValueError(f"lowers[{i}] must be an object")
-        size = raw.get("size", 0)
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError(f"lowers[{i}].size must be a non-negative integer")
-        where = f"lowers[{i}]."
-        lowers.append(
-            LowerConfig(
-                file=_string(raw, "file", where),
-                digest=_string(raw, "digest", where),
-                size=size,
-                dir=_string(raw, "dir", where),
-            )
-        )
-    upper = document.get("upper", {})
-    if not isinstance(upper, dict):
-        raise ValueError("upper must be an object")
-    acceleration = document.get("accelerationLayer", False)
-    if not isinstance(acceleration, bool):
-        raise ValueError("accelerationLayer must be true or false")
-    return ImageConfig(
-        result_file=_string(document, "resultFile", ""),
-        repo_blob_url=_string(document, "repoBlobUrl", ""),
-        lowers=tuple(lowers),
-        upper_index=_string(upper, "index", "upper."),
-        upper_data=_string(upper, "data", "upper."),
-        acceleration_layer=acceleration,
-        record_trace_path=_string(document, "recordTracePath", ""),
-    )
-
-
-@dataclass
-class Backing:
-    """An opened image: the loop device serving it and what to release after it."""
-
-    device: str
-    loop: loopdev.LoopDevice
-    size: int
-    read_only: bool
-    layers: list[str]
-    _cleanups: list[Callable[[], None]] = field(default_factory=list)
-    _journal: loopdev.Journal = field(default_factory=lambda: loopdev.Journal(None))
-
-    def release(self) -> None:
-        try:
-            loopdev.detach(self.loop)
-            self._journal.detached(self.loop)
-        except loopdev.LoopError as exc:
-            log.error("%s: detaching %s failed: %s", self.device, self.loop.path, exc)
-        for cleanup in reversed(self._cleanups):
-            try:
-                cleanup()
-            except OSError as exc:
-                log.error("%s: release failed: %s", self.device, exc)
-        self._cleanups.clear()
-
-
-class ImageCache:
-    """Sparse expanded images of committed layers, shared by the devices serving them."""
-
-    def __init__(self, directory: Path) -> None:
-        self._dir = directory
-        self._lock = threading.Lock()
-        self._entries: dict[str, tuple[Path, int, threading.Lock]] = {}
-
-    def acquire(self, layer: CommittedLayer) -> Path:
-        st = layer.stat
-        identity = f"{os.path.realpath(layer.path)}:{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"
-        key = hashlib.sha256(identity.encode()).hexdigest()[:24]
-        with self._lock:
-            path, count, lock = self._entries.get(
-                key, (self._dir / f"{key}.img", 0, threading.Lock())
-            )
-            self._entries[key] = (path, count + 1, lock)
-        with lock:
-            if not path.exists():
-                self._dir.mkdir(parents=True, exist_ok=True)
-                partial = path.with_suffix(".partial")
-                fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    os.ftruncate(fd, layer.virtual_size)
-                    layer.unpack_into(fd, 0)
-                finally:
-                    os.close(fd)
-                os.replace(partial, path)
-                log.info("expanded %s into %s", layer.path, path)
-        return path
-
-    def release(self, path: Path) -> None:
-        with self._lock:
-            for key, (entry_path, count, lock) in list(self._entries.items()):
-                if entry_path == path:
-                    if count > 1:
-                        self._entries[key] = (entry_path, count - 1, lock)
-                    else:
-                        del self._entries[key]
-                        layerfmt.remove_quietly(path)
-                    return
 
 
 class Overlaybd:

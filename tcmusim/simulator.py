@@ -8,11 +8,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tcmusim.backing import ImageCache
 from tcmusim.configfs import ConfigFS
 from tcmusim.fusemount import FuseMount
 from tcmusim.knobs import Knobs
 from tcmusim.loopdev import LOOP_JOURNAL, Journal
-from tcmusim.overlaybd import ImageCache, Overlaybd
+from tcmusim.overlaybd import Overlaybd
 from tcmusim.slowio import SlowIO
 from tcmusim.sysfs import Sysfs
 from tcmusim.target import Kernel
