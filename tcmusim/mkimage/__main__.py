@@ -1,0 +1,5 @@
+import sys
+
+from tcmusim.mkimage import main
+
+sys.exit(main())
