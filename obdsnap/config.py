@@ -1,8 +1,9 @@
-"""Boot config: the Go overlaybd snapshotter's config.json, read strictly.
+"""Boot config: the Go overlaybd snapshotter's config.json (v0.6.0 to v1.4.4), read strictly.
 
-Unknown keys (later Go versions add ``tenant``, ``asyncRemove``, ...) are
-logged and ignored, so every Go config starts; a known key with a bad type or
-value stops start-up with one line naming it.
+Every key of the Go snapshotter up to v1.4.4 is read with its type and default
+(DESIGN-v1 §1); unknown keys are logged and ignored, so every Go config starts.
+A known key with a bad type or value stops start-up with one line naming it
+(DESIGN-v1 §22: obdsnap refuses what Go would only trip over later).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from obdsnap.sizes import ram_in_bytes
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = Path("/etc/overlaybd-snapshotter/config.json")
@@ -24,6 +27,13 @@ RW_MODES = ("overlayfs", "dir", "dev")
 LOG_FORMATS = ("text", "json")
 WRITABLE_LAYER_TYPES = ("append", "sparse")
 DEVICE_BACKENDS = ("tcmu",)  # obdsnap's own: how a snapshot's block device is set up
+RUNTIME_TYPES = ("containerd", "docker")
+WRITABLE_COMMITS = ("compress", "seal")  # obdsnap's own: v0.6.0's commit, or v1.4.4's (§8)
+TURBO_FS_TYPES = ("ext4", "erofs")
+DEFAULT_TURBO_FS_TYPES = ("erofs", "ext4")
+NO_TENANT = -1
+DEFAULT_QUOTA_PROJECT_ID = 16777216  # the project ID every Go v1.x rootfs quota uses
+MAX_PROJECT_ID = 2**32 - 2  # (u32)-1 is "no project"
 # logrus level names, as the Go snapshotter's "verbose" accepts them.
 LOG_LEVELS = {
     "trace": logging.DEBUG,
@@ -41,6 +51,14 @@ T = TypeVar("T")
 
 class ConfigError(Exception):
     """A config that cannot be used; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class MirrorRegistry:
+    """A ``mirrorRegistry`` entry: blobs of an ``insecure`` host are fetched over http (§18)."""
+
+    host: str
+    insecure: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,17 @@ class BootConfig:
     socket_group: str = ""  # group allowed to use the socket (mode 0660); root only if empty
     max_concurrent_requests: int = 1024
     max_concurrent_device_ops: int = 32
+    # Go v1.x keys (DESIGN-v1 §1).
+    async_remove: bool = False  # Remove leaves the directory to Cleanup (§9)
+    mirror_registry: tuple[MirrorRegistry, ...] = ()
+    default_fs_type: str = "ext4"  # a block layer's fs without a blob-fs-type label (§11)
+    rootfs_quota: str = ""  # project-quota size of every container rootfs, "" = none (§16)
+    tenant: int = NO_TENANT  # picks the configfs HBA and WWN prefix (§15)
+    turbo_fs_type: tuple[str, ...] = DEFAULT_TURBO_FS_TYPES  # TurboOCI fs metas, preferred first
+    runtime_type: str = "containerd"  # "docker": moby's containerd image store (§17)
+    # obdsnap's own (DESIGN-v1 §22).
+    writable_commit: str = "compress"  # "seal": v1.4.4's commit of a writable layer (§8)
+    quota_project_id: int = DEFAULT_QUOTA_PROJECT_ID
 
     def as_json(self) -> dict[str, Any]:
         """The config under the keys of config.json, every default filled in."""
@@ -95,7 +124,28 @@ class BootConfig:
             "socketGroup": self.socket_group,
             "maxConcurrentRequests": self.max_concurrent_requests,
             "maxConcurrentDeviceOps": self.max_concurrent_device_ops,
+            "asyncRemove": self.async_remove,
+            "mirrorRegistry": [
+                {"host": mirror.host, "insecure": mirror.insecure}
+                for mirror in self.mirror_registry
+            ],
+            "defaultFsType": self.default_fs_type,
+            "rootfsQuota": self.rootfs_quota,
+            "tenant": self.tenant,
+            "turboFsType": list(self.turbo_fs_type),
+            "runtimeType": self.runtime_type,
+            "writableCommit": self.writable_commit,
+            "quotaProjectId": self.quota_project_id,
         }
+
+    @property
+    def docker_mode(self) -> bool:
+        """Docker mode (§17) needs both: Go compares the two literal strings."""
+        return self.runtime_type == "docker" and self.rw_mode == "overlayfs"
+
+    def insecure_registry(self, host: str) -> bool:
+        """Whether blobs of ``host`` (after docker.io's rewrite, port included) use http."""
+        return any(mirror.insecure and mirror.host == host for mirror in self.mirror_registry)
 
     @property
     def python_log_level(self) -> int:
@@ -191,7 +241,17 @@ def parse_config(raw: Mapping[str, Any]) -> BootConfig:
         max_concurrent_device_ops=reader.get(
             "maxConcurrentDeviceOps", int, default.max_concurrent_device_ops
         ),
+        async_remove=reader.get("asyncRemove", bool, default.async_remove),
+        mirror_registry=_mirror_registry(reader.get_list("mirrorRegistry")),
+        default_fs_type=reader.get("defaultFsType", str, default.default_fs_type),
+        rootfs_quota=reader.get("rootfsQuota", str, default.rootfs_quota),
+        tenant=reader.get("tenant", int, default.tenant),
+        turbo_fs_type=_turbo_fs_types(reader.get_list("turboFsType")),
+        runtime_type=reader.get("runtimeType", str, default.runtime_type),
+        writable_commit=reader.get("writableCommit", str, default.writable_commit),
+        quota_project_id=reader.get("quotaProjectId", int, default.quota_project_id),
     )
+    _check_v1_values(config)
     for key, value in (
         ("maxConcurrentRequests", config.max_concurrent_requests),
         ("maxConcurrentDeviceOps", config.max_concurrent_device_ops),
@@ -208,6 +268,58 @@ def parse_config(raw: Mapping[str, Any]) -> BootConfig:
     reader.warn_unknown()
     exporter_reader.warn_unknown()
     return config
+
+
+def _mirror_registry(raw: list[Any] | None) -> tuple[MirrorRegistry, ...]:
+    mirrors = []
+    for index, entry in enumerate(raw or ()):
+        where = f"mirrorRegistry[{index}]."
+        if not isinstance(entry, dict):
+            raise ConfigError(f'config: "mirrorRegistry[{index}]": expected an object')
+        entry_reader = _Reader(entry, prefix=where)
+        host = entry_reader.get("host", str, "")
+        if not host:
+            raise ConfigError(f'config: "{where}host": must not be empty')
+        mirrors.append(MirrorRegistry(host, entry_reader.get("insecure", bool, False)))
+        entry_reader.warn_unknown()
+    return tuple(mirrors)
+
+
+def _turbo_fs_types(raw: list[Any] | None) -> tuple[str, ...]:
+    """Go's order: the list as given, then ext4 and erofs appended if missing.
+
+    An absent key keeps the default; a null or empty list ends as ext4, erofs.
+    """
+    if raw is None:
+        return DEFAULT_TURBO_FS_TYPES
+    chosen: list[str] = []
+    for index, value in enumerate(raw):
+        if not isinstance(value, str):
+            raise ConfigError(
+                f'config: "turboFsType[{index}]": expected a string, got {json.dumps(value)}'
+            )
+        _check_choice(f'"turboFsType[{index}]"', value, TURBO_FS_TYPES)
+        if value not in chosen:
+            chosen.append(value)
+    return tuple(chosen + [fs for fs in TURBO_FS_TYPES if fs not in chosen])
+
+
+def _check_v1_values(config: BootConfig) -> None:
+    _check_choice('"runtimeType"', config.runtime_type, RUNTIME_TYPES)
+    _check_choice('"writableCommit"', config.writable_commit, WRITABLE_COMMITS)
+    if not config.default_fs_type.strip():
+        raise ConfigError('config: "defaultFsType": must not be empty')
+    if config.tenant < NO_TENANT:
+        raise ConfigError(f'config: "tenant": must be -1 or more (got {config.tenant})')
+    if not 1 <= config.quota_project_id <= MAX_PROJECT_ID:
+        raise ConfigError(
+            f'config: "quotaProjectId": must be 1-{MAX_PROJECT_ID} (got {config.quota_project_id})'
+        )
+    if config.rootfs_quota:
+        try:
+            ram_in_bytes(config.rootfs_quota)
+        except ValueError as exc:
+            raise ConfigError(f'config: "rootfsQuota": {exc}') from None
 
 
 def socket_group_id(group: str) -> int:
@@ -257,6 +369,21 @@ class _Reader:
             raise ConfigError(
                 f'config: "{self._prefix}{key}": expected {_json_type(kind)}, '
                 f"got {json.dumps(value)}"
+            )
+        return value
+
+    def get_list(self, key: str) -> list[Any] | None:
+        """A JSON array; None when the key is absent, [] when it is null (Go empties a slice)."""
+        found = self._find(key)
+        if found is None:
+            return None
+        self._read.add(found)
+        value = self._raw[found]
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(
+                f'config: "{self._prefix}{found}": expected an array, got {json.dumps(value)}'
             )
         return value
 

@@ -25,6 +25,20 @@ WRITABLE = "containerd.io/snapshot/overlaybd.writable"
 LOCAL_COMMIT_PATH = "containerd.io/snapshot/overlaybd.localcommitpath"
 REMOTE = "containerd.io/snapshot/remote"
 REMOTE_VALUE = "remote snapshot"
+# Added by the Go snapshotter v0.6.1-v1.4.4 (DESIGN-v1 §2).
+VSIZE = "containerd.io/snapshot/overlaybd/vsize"  # GB, a writable layer without parent
+DEFAULT_VSIZE_GB = 64
+TURBO_OCI_TARGET_DIGEST = "containerd.io/snapshot/overlaybd/turbo-oci/target-digest"
+TURBO_OCI_TARGET_MEDIA_TYPE = "containerd.io/snapshot/overlaybd/turbo-oci/target-media-type"
+FASTOCI_TARGET_DIGEST = "containerd.io/snapshot/overlaybd/fastoci/target-digest"  # legacy name
+FASTOCI_TARGET_MEDIA_TYPE = "containerd.io/snapshot/overlaybd/fastoci/target-media-type"
+DOWNLOAD_REMOTE_BLOB = "containerd.io/snapshot/overlaybd/download-remote-blob"
+DOWNLOAD_REMOTE_BLOB_VALUE = "download"
+CONVERT_TO_TURBO_OCI = "containerd.io/snapshot/overlaybd/convert2turbo-oci"
+SNAPSHOT_TYPE = "containerd.io/snapshot/type"
+SNAPSHOT_TYPE_IMAGE = "image"  # an image layer prepared without snapshot.ref: not a rootfs
+DISK_QUOTA = "containerd.io/snapshot/disk_quota"
+ACTIVE_PATH = "containerd.io/snapshot/overlay.active.path"  # where writable_data/_index live
 
 
 def validate_labels(labels: Mapping[str, str]) -> None:

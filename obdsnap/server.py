@@ -260,6 +260,10 @@ async def build_snapshotter(
         rw_mode=RwMode(config.rw_mode),
         auto_remove_dev=config.auto_remove_dev,
         index_off=await blocking(overlay_has_index_param),
+        async_remove=config.async_remove,
+        seal_writable=config.writable_commit == "seal",
+        docker_mode=config.docker_mode,
+        default_fs_type=config.default_fs_type,
     )
     metrics = metrics or Metrics()
     mounter = HostMounter()

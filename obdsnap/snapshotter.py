@@ -78,6 +78,10 @@ class SnapshotterOptions:
     rw_mode: RwMode = RwMode.OVERLAYFS  # the boot config's default for new rootfs snapshots
     auto_remove_dev: bool = False
     index_off: bool = False
+    async_remove: bool = False  # Remove leaves the directory to Cleanup (DESIGN-v1 §9)
+    seal_writable: bool = False  # writableCommit "seal": v1.4.4's Commit (DESIGN-v1 §8)
+    docker_mode: bool = False  # runtimeType "docker" in overlayfs mode (DESIGN-v1 §17)
+    default_fs_type: str = "ext4"  # a device's fs without a blob-fs-type label (DESIGN-v1 §11)
 
 
 class Snapshotter:
