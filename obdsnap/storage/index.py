@@ -60,6 +60,10 @@ class Index:
     def has_children(self, key: str) -> bool:
         return bool(self._children.get(key))
 
+    def children(self, key: str) -> list[Record]:
+        """The snapshots whose parent is ``key``, of every kind."""
+        return [self._records[child] for child in self._children.get(key, ())]
+
     def records(self) -> list[Record]:
         """A point-in-time list of every record (records are immutable)."""
         return list(self._records.values())

@@ -91,6 +91,10 @@ class MetaStore:
     def has_children(self, key: str) -> bool:
         return self._index.has_children(key)
 
+    def children(self, key: str) -> list[Record]:
+        """The snapshots whose parent is ``key``, of every kind."""
+        return self._index.children(key)
+
     def records(self) -> list[Record]:
         """A point-in-time list of every record (records are immutable)."""
         return self._index.records()

@@ -379,7 +379,11 @@ async def test_parent_back_link_follows_the_commit(
     await committed(store, "parent")
     await store.create(Kind.ACTIVE, "child", "parent", {})
     await store.commit("child", "child-committed", Usage(), {})
+    await store.create(Kind.VIEW, "look", "parent", {})
     assert store.has_children("parent")
+    assert sorted(r.key for r in store.children("parent")) == ["child-committed", "look"]
+    await store.remove("look")
+    assert [r.key for r in store.children("parent")] == ["child-committed"]
     with pytest.raises(FailedPrecondition):
         await store.remove("parent")
 
