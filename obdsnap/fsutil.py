@@ -15,8 +15,11 @@ from obdsnap.storage import Usage
 log = logging.getLogger(__name__)
 
 
-def disk_usage(path: Path) -> Usage:
-    """Blocks used and inodes of a tree, the tree's root included; hard links count once."""
+def disk_usage(path: Path, skip: frozenset[str] = frozenset()) -> Usage:
+    """Blocks used and inodes of a tree, the tree's root included; hard links count once.
+
+    Entries below the root named in ``skip`` are left out with all they hold.
+    """
     seen: set[tuple[int, int]] = set()
     size = 0
     pending = [str(path)]
@@ -34,7 +37,7 @@ def disk_usage(path: Path) -> Usage:
         if stat.S_ISDIR(st.st_mode):
             try:
                 with os.scandir(current) as entries:
-                    pending.extend(entry.path for entry in entries)
+                    pending.extend(entry.path for entry in entries if entry.name not in skip)
             except FileNotFoundError:
                 continue
     return Usage(size=size, inodes=len(seen))

@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from obdsnap.fsutil import remove_tree
 
@@ -41,10 +42,12 @@ class BlockDir:
 
     path: Path
 
+    MOUNTPOINT_NAME: ClassVar[str] = "mountpoint"
+
     @property
     def mountpoint(self) -> Path:
         """Where the device is mounted."""
-        return self.path / "mountpoint"
+        return self.path / self.MOUNTPOINT_NAME
 
     @property
     def config(self) -> Path:

@@ -38,6 +38,7 @@ from obdsnap.mounts import Mount
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.tools import ZFileConfig, parse_zfile_config
 from obdsnap.reconcile import CleanupReport, Reconciler, ReconcileReport
+from obdsnap.removal import DeviceRelease, snapshot_usage
 from obdsnap.role import (
     AccelerationUnpack,
     BlockRootfs,
@@ -105,6 +106,7 @@ class Snapshotter:
         self._guard = CompletionGuard()
         self._locks = KeyedLocks()
         self._dirs = SnapshotDirs(layout, store, blocking)
+        self._release = DeviceRelease(layout, store, devices, mounter, blocking)
         self._reconciler = Reconciler(
             layout, store, layers, devices, mounter, blocking, self._locks, self._dirs.building
         )
@@ -328,16 +330,25 @@ class Snapshotter:
         await self._guard.run(self._remove(record))
 
     async def _remove(self, record: Record) -> None:
-        """Devices first (DESIGN §7), then the row; the directory goes in the background."""
+        """Devices first (DESIGN-v1 §9), then the row; the directory goes later.
+
+        A snapshot whose mountpoint is still mounted once its own device is done
+        with is refused before the parent's device or the row is touched.
+        """
         parent = self._store.find(record.parent) if record.parent else None
         role = await self._role(record, parent)
         async with await self._device_locks(record, parent, role):
-            await self._detach_unless_busy(record, role)
+            await self._release.detach_unless_busy(record, role)
+            await self._release.refuse_if_mounted(record)
             if self._options.auto_remove_dev and record.kind == Kind.ACTIVE and parent:
-                await self._detach_unless_busy(parent, await self._role(parent, None))
+                parent_role = await self._role(parent, None)
+                await self._release.release_parent_device(parent, parent_role, exclude=record.key)
             await self._store.remove(record.key)
         self._layers.forget(record.id)
-        self._dirs.remove_later(record.id)
+        if self._options.async_remove:
+            log.info("asyncRemove enabled, remove snapshots in Cleanup() method.")
+        else:
+            self._dirs.remove_later(record.id)
 
     async def _device_locks(
         self, record: Record, parent: Record | None, role: Role
@@ -351,16 +362,6 @@ class Snapshotter:
         if has_own_device(role) or (parent_role is not None and has_own_device(parent_role)):
             return self._locks.hold(record.id, *([parent.id] if parent else []))
         return contextlib.nullcontext()
-
-    async def _detach_unless_busy(self, record: Record, role: Role) -> None:
-        if not has_own_device(role) or not await self._devices.is_marked(record.id):
-            return
-        if device_is_mounted(role) and await self._blocking(
-            self._mounter.overlay_uses, self._layout.block(record.id).mountpoint
-        ):
-            log.info("snapshot %r: device still used by an overlay mount; kept", record.key)
-            return
-        await self._devices.detach(record.id)
 
     # ------------------------------------------------------------------ info
 
@@ -380,6 +381,4 @@ class Snapshotter:
     async def usage(self, key: str) -> Usage:
         validate_key(key)
         record = self._store.get(key)
-        if record.kind == Kind.ACTIVE:
-            return await self._blocking(disk_usage, self._layout.fs_dir(record.id))
-        return record.usage
+        return await snapshot_usage(record, self._layers, self._layout, self._blocking)

@@ -2,7 +2,8 @@
 
 NOT_FOUND and FAILED_PRECONDITION come before any device is touched. A block
 snapshot's device is detached on Remove unless an overlay mount still uses its
-mountpoint (the device stays, the snapshot goes). With ``autoRemoveDev``,
+mountpoint: the device stays, and so does a layer whose mountpoint is then still
+mounted (DESIGN-v1 §9 step 5). With ``autoRemoveDev``,
 removing an active snapshot also detaches its parent's device when nothing
 else uses it. ``dev`` devices have no mount to check.
 """
@@ -15,7 +16,6 @@ import pytest
 from grpclib.const import Status
 from support.block import Obd
 from support.block_fixtures import Images, StartObd, WritableRootfs
-from support.mounts import mount_at
 from support.processes import run
 from support.simulator import MISSING
 from support.snapshots import expect_status
@@ -105,9 +105,10 @@ async def test_dev_mode_remove_detaches_without_a_mount_check(
     assert obd.sim.loop_devices() == []
 
 
-async def test_a_device_used_by_an_overlay_mount_stays_and_the_snapshot_goes(
+async def test_a_device_used_by_an_overlay_mount_stays_and_so_does_its_layer(
     start_obd: StartObd, images: Images, tmp_path: Path
 ) -> None:
+    """DESIGN-v1 §9 step 5: a layer whose device is busy is refused, not removed under it."""
     obd = await start_obd(autoRemoveDev=True)
     top, top_id = await obd.unpack_top(images.single)
     rootfs = tmp_path / "rootfs"
@@ -118,30 +119,18 @@ async def test_a_device_used_by_an_overlay_mount_stays_and_the_snapshot_goes(
     await obd.remove("rootfs")
     await expect_status(obd.stat("rootfs"), Status.NOT_FOUND)
     assert obd.assert_attached(top_id, mounted="ro") == device
-    # Even the parent can go: the snapshot is removed, the busy device stays.
-    await obd.remove(top)
-    await expect_status(obd.stat(top), Status.NOT_FOUND)
-    assert obd.device_of(top_id) == device
-    assert mount_at(obd.mountpoint(top_id)) is not None
+    # The parent cannot go while its device is mounted and busy.
+    error = await expect_status(obd.remove(top), Status.FAILED_PRECONDITION)
+    assert error.message == f"try to remove snapshot {top_id} which still have mountpoint"
+    assert (await obd.stat(top)).kind.name == "COMMITTED"
+    assert obd.assert_attached(top_id, mounted="ro") == device
     assert (rootfs / "single.txt").read_text() == "single\n"
+    # Once the container's mount is gone, so is the layer, with its device.
     obd.umount_for_real(rootfs)
-    # Cleanup reclaims it once unused: tested below.
-    obd.detach_like_reboot(top_id)
-
-
-async def test_cleanup_detaches_a_device_kept_busy_on_remove(
-    obd: Obd, images: Images, tmp_path: Path
-) -> None:
-    top, top_id = await obd.unpack_top(images.single)
-    rootfs = tmp_path / "rootfs"
-    await obd.mount_container("rootfs", top, rootfs)
-    await obd.remove("rootfs")
     await obd.remove(top)
-    obd.umount_for_real(rootfs)
-    await obd.cleanup()
     obd.assert_detached(top_id)
-    assert not obd.snapshot_dir(top_id).exists()
     assert obd.sim.loop_devices() == []
+    await obd.wait_gone(top_id)
 
 
 async def test_auto_remove_dev_detaches_the_parent_with_its_last_user(

@@ -82,6 +82,21 @@ def test_usage_of_a_file(tmp_path: Path) -> None:
     assert disk_usage(path) == Usage(size=blocks(path), inodes=1)
 
 
+def test_skipped_names_are_left_out_at_any_depth_with_what_they_hold(tmp_path: Path) -> None:
+    root = tmp_path / "block"
+    (root / "mountpoint" / "inside").mkdir(parents=True)
+    (root / "mountpoint" / "inside" / "big").write_bytes(os.urandom(40000))
+    (root / "sub" / "mountpoint").mkdir(parents=True)
+    (root / "sub" / "mountpoint" / "f").write_bytes(b"f" * 9000)
+    kept = root / "config.v1.json"
+    kept.write_bytes(b"{}")
+    counted = [root, root / "sub", kept]
+    expected = Usage(size=sum(blocks(p) for p in counted), inodes=len(counted))
+    assert disk_usage(root, skip=frozenset({"mountpoint"})) == expected
+    # The root itself is never skipped, whatever its name.
+    assert disk_usage(root / "mountpoint", skip=frozenset({"mountpoint"})).inodes == 3
+
+
 def test_remove_tree(tmp_path: Path) -> None:
     root = tmp_path / "tree"
     (root / "a" / "b").mkdir(parents=True)
