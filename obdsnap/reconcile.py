@@ -3,8 +3,10 @@
 At start-up, operations a crash cut short are settled, creates that never
 finished are dropped, then Cleanup reclaims what no snapshot owns: devices
 first, then mounts, then directories; whatever is busy stays. The directories
-of removed snapshots go in the background (snapshot_dirs.py); what that
-leaves, Cleanup takes.
+of removed snapshots go in the background (snapshot_dirs.py), or with
+``asyncRemove`` at the next Cleanup; what the background leaves, Cleanup takes.
+A ``new-*`` directory whose create is under way is never an orphan, and a
+directory with a mount still inside is never removed: it waits for a later Cleanup.
 """
 
 from __future__ import annotations
@@ -117,10 +119,13 @@ class Reconciler:
                 continue
             log.info("cleanup: removing %s, which no snapshot owns", orphan)
             try:
+                # Refused (EBUSY) if a mount appeared inside since: never removed through one.
                 await self._blocking(remove_tree, orphan)
                 report.directories_removed += 1
             except OSError as exc:
-                log.warning("cleanup: could not remove %s: %s", orphan, exc)
+                log.warning(
+                    "cleanup: could not remove %s (kept for a later Cleanup): %s", orphan, exc
+                )
                 report.kept.append(orphan.name)
         for snapshot_id in attached - self._store.ids():
             # Only our own: another snapshotter on this host may use the same HBA.
@@ -136,12 +141,12 @@ class Reconciler:
         points = await self._blocking(self._mounter.mounts_under, orphan)
         for point in sorted(points, key=len, reverse=True):
             if await self._blocking(self._mounter.overlay_uses, Path(point)):
-                log.info("cleanup: %s is the lower of an overlay; kept", point)
+                log.info("cleanup: %s is the lower of an overlay; %s kept", point, orphan)
                 return False
             try:
                 await self._mounter.unmount(Path(point))
             except SnapshotError as exc:
-                log.warning("cleanup: could not unmount %s: %s", point, exc)
+                log.warning("cleanup: could not unmount %s; %s kept: %s", point, orphan, exc)
                 return False
             log.info("cleanup: unmounted %s, which no snapshot owns", point)
             report.mounts_removed += 1
