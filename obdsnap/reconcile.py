@@ -12,6 +12,7 @@ directory with a mount still inside is never removed: it waits for a later Clean
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +109,8 @@ class Reconciler:
         # durable, and a new-* directory is registered before it is made.
         orphans = self._layout.orphans(names, self._store.ids(), self._building)
         for orphan in orphans:
+            if not await self._blocking(os.path.lexists, orphan):
+                continue  # e.g. a new-* directory that took its ID since the listing
             if orphan.name.isdigit() and await self._has_device(int(orphan.name), attached):
                 attached.discard(int(orphan.name))
                 if not await self._release_orphan_device(int(orphan.name)):

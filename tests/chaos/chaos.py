@@ -19,7 +19,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -35,6 +35,7 @@ from tcmusim.testing import HBA, RunningSimulator
 
 OVERLAY = "overlayfs"
 DIR = "dir"
+ASYNC_REMOVE = "asyncRemove"
 
 ACTIVE = api.Kind(2)  # api.Kind.ACTIVE, typed as the enum
 COMMITTED = api.Kind(3)  # api.Kind.COMMITTED
@@ -73,6 +74,8 @@ class Settings:
     kills: int
     min_delay: float  # seconds of load between a restart and the next SIGKILL
     max_delay: float
+    boot: Mapping[str, object] = field(default_factory=dict)  # boot config keys, rwMode too
+    cleanup_interval: float = 0.0  # seconds between Cleanups during the load; 0: none
 
 
 @dataclass
@@ -478,7 +481,7 @@ async def run_chaos(settings: Settings, sim: RunningSimulator | None) -> Report:
     if sim is None:
         server = ServerProcess(workdir)
     else:
-        config = settings_on(sim, rwMode=settings.variant)
+        config = settings_on(sim, **{"rwMode": settings.variant, **settings.boot})
         server = ServerProcess.with_config(workdir, config, start_timeout=30.0)
     rng = random.Random(f"{settings.seed}-{settings.variant}")
     try:
@@ -526,6 +529,10 @@ async def load_and_kill(
         asyncio.create_task(client.run(api.SnapshotsStub(channel)))
         for client, channel in zip(clients, channels, strict=True)
     ]
+    if settings.cleanup_interval:
+        channels.append(Channel(path=str(server.address)))
+        stub = api.SnapshotsStub(channels[-1])
+        tasks.append(asyncio.create_task(keep_cleaning(stub, ledger, settings, stop)))
     try:
         await asyncio.sleep(rng.uniform(settings.min_delay, settings.max_delay))
         stop.set()  # no new calls; the ones in flight are cut by the kill
@@ -537,6 +544,20 @@ async def load_and_kill(
     finally:
         for channel in channels:
             channel.close()
+
+
+async def keep_cleaning(
+    stub: api.SnapshotsStub, ledger: Ledger, settings: Settings, stop: asyncio.Event
+) -> None:
+    """Cleanup now and then during the load, as containerd's GC calls it."""
+    while not stop.is_set():
+        await asyncio.sleep(settings.cleanup_interval)
+        try:
+            await call(stub.cleanup(api.CleanupRequest()))
+            ledger.acked["cleanup"] += 1
+        except Exception as exc:
+            if not stop.is_set():
+                ledger.errors[f"Cleanup: {type(exc).__name__}: {str(exc)[:160]}"] += 1
 
 
 async def checked(server: ServerProcess, ledger: Ledger, report: Report, phase: str) -> None:

@@ -1,12 +1,14 @@
 """Chaos: obdsnap SIGKILLed at random moments under 16 concurrent clients, restarted on its root.
 
-Two variants, each one run (a module-scoped fixture) checked by one test per
+Variants, each one run (a module-scoped fixture) checked by one test per
 invariant:
 
 - ``overlayfs``: plain overlayfs layers, no devices;
 - ``dir``: rwMode ``dir`` on the TCMU simulator, so every Prepare attaches,
   mkfs'es and mounts a writable device and every Commit detaches it and runs
-  ``overlaybd-commit``: kills land inside those steps.
+  ``overlaybd-commit``: kills land inside those steps;
+- ``asyncRemove``: ``overlayfs`` with ``asyncRemove``, and Cleanup called during
+  the load: removed directories wait for a Cleanup that races the Prepares.
 
 Seeds are deterministic and logged (``CHAOS_SEED`` replays a run, ``CHAOS_KILLS``
 sets the number of kills); the kill moments depend on timing, so a replay drives
@@ -26,6 +28,7 @@ from support.simulator import simulator_for_tests
 from .chaos import (
     ACKED_PRESENT,
     ALL_OR_NOTHING,
+    ASYNC_REMOVE,
     COMMIT_RETRY,
     DEVICE_ORPHANS,
     DIR,
@@ -54,6 +57,15 @@ SETTINGS = {
     # A dir-mode Prepare (overlaybd-create, attach, mkfs, mount) takes a few hundred
     # ms under this load: a longer window lets some finish and others be cut.
     DIR: Settings(DIR, SEED, DIR_KILLS, min_delay=0.3, max_delay=2.5),
+    ASYNC_REMOVE: Settings(
+        ASYNC_REMOVE,
+        SEED,
+        OVERLAY_KILLS,
+        min_delay=0.05,
+        max_delay=0.4,
+        boot={"rwMode": OVERLAY, "asyncRemove": True},
+        cleanup_interval=0.05,
+    ),
 }
 
 
@@ -100,7 +112,7 @@ def violations(report: Report, category: str) -> str:
     return f"{len(found)} violation(s) of {category} ({report.summary()}):\n{head}"
 
 
-BOTH = [OVERLAY, DIR]
+BOTH = [OVERLAY, DIR, ASYNC_REMOVE]
 
 
 @pytest.mark.parametrize("chaos", BOTH, indirect=True)
@@ -154,3 +166,10 @@ def test_no_device_orphans_after_cleanup(chaos: Report) -> None:
 @pytest.mark.parametrize("chaos", BOTH, indirect=True)
 def test_nothing_left_after_removing_everything(chaos: Report) -> None:
     assert not chaos.violations.get(TEARDOWN), violations(chaos, TEARDOWN)
+
+
+@pytest.mark.parametrize("chaos", [ASYNC_REMOVE], indirect=True)
+def test_cleanups_raced_the_load(chaos: Report) -> None:
+    """DESIGN-v1 §9: Cleanup during Prepares, Commits and Removes, acknowledged many times."""
+    assert chaos.acked["cleanup"] >= 10, chaos.summary()
+    assert chaos.acked["remove"] > 0, chaos.summary()
