@@ -91,17 +91,19 @@ async def test_mounts_reattaches_a_dev_snapshots_device(
     obd.umount_for_real(target)
 
 
-async def test_mounts_reattaches_what_auto_remove_dev_detached(
+async def test_mounts_finds_the_device_auto_remove_dev_kept_for_another_container(
     start_obd: StartObd, images: Images
 ) -> None:
+    """DESIGN-v1 §9 guard: removing one container leaves the device the other one mounts."""
     obd = await start_obd(autoRemoveDev=True)
     top_chain, top = await obd.unpack_top(images.single)
     await obd.prepare("first", top_chain)
     second = await obd.prepare("second", top_chain)
-    await obd.remove("first")  # nothing mounts "second" yet: the device goes
-    obd.assert_detached(top)
+    device = obd.assert_attached(top, mounted="ro")
+    await obd.remove("first")  # nothing mounts "second" yet, but it is active: the device stays
+    assert obd.assert_attached(top, mounted="ro") == device
     assert await obd.mounts("second") == second
-    obd.assert_attached(top, mounted="ro")
+    assert obd.assert_attached(top, mounted="ro") == device
 
 
 async def test_mounts_mounts_a_device_that_is_attached_but_not_mounted(
