@@ -125,20 +125,6 @@ async def test_s9_remove_refuses_a_snapshot_whose_mountpoint_is_mounted(
     await obd.wait_gone(own)
 
 
-async def test_s22_quirk6_children_are_checked_before_any_device_step(
-    start_obd: StartObd, images: Images
-) -> None:
-    """DESIGN-v1 §22 quirk 6: a parent with children is refused for them, its device untouched."""
-    obd = await start_obd(autoRemoveDev=True)
-    top, top_id = await obd.unpack_top(images.single)
-    await obd.prepare("container", top)
-    device = obd.assert_attached(top_id, mounted="ro")
-    # Its mountpoint is mounted too, but the children answer first.
-    error = await expect_status(obd.remove(top), Status.FAILED_PRECONDITION)
-    assert "children" in (error.message or "")
-    assert obd.assert_attached(top_id, mounted="ro") == device
-
-
 async def test_s9_async_remove_leaves_the_directory_until_cleanup(start_obd: StartObd) -> None:
     """DESIGN-v1 §9 asyncRemove: the directory stays, the key is free at once, Cleanup sweeps."""
     obd = await start_obd(asyncRemove=True)
