@@ -28,6 +28,7 @@ from obdsnap.blocking import BlockingRunner, CompletionGuard
 from obdsnap.device.filesystem import fs_spec
 from obdsnap.device.manager import DeviceManager, MountMode
 from obdsnap.device.mounter import Mounter
+from obdsnap.docker_mode import DockerLayers
 from obdsnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from obdsnap.fsutil import disk_usage
 from obdsnap.labels import validate_key, validate_labels
@@ -42,6 +43,8 @@ from obdsnap.role import (
     AccelerationUnpack,
     BlockRootfs,
     CommittedLayer,
+    DockerContainer,
+    DockerInit,
     OverlayRootfs,
     ParentLayer,
     PlainUnpack,
@@ -105,6 +108,7 @@ class Snapshotter:
         self._guard = CompletionGuard()
         self._locks = KeyedLocks()
         self._dirs = SnapshotDirs(layout, store, blocking)
+        self._docker = DockerLayers(store, layers, devices, enabled=options.docker_mode)
         self._reconciler = Reconciler(
             layout, store, layers, devices, mounter, blocking, self._locks, self._dirs.building
         )
@@ -129,8 +133,9 @@ class Snapshotter:
         if record.kind == Kind.COMMITTED:
             storage = await self._layers.storage_type(record)
             return committed_role(storage, RwMode.stored(record.rw_mode))
-        rw_mode = RwMode.stored(record.rw_mode)
-        return role_of(record.key, record.info.labels, rw_mode, await self._parent_layer(parent))
+        rw_mode, docker = RwMode.stored(record.rw_mode), await self._docker.lineage(parent)
+        parent_layer = await self._parent_layer(parent)
+        return role_of(record.key, record.info.labels, rw_mode, parent_layer, docker)
 
     async def _parent_layer(self, parent: Record | None) -> ParentLayer | None:
         if parent is None:
@@ -156,7 +161,8 @@ class Snapshotter:
             raise AlreadyExists(f"snapshot {key!r} already exists")
         parent_layer = await self._parent_layer(parent_record)
         rw_mode = new_rw_mode(key, labels, parent_layer, self._options.rw_mode)
-        role = role_of(key, labels, rw_mode, parent_layer)
+        docker = await self._docker.lineage(parent_record)
+        role = role_of(key, labels, rw_mode, parent_layer, docker)
         parent_id = parent_record.id if parent_record else None
         record = await self._guard.run(
             self._dirs.create(kind, key, parent, labels, parent_id, rw_mode, ready_at_create(role))
@@ -205,6 +211,8 @@ class Snapshotter:
                 await self._layers.set_trace_flags(parent.id, None, trace)
             case PlainUnpack() | OverlayRootfs() | BlockRootfs() | CommittedLayer():
                 pass
+            case DockerInit() | DockerContainer():
+                pass  # the image top's device is attached for the mounts
 
     async def _commit_remote(self, record: Record, parent: Record | None, target: str) -> None:
         """Commit the layer under its target at once: containerd then skips its download."""
@@ -256,6 +264,8 @@ class Snapshotter:
             case BlockRootfs() if parent is not None:
                 spec = fs_spec(parent.info.labels)
                 await self._devices.attach(parent.id, spec, mkfs=False, mode=MountMode.READ_ONLY)
+            case DockerInit() | DockerContainer():
+                await self._docker.attach_image(role, parent, new=new)
         parent_ids = [ancestor.id for ancestor in self._store.ancestors(record)]
         snapshot = MountedSnapshot(record.id, record.kind, parent_ids)
         return snapshot_mounts(
@@ -333,6 +343,7 @@ class Snapshotter:
         role = await self._role(record, parent)
         async with await self._device_locks(record, parent, role):
             await self._detach_unless_busy(record, role)
+            await self._docker.release_image(record, parent, self._detach_unless_busy)
             if self._options.auto_remove_dev and record.kind == Kind.ACTIVE and parent:
                 await self._detach_unless_busy(parent, await self._role(parent, None))
             await self._store.remove(record.key)
@@ -350,6 +361,9 @@ class Snapshotter:
         parent_role = None if parent is None else await self._role(parent, None)
         if has_own_device(role) or (parent_role is not None and has_own_device(parent_role)):
             return self._locks.hold(record.id, *([parent.id] if parent else []))
+        image_top = self._docker.image_to_attach(role, parent, new=False)
+        if image_top is not None:  # a Docker container layer's Mounts may attach it
+            return self._locks.hold(record.id, image_top.id)
         return contextlib.nullcontext()
 
     async def _detach_unless_busy(self, record: Record, role: Role) -> None:
