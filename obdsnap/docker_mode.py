@@ -4,6 +4,12 @@ With the containerd image store, moby prepares ``<id>-init-key`` on the image's
 top layer, writes its init files into it, commits it as ``<id>-init`` and
 prepares the container ``<id>`` on that. The roles are role.py's; this module
 finds the image top under a container and who still uses the image top's device.
+
+Where obdsnap answers differently from Go: Mounts of an init layer answers the
+bind its Prepare did (Go's answers an overlay), and brings the image top's
+device back; so does Mounts of a container layer (§22 quirk 11). Views are
+read-only: an init layer's bind is ``ro``, and a view on an init layer is an
+overlay of lowers only (Go hands a view an upper and work dir it never made).
 """
 
 from __future__ import annotations

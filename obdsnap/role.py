@@ -202,7 +202,9 @@ class DockerLineage:
 
 
 # moby prepares "<id>-init-key" on the image top, commits it as "<id>-init", and prepares
-# the container "<id>" on that; containerd adds its "<namespace>/<n>/" to every key.
+# the container "<id>" on that; containerd adds its "<namespace>/<n>/" to every key. Keys
+# are matched without that prefix, so that a namespace named "x-init-y" does not make
+# every snapshot an init layer (Go matches the whole key).
 DOCKER_INIT_SUFFIX = "-init"
 _CONTAINERD_KEY_PREFIX = re.compile(r"[^/]+/[0-9]+/")
 
