@@ -99,6 +99,8 @@ class BootConfig:
     # obdsnap's own (DESIGN-v1 §22).
     writable_commit: str = "compress"  # "seal": v1.4.4's commit of a writable layer (§8)
     quota_project_id: int = DEFAULT_QUOTA_PROJECT_ID
+    quota_tool_dir: str = ""  # lsattr, chattr and setquota; "" = found on PATH (§16)
+    quota_mountinfo: str = "/proc/self/mountinfo"  # where quota reads the mount's options
 
     def as_json(self) -> dict[str, Any]:
         """The config under the keys of config.json, every default filled in."""
@@ -136,6 +138,8 @@ class BootConfig:
             "runtimeType": self.runtime_type,
             "writableCommit": self.writable_commit,
             "quotaProjectId": self.quota_project_id,
+            "quotaToolDir": self.quota_tool_dir,
+            "quotaMountinfo": self.quota_mountinfo,
         }
 
     @property
@@ -250,6 +254,8 @@ def parse_config(raw: Mapping[str, Any]) -> BootConfig:
         runtime_type=reader.get("runtimeType", str, default.runtime_type),
         writable_commit=reader.get("writableCommit", str, default.writable_commit),
         quota_project_id=reader.get("quotaProjectId", int, default.quota_project_id),
+        quota_tool_dir=reader.get("quotaToolDir", str, default.quota_tool_dir),
+        quota_mountinfo=reader.get("quotaMountinfo", str, default.quota_mountinfo),
     )
     _check_v1_values(config)
     for key, value in (
@@ -315,6 +321,12 @@ def _check_v1_values(config: BootConfig) -> None:
         raise ConfigError(
             f'config: "quotaProjectId": must be 1-{MAX_PROJECT_ID} (got {config.quota_project_id})'
         )
+    for key, path in (
+        ("quotaToolDir", config.quota_tool_dir or "/"),
+        ("quotaMountinfo", config.quota_mountinfo),
+    ):
+        if not path.startswith("/"):
+            raise ConfigError(f'config: "{key}": must be an absolute path (got {path!r})')
     if config.rootfs_quota:
         try:
             ram_in_bytes(config.rootfs_quota)
