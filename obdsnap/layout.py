@@ -104,6 +104,15 @@ class Layout:
     def work_dir(self, snapshot_id: int) -> Path:
         return self.snapshot_dir(snapshot_id) / _WORK
 
+    @staticmethod
+    def fs_in(snapshot_dir: Path) -> Path:
+        """``fs/`` of a snapshot directory by path, e.g. a ``new-*`` one not yet renamed."""
+        return snapshot_dir / _FS
+
+    @staticmethod
+    def work_in(snapshot_dir: Path) -> Path:
+        return snapshot_dir / _WORK
+
     def block(self, snapshot_id: int) -> BlockDir:
         return BlockDir(self.snapshot_dir(snapshot_id) / _BLOCK)
 

@@ -32,6 +32,7 @@ from obdsnap.metrics import Exporter, Metrics
 from obdsnap.mounts import overlay_has_index_param
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.tools import OverlaybdTools
+from obdsnap.quota import QuotaSettings
 from obdsnap.role import RwMode
 from obdsnap.runstatus import ReconcileSummary, ServingStatus, write_status
 from obdsnap.service import CallGate, SnapshotsService
@@ -264,6 +265,7 @@ async def build_snapshotter(
         seal_writable=config.writable_commit == "seal",
         docker_mode=config.docker_mode,
         default_fs_type=config.default_fs_type,
+        quota=QuotaSettings.from_config(config),
     )
     metrics = metrics or Metrics()
     mounter = HostMounter()

@@ -38,6 +38,7 @@ from obdsnap.locks import KeyedLocks
 from obdsnap.mounts import Mount
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.tools import ZFileConfig, parse_zfile_config
+from obdsnap.quota import NO_QUOTA_CONFIG, QuotaSettings, check_quota_label
 from obdsnap.reconcile import CleanupReport, Reconciler, ReconcileReport
 from obdsnap.role import (
     AccelerationUnpack,
@@ -85,6 +86,7 @@ class SnapshotterOptions:
     seal_writable: bool = False  # writableCommit "seal": v1.4.4's Commit (DESIGN-v1 §8)
     docker_mode: bool = False  # runtimeType "docker" in overlayfs mode (DESIGN-v1 §17)
     default_fs_type: str = "ext4"  # a device's fs without a blob-fs-type label (DESIGN-v1 §11)
+    quota: QuotaSettings = NO_QUOTA_CONFIG  # rootfsQuota and how it is set (DESIGN-v1 §16)
 
 
 class Snapshotter:
@@ -107,7 +109,7 @@ class Snapshotter:
         self._blocking = blocking
         self._guard = CompletionGuard()
         self._locks = KeyedLocks()
-        self._dirs = SnapshotDirs(layout, store, blocking)
+        self._dirs = SnapshotDirs(layout, store, blocking, options.quota)
         self._docker = DockerLayers(store, layers, devices, enabled=options.docker_mode)
         self._reconciler = Reconciler(
             layout, store, layers, devices, mounter, blocking, self._locks, self._dirs.building
@@ -156,6 +158,7 @@ class Snapshotter:
         validate_key(key)
         validate_labels(labels)
         L.validate_trace_path(labels, str(self._layout.root))
+        check_quota_label(key, labels)
         parent_record = self._committed_parent(parent) if parent else None
         if self._store.find(key) is not None:
             raise AlreadyExists(f"snapshot {key!r} already exists")
