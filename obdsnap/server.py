@@ -85,7 +85,8 @@ async def serve(config: BootConfig) -> None:
 async def _resolved_root(config: BootConfig, blocking: BlockingRunner) -> Layout:
     """The root, created, then resolved through symlinks (DESIGN-v1 §1)."""
     try:
-        await blocking(Layout(Path(config.root)).create_root)
+        # Resolved first too: a symlink loop is named as such, not as mkdir's "File exists".
+        await blocking((await blocking(Layout.resolved, config.root)).create_root)
         return await blocking(Layout.resolved, config.root, strict=True)
     except OSError as exc:
         raise StartupError(f"invalid root {config.root}: {exc.strerror or exc}") from None
