@@ -131,6 +131,7 @@ async def test_s5_type_image_prepare_is_an_image_layer(start_obd: StartObd, imag
     assert obd.configfs_entries(layer_id) == []
     assert obd.configfs_entries(top_id) == []
     assert not obd.config_path(layer_id).exists()
+    assert await obd.mounts("layer-4") == mounts
     await obd.commit("sha256:layer-4", "layer-4")
     assert (await obd.stat("sha256:layer-4")).kind.name == "COMMITTED"
     # The same Prepare as a container's rootfs gets a writable device of its own.
@@ -148,7 +149,7 @@ async def test_s6_writable_label_erased_on_normal_snapshots(start_obd: StartObd)
     (metadata update, updated_at refreshed); its other labels stay."""
     obd = await start_obd()
     parent = await plain_layer(obd)
-    await obd.prepare("rootfs", parent, {WRITABLE: "dir", "keep": "me"})
+    rootfs = await obd.prepare("rootfs", parent, {WRITABLE: "dir", "keep": "me"})
     await obd.view("view", parent, {WRITABLE: "dev"})
     await obd.prepare("extract-2 sha256:next", parent, {TARGET_SNAPSHOT_REF: "x", WRITABLE: "dir"})
     for key in ("rootfs", "view", "extract-2 sha256:next"):
@@ -156,6 +157,8 @@ async def test_s6_writable_label_erased_on_normal_snapshots(start_obd: StartObd)
         assert WRITABLE not in info.labels, key
         assert info.updated_at > info.created_at, key
     assert (await obd.stat("rootfs")).labels == {"keep": "me"}
+    assert await obd.mounts("rootfs") == rootfs  # DESIGN-v1 §7: a normal snapshot's overlay
+    assert rootfs[0].type == "overlay"
 
 
 async def test_s6_writable_label_erased_over_overlaybd_parent_unless_writable(
@@ -165,9 +168,12 @@ async def test_s6_writable_label_erased_over_overlaybd_parent_unless_writable(
     keeps the label; any other value makes an overlay rootfs (normal), which loses it."""
     obd = await start_obd()
     top = (await obd.unpack_remote(images.three))[-1]
-    await obd.prepare("writable", top, {WRITABLE: "dir"})
+    writable = await obd.prepare("writable", top, {WRITABLE: "dir"})
     kept = await obd.stat("writable")
     assert kept.labels == {WRITABLE: "dir"}
     assert kept.updated_at == kept.created_at
-    await obd.prepare("overlay", top, {WRITABLE: "overlayfs"})
+    overlay = await obd.prepare("overlay", top, {WRITABLE: "overlayfs"})
     assert WRITABLE not in (await obd.stat("overlay")).labels
+    assert await obd.mounts("overlay") == overlay
+    assert await obd.mounts("writable") == writable
+    assert writable[0].source == str(obd.mountpoint(obd.own_id(writable)))
