@@ -262,6 +262,27 @@ def test_s22_bad_verbose_or_rw_mode_refused_in_one_line(
     )
 
 
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"rootfsQuota": "lots"}, '"rootfsQuota"'),
+        ({"runtimeType": "podman"}, '"runtimeType"'),
+        ({"writableLayerType": "dense"}, '"writableLayerType"'),
+        ({"writableCommit": "zip"}, '"writableCommit"'),
+        ({"tenant": -2}, '"tenant"'),
+        ({"turboFsType": ["btrfs"]}, '"turboFsType[0]"'),
+        ({"mirrorRegistry": [{"insecure": True}]}, '"mirrorRegistry[0].host"'),
+    ],
+)
+def test_s22_bad_v1_value_refused_at_start(tmp_path: Path, raw: dict[str, Any], key: str) -> None:
+    """DESIGN-v1 §1 "values are not validated" and §22: obdsnap refuses them at start instead,
+    in one line naming the key (Go fails later, e.g. every rootfs Prepare for a bad quota)."""
+    done = check_config(tmp_path, raw)
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"obdsnap: config: {key}: "), line
+
+
 async def test_s22_logrus_level_name_serves(start_obd: StartObd) -> None:
     """DESIGN-v1 §22 bad verbose: obdsnap serves with a logrus level name in capitals."""
     obd = await start_obd(verbose="WARNING")
