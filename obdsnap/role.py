@@ -64,8 +64,21 @@ _UNPACK_KEY = re.compile(r"(?:[^/]+/[0-9]+/)?" + re.escape(UNPACK_KEY_PREFIX))
 
 
 def is_unpack(key: str, labels: Mapping[str, str]) -> bool:
-    """Whether containerd is unpacking a layer into this snapshot (never a container's rootfs)."""
-    return L.TARGET_SNAPSHOT_REF in labels or _UNPACK_KEY.match(key) is not None
+    """Whether containerd is unpacking a layer into this snapshot (never a container's rootfs).
+
+    An image layer prepared without ``snapshot.ref`` says so with ``snapshot/type=image``
+    (DESIGN-v1 §2, §5): no device, no quota, unpacked as a plain layer.
+    """
+    return (
+        L.TARGET_SNAPSHOT_REF in labels
+        or labels.get(L.SNAPSHOT_TYPE) == L.SNAPSHOT_TYPE_IMAGE
+        or _UNPACK_KEY.match(key) is not None
+    )
+
+
+def is_rootfs(key: str, labels: Mapping[str, str]) -> bool:
+    """DESIGN-v1 §5: a container's rootfs (views too), the snapshots a rootfs quota applies to."""
+    return not is_unpack(key, labels)
 
 
 def is_rootfs(key: str, labels: Mapping[str, str]) -> bool:

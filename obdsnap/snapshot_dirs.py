@@ -15,9 +15,10 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner
 from obdsnap.errors import SnapshotError
-from obdsnap.fsutil import remove_tree
+from obdsnap.fsutil import remove_tree, write_file_no_follow
 from obdsnap.layout import NEW_DIR_PREFIX, Layout
 from obdsnap.quota import NO_QUOTA_CONFIG, DiskQuota, QuotaSettings
 from obdsnap.role import RwMode
@@ -91,9 +92,22 @@ class SnapshotDirs:
                 raise SnapshotError(
                     f"failed to create the directory of {key!r}: {exc}"
                 ).add_context(snapshot_id=record.id, step="snapshot-dir") from exc
+            await self._write_image_ref(record)
             return record
         finally:
             self.building.discard(new_dir)
+
+    async def _write_image_ref(self, record: Record) -> None:
+        """DESIGN-v1 §3: ``image_ref`` names the image; a failure to write it is only logged."""
+        labels = record.info.labels
+        reference = labels.get(L.CRI_IMAGE_REF, labels.get(L.IMAGE_REF))
+        if reference is None:
+            return
+        path = self._layout.image_ref_file(record.id)
+        try:
+            await self._blocking(write_file_no_follow, path, reference.encode())
+        except OSError as exc:
+            log.warning("snapshot %r: could not write %s: %s", record.key, path, exc)
 
     def remove_later(self, snapshot_id: int) -> None:
         """Queue the directory of a snapshot whose row is gone."""

@@ -186,6 +186,7 @@ class Snapshotter:
             async with await self._device_locks(record, parent, role):
                 await self._set_up(record, parent, role)
                 mounts = await self._mounts(record, parent, role, new=True)
+            await self._erase_writable_label(record, role)
             if not record.ready:
                 await self._store.mark_ready(record.key)
             return mounts
@@ -216,6 +217,17 @@ class Snapshotter:
                 pass
             case DockerInit() | DockerContainer():
                 pass  # the image top's device is attached for the mounts
+
+    async def _erase_writable_label(self, record: Record, role: Role) -> None:
+        """DESIGN-v1 §6 step 6: only an overlaybd layer keeps ``overlaybd.writable``.
+
+        The snapshot's mode is kept in its row: the label is not read again.
+        """
+        match role:
+            case WritableRootfs() | AccelerationUnpack() | RemoteUnpack():
+                return
+        if L.WRITABLE in record.info.labels:
+            await self._store.update(record.key, {}, [f"labels.{L.WRITABLE}"])
 
     async def _commit_remote(self, record: Record, parent: Record | None, target: str) -> None:
         """Commit the layer under its target at once: containerd then skips its download."""
