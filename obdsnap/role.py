@@ -81,11 +81,6 @@ def is_rootfs(key: str, labels: Mapping[str, str]) -> bool:
     return not is_unpack(key, labels)
 
 
-def is_rootfs(key: str, labels: Mapping[str, str]) -> bool:
-    """A container's rootfs (or a view): not an unpack, not an image layer (DESIGN-v1 §5)."""
-    return not is_unpack(key, labels) and labels.get(L.SNAPSHOT_TYPE) != L.SNAPSHOT_TYPE_IMAGE
-
-
 def is_acceleration_unpack(labels: Mapping[str, str]) -> bool:
     """containerd unpacks an acceleration layer (its files list what to prefetch)."""
     return L.TARGET_SNAPSHOT_REF in labels and is_acceleration_layer(labels)
