@@ -1,8 +1,9 @@
 """Command line.
 
+obdsnap [serve] CONFIG   (the config path alone, as Go's overlaybd-snapshotter takes it)
 obdsnap serve [--config PATH] [--root DIR] [--address SOCK] [--log-level L] [--log-format F]
 obdsnap containerd-config [--config PATH] [--address SOCK] [--name NAME] [--config-version 2|3]
-obdsnap check-config [--config PATH]
+obdsnap check-config [--config PATH | PATH]
 obdsnap migrate --root DIR --to go   (obdsnap stopped)
 obdsnap health [--config PATH] [--address SOCK] [--timeout S]   (exit 0 serving, 1 not)
 obdsnap status [--config PATH] [--root DIR] [--address SOCK] [--json]   (read-only, as are:)
@@ -25,7 +26,7 @@ from typing import Any
 import uvloop
 
 from obdsnap import __version__
-from obdsnap.config import LOG_FORMATS, ConfigError, load_config
+from obdsnap.config import LOG_FORMATS, BootConfig, ConfigError, load_config
 from obdsnap.containerd_config import (
     CONFIG_VERSIONS,
     ContainerdConfigError,
@@ -42,13 +43,16 @@ from obdsnap.storage.migration import MigrationError, export_to_go
 
 log = logging.getLogger(__name__)
 
+TENANT_PREFIXES = 100  # the loopback WWN prefix is tenant mod 100 (DESIGN-v1 §11, §22 quirk 14)
+
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(_go_command_line(parser, sys.argv[1:] if argv is None else list(argv)))
     hold_logging()  # the config's warnings are written in the format it asks for
     try:
         config = load_config(
-            args.config,
+            _config_path(args),
             root=getattr(args, "root", None),
             address=getattr(args, "address", None),
             log_level=getattr(args, "log_level", None),
@@ -87,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(f"obdsnap: {exc}")
         return
     if args.command == "migrate":
-        layout = Layout(Path(config.root))
+        layout = Layout.resolved(config.root)
         try:
             with contextlib.closing(lock_root(layout)):
                 print(uvloop.run(export_to_go(layout)))
@@ -102,10 +106,64 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     effective = json.dumps(config.as_json(), separators=(",", ":"))
     log.info("obdsnap %s starting with config %s", __version__, effective)
+    _log_settings(config)
     try:
         uvloop.run(serve(config))
     except (StartupError, OSError) as exc:
         sys.exit(f"obdsnap: {exc}")
+
+
+def _go_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Go's ``overlaybd-snapshotter PATH`` (DESIGN-v1 §1): one argument alone is the config."""
+    commands = next(
+        action.choices
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    if len(argv) == 1 and not argv[0].startswith("-") and argv[0] not in commands:
+        return ["serve", argv[0]]
+    return argv
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    """``--config`` or the positional path; both only when they name the same file."""
+    option: Path | None = args.config
+    positional: Path | None = getattr(args, "config_path", None)
+    if option is not None and positional is not None and option != positional:
+        configure_logging(logging.INFO)
+        sys.exit(f"obdsnap: the config path is given twice: --config {option} and {positional}")
+    return option or positional
+
+
+def _log_settings(config: BootConfig) -> None:
+    log.info(
+        "settings: rwMode %s, autoRemoveDev %s, writableLayerType %s, asyncRemove %s, "
+        "writableCommit %s, runtimeType %s",
+        config.rw_mode,
+        _json_bool(config.auto_remove_dev),
+        config.writable_layer_type,
+        _json_bool(config.async_remove),
+        config.writable_commit,
+        config.runtime_type,
+    )
+    if config.mirror_registry:
+        mirrors = ", ".join(
+            f"{mirror.host}{' (insecure: http)' if mirror.insecure else ''}"
+            for mirror in config.mirror_registry
+        )
+        log.info("mirror Registry: %s", mirrors)
+    if config.tenant >= TENANT_PREFIXES:
+        log.warning(
+            "tenant %d shares its device name prefix with tenant %d: snapshotters whose "
+            "tenants differ by a multiple of %d collide on equal snapshot IDs",
+            config.tenant,
+            config.tenant % TENANT_PREFIXES,
+            TENANT_PREFIXES,
+        )
+
+
+def _json_bool(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,6 +172,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="serve the snapshots API on a unix socket")
     serve_cmd.add_argument("--config", type=Path, help="boot config (JSON)")
+    serve_cmd.add_argument(
+        "config_path", nargs="?", type=Path, help="boot config (JSON), as Go's command line has it"
+    )
     serve_cmd.add_argument("--root", help="root directory (overrides the config)")
     serve_cmd.add_argument("--address", help="unix socket path (overrides the config)")
     serve_cmd.add_argument("--log-level", help="trace|debug|info|warn|error (overrides 'verbose')")
@@ -122,6 +183,7 @@ def _parser() -> argparse.ArgumentParser:
         "check-config", help="print the effective config, or why it cannot be used (exit 1)"
     )
     check_cmd.add_argument("--config", type=Path, help="boot config (JSON)")
+    check_cmd.add_argument("config_path", nargs="?", type=Path, help="boot config (JSON)")
     snippet_cmd = commands.add_parser(
         "containerd-config",
         help="print the containerd config (proxy plugin and CRI) that points at this snapshotter",

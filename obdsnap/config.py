@@ -14,8 +14,10 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from obdsnap.config_reader import ConfigError as ConfigError
+from obdsnap.config_reader import Reader as _Reader
 from obdsnap.sizes import ram_in_bytes
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,6 @@ LOG_LEVELS = {
     "fatal": logging.CRITICAL,
     "panic": logging.CRITICAL,
 }
-
-T = TypeVar("T")
-
-
-class ConfigError(Exception):
-    """A config that cannot be used; the message names the offending key."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +95,8 @@ class BootConfig:
     # obdsnap's own (DESIGN-v1 §22).
     writable_commit: str = "compress"  # "seal": v1.4.4's commit of a writable layer (§8)
     quota_project_id: int = DEFAULT_QUOTA_PROJECT_ID
+    quota_tool_dir: str = ""  # lsattr, chattr and setquota; "" = found on PATH (§16)
+    quota_mountinfo: str = "/proc/self/mountinfo"  # where quota reads the mount's options
 
     def as_json(self) -> dict[str, Any]:
         """The config under the keys of config.json, every default filled in."""
@@ -136,6 +134,8 @@ class BootConfig:
             "runtimeType": self.runtime_type,
             "writableCommit": self.writable_commit,
             "quotaProjectId": self.quota_project_id,
+            "quotaToolDir": self.quota_tool_dir,
+            "quotaMountinfo": self.quota_mountinfo,
         }
 
     @property
@@ -250,6 +250,8 @@ def parse_config(raw: Mapping[str, Any]) -> BootConfig:
         runtime_type=reader.get("runtimeType", str, default.runtime_type),
         writable_commit=reader.get("writableCommit", str, default.writable_commit),
         quota_project_id=reader.get("quotaProjectId", int, default.quota_project_id),
+        quota_tool_dir=reader.get("quotaToolDir", str, default.quota_tool_dir),
+        quota_mountinfo=reader.get("quotaMountinfo", str, default.quota_mountinfo),
     )
     _check_v1_values(config)
     for key, value in (
@@ -315,6 +317,12 @@ def _check_v1_values(config: BootConfig) -> None:
         raise ConfigError(
             f'config: "quotaProjectId": must be 1-{MAX_PROJECT_ID} (got {config.quota_project_id})'
         )
+    for key, path in (
+        ("quotaToolDir", config.quota_tool_dir or "/"),
+        ("quotaMountinfo", config.quota_mountinfo),
+    ):
+        if not path.startswith("/"):
+            raise ConfigError(f'config: "{key}": must be an absolute path (got {path!r})')
     if config.rootfs_quota:
         try:
             ram_in_bytes(config.rootfs_quota)
@@ -335,68 +343,3 @@ def socket_group_id(group: str) -> int:
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"config: {name}: must be one of {', '.join(choices)} (got {value!r})")
-
-
-class _Reader:
-    """Typed access to one JSON object; remembers which keys were read.
-
-    Keys match case-insensitively when there is no exact match, as Go's
-    encoding/json matches them, so ``"RwMode"`` means what it means to Go.
-    """
-
-    def __init__(self, raw: Mapping[str, Any], prefix: str) -> None:
-        self._raw = raw
-        self._prefix = prefix
-        self._read: set[str] = set()
-
-    def _find(self, key: str) -> str | None:
-        if key in self._raw:
-            return key
-        folded = key.casefold()
-        return next((name for name in self._raw if name.casefold() == folded), None)
-
-    def get(self, key: str, kind: type[T], default: T) -> T:
-        found = self._find(key)
-        if found is None:
-            return default
-        self._read.add(found)
-        key = found
-        if self._raw[key] is None:
-            return default
-        value = self._raw[key]
-        # bool is an int in Python; JSON true is not a port number.
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(
-                f'config: "{self._prefix}{key}": expected {_json_type(kind)}, '
-                f"got {json.dumps(value)}"
-            )
-        return value
-
-    def get_list(self, key: str) -> list[Any] | None:
-        """A JSON array; None when the key is absent, [] when it is null (Go empties a slice)."""
-        found = self._find(key)
-        if found is None:
-            return None
-        self._read.add(found)
-        value = self._raw[found]
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise ConfigError(
-                f'config: "{self._prefix}{found}": expected an array, got {json.dumps(value)}'
-            )
-        return value
-
-    def warn_unknown(self) -> None:
-        for key in sorted(set(self._raw) - self._read):
-            log.warning("config: ignoring unknown key %r", self._prefix + key)
-
-
-def _json_type(kind: type) -> str:
-    names: dict[type, str] = {
-        bool: "a boolean",
-        int: "an integer",
-        str: "a string",
-        dict: "an object",
-    }
-    return names.get(kind, "a value")

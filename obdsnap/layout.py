@@ -6,6 +6,7 @@
                         fs/overlaybd.commit  a committed writable layer's layer file
                         work/                overlayfs workdir (active snapshots)
                         block/               the device's files (see BlockDir)
+                        image_ref            the image the snapshot was made for (DESIGN-v1 §3)
 
 This module is the one place that spells a file name under the root.
 
@@ -16,6 +17,7 @@ that no row names, which Cleanup reclaims.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ _NEW_FILE_FLAGS = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
 
 _FS, _WORK, _BLOCK = "fs", "work", "block"
 _COMMIT_FILE = "overlaybd.commit"
+_IMAGE_REF_FILE = "image_ref"
 _PARTIAL_COMMIT_FILE = ".overlaybd.commit.partial"
 
 
@@ -82,6 +85,18 @@ class BlockDir:
 class Layout:
     root: Path
 
+    @classmethod
+    def resolved(cls, root: str | Path, *, strict: bool = False) -> Layout:
+        """Blocking: the layout of ``root`` through its symlinks (DESIGN-v1 §1).
+
+        Every path obdsnap hands out (mounts, device configs, labels) names the
+        real directory. ``strict``: OSError when ``root`` does not resolve.
+        """
+        try:
+            return cls(Path(root).resolve(strict=strict))
+        except RuntimeError as exc:  # a symlink loop, before Python 3.13
+            raise OSError(errno.ELOOP, str(exc), str(root)) from None
+
     @property
     def metadata_db(self) -> Path:
         return self.root / "metadata.db"
@@ -107,8 +122,21 @@ class Layout:
     def work_dir(self, snapshot_id: int) -> Path:
         return self.snapshot_dir(snapshot_id) / _WORK
 
+    @staticmethod
+    def fs_in(snapshot_dir: Path) -> Path:
+        """``fs/`` of a snapshot directory by path, e.g. a ``new-*`` one not yet renamed."""
+        return snapshot_dir / _FS
+
+    @staticmethod
+    def work_in(snapshot_dir: Path) -> Path:
+        return snapshot_dir / _WORK
+
     def block(self, snapshot_id: int) -> BlockDir:
         return BlockDir(self.snapshot_dir(snapshot_id) / _BLOCK)
+
+    def image_ref_file(self, snapshot_id: int) -> Path:
+        """The image reference a new snapshot was created with, for tools that read it."""
+        return self.snapshot_dir(snapshot_id) / _IMAGE_REF_FILE
 
     def commit_file(self, snapshot_id: int) -> Path:
         """A committed writable layer's layer file, made by overlaybd-commit."""

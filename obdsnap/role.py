@@ -12,6 +12,8 @@ locking, so a new kind of layer is one new class here and one case there.
     BlockRootfs         a rootfs or view on a block parent: overlay on (ro bind of) its device
     WritableRootfs      a rootfs with a writable device of its own (rwMode dir or dev)
     CommittedLayer      a committed layer: plain, or a block layer whose device children use
+    DockerInit          Docker mode: moby's ``<id>-init`` layer on the image top (DESIGN-v1 §17)
+    DockerContainer     Docker mode: a container layer on an init layer
 """
 
 from __future__ import annotations
@@ -62,8 +64,21 @@ _UNPACK_KEY = re.compile(r"(?:[^/]+/[0-9]+/)?" + re.escape(UNPACK_KEY_PREFIX))
 
 
 def is_unpack(key: str, labels: Mapping[str, str]) -> bool:
-    """Whether containerd is unpacking a layer into this snapshot (never a container's rootfs)."""
-    return L.TARGET_SNAPSHOT_REF in labels or _UNPACK_KEY.match(key) is not None
+    """Whether containerd is unpacking a layer into this snapshot (never a container's rootfs).
+
+    An image layer prepared without ``snapshot.ref`` says so with ``snapshot/type=image``
+    (DESIGN-v1 §2, §5): no device, no quota, unpacked as a plain layer.
+    """
+    return (
+        L.TARGET_SNAPSHOT_REF in labels
+        or labels.get(L.SNAPSHOT_TYPE) == L.SNAPSHOT_TYPE_IMAGE
+        or _UNPACK_KEY.match(key) is not None
+    )
+
+
+def is_rootfs(key: str, labels: Mapping[str, str]) -> bool:
+    """DESIGN-v1 §5: a container's rootfs (views too), the snapshots a rootfs quota applies to."""
+    return not is_unpack(key, labels)
 
 
 def is_acceleration_unpack(labels: Mapping[str, str]) -> bool:
@@ -150,6 +165,16 @@ class CommittedLayer:
     was_writable: bool = False  # committed from a dir/dev rootfs: it had a device of its own
 
 
+@dataclass(frozen=True)
+class DockerInit:
+    block_parent: bool  # the image top is a block layer: its device is attached, mounted ro
+
+
+@dataclass(frozen=True)
+class DockerContainer:
+    block_image: bool  # the image top (the init layer's parent) is a block layer
+
+
 Role: TypeAlias = (
     PlainUnpack
     | AccelerationUnpack
@@ -158,6 +183,8 @@ Role: TypeAlias = (
     | BlockRootfs
     | WritableRootfs
     | CommittedLayer
+    | DockerInit
+    | DockerContainer
 )
 
 
@@ -179,10 +206,65 @@ def new_rw_mode(
     return RwMode.OVERLAYFS
 
 
+@dataclass(frozen=True)
+class DockerLineage:
+    """What Docker mode (DESIGN-v1 §17) needs of a snapshot's parents; only given in that mode."""
+
+    parent_key: str  # "" without a parent
+    image_top: ParentLayer | None  # under a container layer: its init layer's parent
+
+
+# moby prepares "<id>-init-key" on the image top, commits it as "<id>-init", and prepares
+# the container "<id>" on that; containerd adds its "<namespace>/<n>/" to every key. Keys
+# are matched without that prefix, so that a namespace named "x-init-y" does not make
+# every snapshot an init layer (Go matches the whole key).
+DOCKER_INIT_SUFFIX = "-init"
+_CONTAINERD_KEY_PREFIX = re.compile(r"[^/]+/[0-9]+/")
+
+
+def client_key(key: str) -> str:
+    """The key as containerd's client chose it, without the metadata store's prefix."""
+    prefix = _CONTAINERD_KEY_PREFIX.match(key)
+    return key[prefix.end() :] if prefix else key
+
+
+def is_docker_init_key(key: str) -> bool:
+    """An init layer's key: ends with ``-init`` or has ``-init-`` anywhere, as Go matches."""
+    own = client_key(key)
+    return own.endswith(DOCKER_INIT_SUFFIX) or f"{DOCKER_INIT_SUFFIX}-" in own
+
+
+def is_docker_init_parent(parent_key: str) -> bool:
+    """A container layer's parent: a committed init layer (``<id>-init``)."""
+    return client_key(parent_key).endswith(DOCKER_INIT_SUFFIX)
+
+
+def docker_role(
+    key: str, parent: ParentLayer | None, docker: DockerLineage | None
+) -> DockerInit | DockerContainer | None:
+    """DESIGN-v1 §17: an init layer by its key, a container layer by its parent's."""
+    if docker is None:
+        return None
+    if is_docker_init_key(key):
+        return DockerInit(block_parent=parent is not None and parent.storage.is_block)
+    if is_docker_init_parent(docker.parent_key):
+        image_top = docker.image_top
+        return DockerContainer(block_image=image_top is not None and image_top.storage.is_block)
+    return None
+
+
 def role_of(
-    key: str, labels: Mapping[str, str], rw_mode: RwMode, parent: ParentLayer | None
+    key: str,
+    labels: Mapping[str, str],
+    rw_mode: RwMode,
+    parent: ParentLayer | None,
+    docker: DockerLineage | None = None,
 ) -> Role:
-    """The role of an active or view snapshot, from its kept writable mode."""
+    """The role of an active or view snapshot, from its kept writable mode.
+
+    ``docker`` is given in Docker mode only; its layers come after unpacks and
+    writable rootfs, before the overlay rootfs (DESIGN-v1 §6 step 4).
+    """
     block_parent = parent is not None and parent.storage.is_block
     if is_unpack(key, labels):
         if is_acceleration_unpack(labels):
@@ -199,6 +281,9 @@ def role_of(
             trace=trace,
             commits_layer_file=not is_acceleration_layer(labels),
         )
+    docker_layer = docker_role(key, parent, docker)
+    if docker_layer is not None:
+        return docker_layer
     if trace is not None:
         return BlockRootfs(trace=trace)
     return OverlayRootfs()

@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
@@ -32,6 +33,7 @@ from obdsnap.metrics import Exporter, Metrics
 from obdsnap.mounts import overlay_has_index_param
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.tools import OverlaybdTools
+from obdsnap.quota import QuotaSettings
 from obdsnap.role import RwMode
 from obdsnap.runstatus import ReconcileSummary, ServingStatus, write_status
 from obdsnap.service import CallGate, SnapshotsService
@@ -58,8 +60,8 @@ async def serve(config: BootConfig) -> None:
     notifier = Notifier.from_environment()
     listener = _activated_listener(config)
     blocking = BlockingRunner()
-    layout = Layout(Path(config.root))
-    await blocking(layout.create_root)
+    layout = await _resolved_root(config, blocking)
+    config = replace(config, root=str(layout.root))
     root_lock = await blocking(lock_root, layout)
     metrics = Metrics()
     store = MetaStore(layout.metadata_db, metrics)
@@ -79,6 +81,16 @@ async def serve(config: BootConfig) -> None:
         root_lock.close()
         notifier.close()
     log.info("obdsnap stopped")
+
+
+async def _resolved_root(config: BootConfig, blocking: BlockingRunner) -> Layout:
+    """The root, created, then resolved through symlinks (DESIGN-v1 §1)."""
+    try:
+        # Resolved first too: a symlink loop is named as such, not as mkdir's "File exists".
+        await blocking((await blocking(Layout.resolved, config.root)).create_root)
+        return await blocking(Layout.resolved, config.root, strict=True)
+    except OSError as exc:
+        raise StartupError(f"invalid root {config.root}: {exc.strerror or exc}") from None
 
 
 async def _serve_snapshotter(
@@ -254,7 +266,13 @@ async def build_snapshotter(
     metrics: Metrics | None = None,
 ) -> Snapshotter:
     tools = OverlaybdTools(Path(config.overlaybd_util_bin_dir))
-    layers = BlockLayers(layout, tools, blocking, sparse=config.writable_layer_type == "sparse")
+    layers = BlockLayers(
+        layout,
+        tools,
+        blocking,
+        sparse=config.writable_layer_type == "sparse",
+        insecure_registry=config.insecure_registry,
+    )
     backend = DEVICE_BACKENDS[config.device_backend](config)
     options = SnapshotterOptions(
         rw_mode=RwMode(config.rw_mode),
@@ -264,6 +282,7 @@ async def build_snapshotter(
         seal_writable=config.writable_commit == "seal",
         docker_mode=config.docker_mode,
         default_fs_type=config.default_fs_type,
+        quota=QuotaSettings.from_config(config),
     )
     metrics = metrics or Metrics()
     mounter = HostMounter()

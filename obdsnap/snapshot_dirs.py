@@ -15,10 +15,12 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner
 from obdsnap.errors import SnapshotError
-from obdsnap.fsutil import remove_tree
+from obdsnap.fsutil import remove_tree, write_file_no_follow
 from obdsnap.layout import NEW_DIR_PREFIX, Layout
+from obdsnap.quota import NO_QUOTA_CONFIG, DiskQuota, QuotaSettings
 from obdsnap.role import RwMode
 from obdsnap.storage import Kind, MetaStore, Record
 
@@ -26,10 +28,17 @@ log = logging.getLogger(__name__)
 
 
 class SnapshotDirs:
-    def __init__(self, layout: Layout, store: MetaStore, blocking: BlockingRunner) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        store: MetaStore,
+        blocking: BlockingRunner,
+        quota: QuotaSettings = NO_QUOTA_CONFIG,
+    ) -> None:
         self._layout = layout
         self._store = store
         self._blocking = blocking
+        self._quota = DiskQuota(quota, blocking)
         self.building: set[Path] = set()
         self._removals: asyncio.Queue[Path] = asyncio.Queue()
         self._remover: asyncio.Task[None] | None = None
@@ -71,17 +80,34 @@ class SnapshotDirs:
             try:
                 if build_error is not None:
                     raise build_error
+                work = kind == Kind.ACTIVE and parent_id is not None
+                await self._quota.set_on(new_dir, record.id, key, labels, work=work)
                 await self._blocking(os.rename, new_dir, self._layout.snapshot_dir(record.id))
             except Exception as exc:
                 # The row goes again; its ID is never handed out a second time.
                 await self._store.remove(key)
                 await self._blocking(remove_tree, new_dir)
+                if isinstance(exc, SnapshotError):
+                    raise
                 raise SnapshotError(
                     f"failed to create the directory of {key!r}: {exc}"
                 ).add_context(snapshot_id=record.id, step="snapshot-dir") from exc
+            await self._write_image_ref(record)
             return record
         finally:
             self.building.discard(new_dir)
+
+    async def _write_image_ref(self, record: Record) -> None:
+        """DESIGN-v1 §3: ``image_ref`` names the image; a failure to write it is only logged."""
+        labels = record.info.labels
+        reference = labels.get(L.CRI_IMAGE_REF, labels.get(L.IMAGE_REF))
+        if reference is None:
+            return
+        path = self._layout.image_ref_file(record.id)
+        try:
+            await self._blocking(write_file_no_follow, path, reference.encode())
+        except OSError as exc:
+            log.warning("snapshot %r: could not write %s: %s", record.key, path, exc)
 
     def remove_later(self, snapshot_id: int) -> None:
         """Queue the directory of a snapshot whose row is gone."""

@@ -2,7 +2,8 @@
 
 One function, like ``mounts()`` of containerd's overlay snapshotter: plain
 layers get exactly its answer; block layers an overlay on (or a bind of) a
-device's mountpoint, or the device itself.
+device's mountpoint, or the device itself; Docker's layers (DESIGN-v1 §17) a
+bind of the init layer, and the container an overlay on it and the image.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from obdsnap.role import (
     AccelerationUnpack,
     BlockRootfs,
     CommittedLayer,
+    DockerContainer,
+    DockerInit,
     OverlayRootfs,
     PlainUnpack,
     RemoteUnpack,
@@ -70,6 +73,13 @@ def snapshot_mounts(
             return [Mount(device.fs_type, str(device.path), options)]
         case WritableRootfs():
             return [bind_mount(layout.block(snapshot.id).mountpoint, readonly=readonly)]
+        case DockerInit():
+            # moby writes its init files into fs/; the image top's device is not needed here.
+            return [bind_mount(layout.fs_dir(snapshot.id), readonly=readonly)]
+        case DockerContainer(block_image=block_image):
+            return _mounts_on(
+                snapshot, _docker_lowers(snapshot, layout, block_image), layout, index_off=index_off
+            )
         case CommittedLayer():
             raise FailedPrecondition(f"snapshot {snapshot.id} is committed: it has no mounts")
 
@@ -79,11 +89,26 @@ def overlay_mounts(snapshot: MountedSnapshot, layout: Layout, *, index_off: bool
     parents = [layout.fs_dir(parent_id) for parent_id in snapshot.parent_ids]
     if not parents:
         return [bind_mount(layout.fs_dir(snapshot.id), readonly=snapshot.kind == Kind.VIEW)]
+    return _mounts_on(snapshot, parents, layout, index_off=index_off)
+
+
+def _docker_lowers(snapshot: MountedSnapshot, layout: Layout, block_image: bool) -> list[Path]:
+    """The init layer's fs/, then the image: its top's device, or its layers' fs/."""
+    init, *image = snapshot.parent_ids
+    if block_image:
+        return [layout.fs_dir(init), layout.block(image[0]).mountpoint]
+    return [layout.fs_dir(parent_id) for parent_id in snapshot.parent_ids]
+
+
+def _mounts_on(
+    snapshot: MountedSnapshot, lowers: list[Path], layout: Layout, *, index_off: bool
+) -> list[Mount]:
+    """An active snapshot's overlay on ``lowers``; a view's read-only mount of them."""
     if snapshot.kind == Kind.ACTIVE:
-        return [_writable_overlay(snapshot.id, parents, layout, index_off=index_off)]
-    if len(parents) == 1:
-        return [bind_mount(parents[0], readonly=True)]
-    return [overlay_mount(parents, index_off=index_off)]
+        return [_writable_overlay(snapshot.id, lowers, layout, index_off=index_off)]
+    if len(lowers) == 1:
+        return [bind_mount(lowers[0], readonly=True)]
+    return [overlay_mount(lowers, index_off=index_off)]
 
 
 def _writable_overlay(

@@ -28,6 +28,7 @@ from obdsnap.blocking import BlockingRunner, CompletionGuard
 from obdsnap.device.filesystem import fs_spec
 from obdsnap.device.manager import DeviceManager, MountMode
 from obdsnap.device.mounter import Mounter
+from obdsnap.docker_mode import DockerLayers
 from obdsnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from obdsnap.fsutil import disk_usage
 from obdsnap.labels import validate_key, validate_labels
@@ -37,12 +38,15 @@ from obdsnap.locks import KeyedLocks
 from obdsnap.mounts import Mount
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.tools import ZFileConfig, parse_zfile_config
+from obdsnap.quota import NO_QUOTA_CONFIG, QuotaSettings, check_quota_label
 from obdsnap.reconcile import CleanupReport, Reconciler, ReconcileReport
 from obdsnap.removal import DeviceRelease, snapshot_usage
 from obdsnap.role import (
     AccelerationUnpack,
     BlockRootfs,
     CommittedLayer,
+    DockerContainer,
+    DockerInit,
     OverlayRootfs,
     ParentLayer,
     PlainUnpack,
@@ -83,6 +87,7 @@ class SnapshotterOptions:
     seal_writable: bool = False  # writableCommit "seal": v1.4.4's Commit (DESIGN-v1 §8)
     docker_mode: bool = False  # runtimeType "docker" in overlayfs mode (DESIGN-v1 §17)
     default_fs_type: str = "ext4"  # a device's fs without a blob-fs-type label (DESIGN-v1 §11)
+    quota: QuotaSettings = NO_QUOTA_CONFIG  # rootfsQuota and how it is set (DESIGN-v1 §16)
 
 
 class Snapshotter:
@@ -105,7 +110,8 @@ class Snapshotter:
         self._blocking = blocking
         self._guard = CompletionGuard()
         self._locks = KeyedLocks()
-        self._dirs = SnapshotDirs(layout, store, blocking)
+        self._dirs = SnapshotDirs(layout, store, blocking, options.quota)
+        self._docker = DockerLayers(store, layers, devices, enabled=options.docker_mode)
         self._release = DeviceRelease(layout, store, devices, mounter, blocking)
         self._reconciler = Reconciler(
             layout, store, layers, devices, mounter, blocking, self._locks, self._dirs.building
@@ -131,8 +137,9 @@ class Snapshotter:
         if record.kind == Kind.COMMITTED:
             storage = await self._layers.storage_type(record)
             return committed_role(storage, RwMode.stored(record.rw_mode))
-        rw_mode = RwMode.stored(record.rw_mode)
-        return role_of(record.key, record.info.labels, rw_mode, await self._parent_layer(parent))
+        rw_mode, docker = RwMode.stored(record.rw_mode), await self._docker.lineage(parent)
+        parent_layer = await self._parent_layer(parent)
+        return role_of(record.key, record.info.labels, rw_mode, parent_layer, docker)
 
     async def _parent_layer(self, parent: Record | None) -> ParentLayer | None:
         if parent is None:
@@ -153,12 +160,14 @@ class Snapshotter:
         validate_key(key)
         validate_labels(labels)
         L.validate_trace_path(labels, str(self._layout.root))
+        check_quota_label(key, labels)
         parent_record = self._committed_parent(parent) if parent else None
         if self._store.find(key) is not None:
             raise AlreadyExists(f"snapshot {key!r} already exists")
         parent_layer = await self._parent_layer(parent_record)
         rw_mode = new_rw_mode(key, labels, parent_layer, self._options.rw_mode)
-        role = role_of(key, labels, rw_mode, parent_layer)
+        docker = await self._docker.lineage(parent_record)
+        role = role_of(key, labels, rw_mode, parent_layer, docker)
         parent_id = parent_record.id if parent_record else None
         record = await self._guard.run(
             self._dirs.create(kind, key, parent, labels, parent_id, rw_mode, ready_at_create(role))
@@ -179,6 +188,7 @@ class Snapshotter:
             async with await self._device_locks(record, parent, role):
                 await self._set_up(record, parent, role)
                 mounts = await self._mounts(record, parent, role, new=True)
+            await self._erase_writable_label(record, role)
             if not record.ready:
                 await self._store.mark_ready(record.key)
             return mounts
@@ -207,6 +217,19 @@ class Snapshotter:
                 await self._layers.set_trace_flags(parent.id, None, trace)
             case PlainUnpack() | OverlayRootfs() | BlockRootfs() | CommittedLayer():
                 pass
+            case DockerInit() | DockerContainer():
+                pass  # the image top's device is attached for the mounts
+
+    async def _erase_writable_label(self, record: Record, role: Role) -> None:
+        """DESIGN-v1 §6 step 6: only an overlaybd layer keeps ``overlaybd.writable``.
+
+        The snapshot's mode is kept in its row: the label is not read again.
+        """
+        match role:
+            case WritableRootfs() | AccelerationUnpack() | RemoteUnpack():
+                return
+        if L.WRITABLE in record.info.labels:
+            await self._store.update(record.key, {}, [f"labels.{L.WRITABLE}"])
 
     async def _commit_remote(self, record: Record, parent: Record | None, target: str) -> None:
         """Commit the layer under its target at once: containerd then skips its download."""
@@ -258,6 +281,8 @@ class Snapshotter:
             case BlockRootfs() if parent is not None:
                 spec = fs_spec(parent.info.labels)
                 await self._devices.attach(parent.id, spec, mkfs=False, mode=MountMode.READ_ONLY)
+            case DockerInit() | DockerContainer():
+                await self._docker.attach_image(role, parent, new=new)
         parent_ids = [ancestor.id for ancestor in self._store.ancestors(record)]
         snapshot = MountedSnapshot(record.id, record.kind, parent_ids)
         return snapshot_mounts(
@@ -340,6 +365,7 @@ class Snapshotter:
         async with await self._device_locks(record, parent, role):
             await self._release.detach_unless_busy(record, role)
             await self._release.refuse_if_mounted(record)
+            await self._docker.release_image(record, parent, self._release.detach_unless_busy)
             if self._options.auto_remove_dev and record.kind == Kind.ACTIVE and parent:
                 parent_role = await self._role(parent, None)
                 await self._release.release_parent_device(parent, parent_role, exclude=record.key)
@@ -361,6 +387,9 @@ class Snapshotter:
         parent_role = None if parent is None else await self._role(parent, None)
         if has_own_device(role) or (parent_role is not None and has_own_device(parent_role)):
             return self._locks.hold(record.id, *([parent.id] if parent else []))
+        image_top = self._docker.image_to_attach(role, parent, new=False)
+        if image_top is not None:  # a Docker container layer's Mounts may attach it
+            return self._locks.hold(record.id, image_top.id)
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ info

@@ -101,7 +101,7 @@ class Inspector:
 
     def __init__(self, config: BootConfig) -> None:
         self.config = config
-        self.layout = Layout(Path(config.root))
+        self.layout = Layout.resolved(config.root)  # the paths the server emitted
         # Its thread pool starts no thread until something is submitted; only its
         # synchronous readers are used here.
         self._tcmu = TcmuBackend(Path(config.configfs_root), Path(config.sysfs_root))

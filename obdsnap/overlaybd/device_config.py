@@ -11,7 +11,7 @@ import os
 import posixpath
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -133,11 +133,12 @@ def image_ref(labels: Mapping[str, str]) -> str:
     return labels.get(L.IMAGE_REF) or labels.get(L.CRI_IMAGE_REF) or ""
 
 
-def repo_blob_url(reference: str) -> str:
+def repo_blob_url(reference: str, insecure: Callable[[str], bool] = lambda host: False) -> str:
     """``https://<host>/v2/<repository>/blobs`` for an image reference, taken as given.
 
     Like the Go snapshotter (containerd's reference.Parse): no ``docker.io/library``
     normalisation, only the host ``docker.io`` becomes ``registry-1.docker.io``.
+    ``insecure(host)``, asked with that host and its port: ``http://`` (DESIGN-v1 §18).
     """
     if not reference or "://" in reference:
         raise InvalidArgument(f"invalid image reference {reference!r}")
@@ -152,4 +153,5 @@ def repo_blob_url(reference: str) -> str:
         repository = host  # the Go snapshotter's answer for a reference without a path
     if host == "docker.io":
         host = "registry-1.docker.io"
-    return "https://" + posixpath.normpath(posixpath.join(host, "v2", repository)) + "/blobs"
+    scheme = "http://" if insecure(host) else "https://"
+    return scheme + posixpath.normpath(posixpath.join(host, "v2", repository)) + "/blobs"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,8 +31,15 @@ log = logging.getLogger(__name__)
 
 class BlockLayers:
     def __init__(
-        self, layout: Layout, tools: OverlaybdTools, blocking: BlockingRunner, *, sparse: bool
+        self,
+        layout: Layout,
+        tools: OverlaybdTools,
+        blocking: BlockingRunner,
+        *,
+        sparse: bool,
+        insecure_registry: Callable[[str], bool] = lambda host: False,
     ) -> None:
+        self._insecure_registry = insecure_registry  # mirrorRegistry's http hosts (DESIGN-v1 §18)
         self._layout = layout
         self._tools = tools
         self._blocking = blocking
@@ -98,7 +106,9 @@ class BlockLayers:
         config = await self.config_from_parent(record.id, parent)
         config = replace(
             config,
-            repo_blob_url=device_config.repo_blob_url(device_config.image_ref(labels)),
+            repo_blob_url=device_config.repo_blob_url(
+                device_config.image_ref(labels), self._insecure_registry
+            ),
         ).with_lower(
             Lower(
                 digest=labels[L.BLOB_DIGEST],

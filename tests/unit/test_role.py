@@ -9,6 +9,9 @@ from obdsnap.role import (
     AccelerationUnpack,
     BlockRootfs,
     CommittedLayer,
+    DockerContainer,
+    DockerInit,
+    DockerLineage,
     OverlayRootfs,
     ParentLayer,
     PlainUnpack,
@@ -18,11 +21,14 @@ from obdsnap.role import (
     StorageType,
     TraceFlags,
     WritableRootfs,
+    client_key,
     commits_local_layer,
     committed_role,
     device_is_mounted,
     has_own_device,
     is_acceleration_unpack,
+    is_docker_init_key,
+    is_docker_init_parent,
     is_remote_layer,
     is_unpack,
     new_rw_mode,
@@ -260,3 +266,108 @@ def test_committed_layers(storage: StorageType, mode: RwMode, device: bool, loca
     assert device_is_mounted(role) is device  # a parent's device is always mounted read-only
     assert commits_local_layer(storage) is local
     assert storage.is_block is (storage is not StorageType.NORMAL)
+
+
+# ---------------------------------------------------------------------- DESIGN-v1 §17
+
+
+@pytest.mark.parametrize(
+    ("key", "own"),
+    [
+        ("moby/12/c1-init-key", "c1-init-key"),
+        ("k8s.io/3/a/b", "a/b"),  # a key the client chose may hold slashes
+        ("c1-init", "c1-init"),
+        ("moby/x/c1", "moby/x/c1"),  # not containerd's prefix: no number
+    ],
+)
+def test_s17_client_key_drops_containerds_prefix(key: str, own: str) -> None:
+    """DESIGN-v1 §17: keys are matched as the client chose them."""
+    assert client_key(key) == own
+
+
+@pytest.mark.parametrize(
+    ("key", "init"),
+    [
+        ("moby/12/c1-init-key", True),  # what moby prepares
+        ("moby/13/c1-init", True),  # what moby commits it as
+        ("c1-init", True),
+        ("random-init-random", True),  # quirk 13: any "-init-" qualifies, as in Go
+        ("moby/14/c1", False),
+        ("moby/14/c1-initial", False),
+        ("c1init", False),
+        ("", False),
+        ("ci-init-ns/4/c1", False),  # the namespace is not part of the key moby chose
+    ],
+)
+def test_s17_init_layer_keys(key: str, init: bool) -> None:
+    """DESIGN-v1 §17 and §22 quirk 13: an init layer's key ends with -init or has -init-."""
+    assert is_docker_init_key(key) is init
+
+
+@pytest.mark.parametrize(
+    ("parent", "container"),
+    [
+        ("moby/13/c1-init", True),
+        ("c1-init", True),
+        ("moby/12/c1-init-key", False),  # only a committed init layer is a parent
+        ("sha256:abc", False),
+        ("", False),
+    ],
+)
+def test_s17_container_layer_parents(parent: str, container: bool) -> None:
+    """DESIGN-v1 §17: a container layer's parent key ends with -init."""
+    assert is_docker_init_parent(parent) is container
+
+
+DOCKER = DockerLineage("", None)
+
+
+def docker_role(
+    key: str, parent_key: str, parent: ParentLayer | None, image_top: ParentLayer | None = None
+) -> Role:
+    lineage = DockerLineage(parent_key, image_top)
+    return role_of(key, {}, new_rw_mode(key, {}, parent, RwMode.OVERLAYFS), parent, lineage)
+
+
+@pytest.mark.parametrize(
+    ("parent", "block"),
+    [(REMOTE_PARENT, True), (LOCAL_PARENT, True), (PLAIN_PARENT, False), (None, False)],
+)
+def test_s17_init_layer_role(parent: ParentLayer | None, block: bool) -> None:
+    """DESIGN-v1 §17: an init layer attaches its parent's device when that is a block layer."""
+    role = docker_role("moby/5/c1-init-key", "sha256:top", parent)
+    assert role == DockerInit(block_parent=block)
+    assert ready_at_create(role)
+    assert not has_own_device(role)
+
+
+@pytest.mark.parametrize(
+    ("image_top", "block"),
+    [(REMOTE_PARENT, True), (LOCAL_PARENT, True), (PLAIN_PARENT, False), (None, False)],
+)
+def test_s17_container_layer_role(image_top: ParentLayer | None, block: bool) -> None:
+    """DESIGN-v1 §17: a container layer on an init layer; the image top's type decides."""
+    role = docker_role("moby/7/c1", "moby/6/c1-init", PLAIN_PARENT, image_top)
+    assert role == DockerContainer(block_image=block)
+    assert not has_own_device(role)
+
+
+def test_s17_docker_mode_off_keeps_the_usual_roles() -> None:
+    """DESIGN-v1 §17: without Docker mode, init and container layers are plain rootfs."""
+    assert role_of("c1-init-key", {}, RwMode.OVERLAYFS, REMOTE_PARENT) == BlockRootfs(TraceFlags())
+    assert role_of("c1", {}, RwMode.OVERLAYFS, PLAIN_PARENT) == OverlayRootfs()
+
+
+def test_s17_unpacks_and_writable_rootfs_come_before_docker_layers() -> None:
+    """DESIGN-v1 §6: unpack (step 2) and writable mode (step 3) before Docker mode (step 4)."""
+    unpack = role_of("extract-1 sha256:x-init-y", {}, RwMode.OVERLAYFS, None, DOCKER)
+    assert unpack == PlainUnpack()
+    writable = role_of("c1-init-key", {}, RwMode.DIR, REMOTE_PARENT, DOCKER)
+    assert isinstance(writable, WritableRootfs)
+
+
+def test_s17_other_keys_in_docker_mode_keep_the_usual_roles() -> None:
+    """DESIGN-v1 §17: a key that is neither init nor on an init layer is not Docker's."""
+    lineage = DockerLineage("sha256:top", None)
+    assert role_of("c1", {}, RwMode.OVERLAYFS, REMOTE_PARENT, lineage) == BlockRootfs(TraceFlags())
+    assert role_of("c1", {}, RwMode.OVERLAYFS, None, DOCKER) == OverlayRootfs()

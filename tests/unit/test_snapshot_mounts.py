@@ -13,6 +13,8 @@ from obdsnap.role import (
     AccelerationUnpack,
     BlockRootfs,
     CommittedLayer,
+    DockerContainer,
+    DockerInit,
     OverlayRootfs,
     PlainUnpack,
     RemoteUnpack,
@@ -97,3 +99,38 @@ def test_writable_dev_is_the_device_itself(kind: Kind, flag: str) -> None:
 def test_a_committed_layer_has_no_mounts() -> None:
     with pytest.raises(FailedPrecondition):
         mounts(CommittedLayer(StorageType.LOCAL_BLOCK), Kind.COMMITTED, [])
+
+
+@pytest.mark.parametrize("block_parent", [True, False])
+@pytest.mark.parametrize(("kind", "flag"), [(Kind.ACTIVE, "rw"), (Kind.VIEW, "ro")])
+def test_s17_init_layer_is_a_bind_of_its_fs(block_parent: bool, kind: Kind, flag: str) -> None:
+    """DESIGN-v1 §17: an init layer answers a bind of its own fs/ (a view's read-only)."""
+    assert mounts(DockerInit(block_parent=block_parent), kind, [5, 3]) == [
+        Mount("bind", f"{SNAPSHOTS}/7/fs", (flag, "rbind"))
+    ]
+
+
+def test_s17_container_layer_on_a_block_image() -> None:
+    """DESIGN-v1 §17: lowerdir is the init layer's fs/, then the image top's mountpoint."""
+    role = DockerContainer(block_image=True)
+    assert mounts(role, Kind.ACTIVE, [6, 5, 3]) == [
+        container_overlay(f"{SNAPSHOTS}/6/fs:{SNAPSHOTS}/5/block/mountpoint")
+    ]
+    assert mounts(role, Kind.VIEW, [6, 5, 3]) == [
+        Mount(
+            "overlay",
+            "overlay",
+            ("index=off", f"lowerdir={SNAPSHOTS}/6/fs:{SNAPSHOTS}/5/block/mountpoint"),
+        )
+    ]
+
+
+def test_s17_container_layer_on_a_normal_image_is_the_standard_overlay() -> None:
+    """DESIGN-v1 §17 (v1.4.4 fix): the init layer's fs/, then the image layers', nearest first."""
+    role = DockerContainer(block_image=False)
+    for parents in ([6, 5, 3], [6]):
+        assert mounts(role, Kind.ACTIVE, parents) == mounts(OverlayRootfs(), Kind.ACTIVE, parents)
+    assert mounts(role, Kind.ACTIVE, [6, 5, 3]) == [
+        container_overlay(f"{SNAPSHOTS}/6/fs:{SNAPSHOTS}/5/fs:{SNAPSHOTS}/3/fs")
+    ]
+    assert mounts(role, Kind.VIEW, [6]) == [Mount("bind", f"{SNAPSHOTS}/6/fs", ("ro", "rbind"))]
