@@ -1,4 +1,4 @@
-"""Remove's device steps (DESIGN-v1 §9) and the Usage of a snapshot (DESIGN-v1 §10).
+"""Remove's device steps (DESIGN-v1 §9).
 
 Remove detaches a snapshot's own device, then refuses a snapshot whose
 ``block/mountpoint`` is still mounted, and only then (``autoRemoveDev``) lets
@@ -16,18 +16,14 @@ from obdsnap.blocking import BlockingRunner
 from obdsnap.device.manager import DeviceManager
 from obdsnap.device.mounter import Mounter
 from obdsnap.errors import FailedPrecondition
-from obdsnap.fsutil import disk_usage
-from obdsnap.layout import BlockDir, Layout
-from obdsnap.overlaybd.layers import BlockLayers
+from obdsnap.layout import Layout
 from obdsnap.role import Role, device_is_mounted, has_own_device
-from obdsnap.storage import Kind, MetaStore, Record, Usage
+from obdsnap.storage import Kind, MetaStore, Record
 
 log = logging.getLogger(__name__)
 
 UserPredicate = Callable[[Record], bool]
 """Whether a child of a parent counts as a user of the parent's device besides the live ones."""
-
-_SKIPPED_IN_BLOCK = frozenset({BlockDir.MOUNTPOINT_NAME})
 
 
 def no_other_users(child: Record) -> bool:
@@ -107,24 +103,3 @@ class DeviceRelease:
             raise FailedPrecondition(
                 f"try to remove snapshot {record.id} which still have mountpoint"
             ).add_context(snapshot_id=record.id, step="remove")
-
-
-async def snapshot_usage(
-    record: Record, layers: BlockLayers, layout: Layout, blocking: BlockingRunner
-) -> Usage:
-    """DESIGN-v1 §10: active snapshots and committed block layers measured now, else as stored."""
-    if record.kind == Kind.VIEW:
-        return record.usage
-    storage = await layers.storage_type(record)
-    if record.kind == Kind.COMMITTED and not storage.is_block:
-        return record.usage
-    return await blocking(live_usage, layout, record.id, with_block=storage.is_block)
-
-
-def live_usage(layout: Layout, snapshot_id: int, *, with_block: bool) -> Usage:
-    """Blocking: ``fs/``, plus ``block/`` without mountpoints; each walk counts an inode once."""
-    usage = disk_usage(layout.fs_dir(snapshot_id))
-    if not with_block:
-        return usage
-    block = disk_usage(layout.block(snapshot_id).path, skip=_SKIPPED_IN_BLOCK)
-    return Usage(size=usage.size + block.size, inodes=usage.inodes + block.inodes)

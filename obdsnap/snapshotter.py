@@ -40,7 +40,7 @@ from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.tools import ZFileConfig, parse_zfile_config
 from obdsnap.quota import NO_QUOTA_CONFIG, QuotaSettings, check_quota_label
 from obdsnap.reconcile import CleanupReport, Reconciler, ReconcileReport
-from obdsnap.removal import DeviceRelease, snapshot_usage
+from obdsnap.removal import DeviceRelease
 from obdsnap.role import (
     AccelerationUnpack,
     BlockRootfs,
@@ -65,6 +65,7 @@ from obdsnap.role import (
 from obdsnap.snapshot_dirs import SnapshotDirs
 from obdsnap.snapshot_mounts import AttachedDevice, MountedSnapshot, snapshot_mounts
 from obdsnap.storage import Info, Kind, MetaStore, Operation, Record, Usage
+from obdsnap.usage import snapshot_usage
 
 __all__ = [
     "LIST_CHUNK",

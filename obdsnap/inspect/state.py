@@ -21,10 +21,9 @@ from obdsnap import filters
 from obdsnap.config import BootConfig
 from obdsnap.device.tcmu import TcmuBackend, dev_config, info_config, read_result
 from obdsnap.errors import SnapshotError
-from obdsnap.fsutil import disk_usage
 from obdsnap.layout import Layout
 from obdsnap.mountinfo import read_mounts
-from obdsnap.overlaybd.storage_type import detect_storage_type
+from obdsnap.overlaybd.storage_type import StorageType, detect_storage_type
 from obdsnap.runstatus import ServingStatus, read_status
 from obdsnap.snapshotter import info_fields
 from obdsnap.storage.model import Intent, Kind, Record, Usage
@@ -34,6 +33,7 @@ from obdsnap.storage.sqlite import (
     intent_from_row,
     record_from_row,
 )
+from obdsnap.usage import measured_usage
 
 
 class InspectError(Exception):
@@ -139,8 +139,10 @@ class Inspector:
         return rows
 
     def _snapshot_row(self, record: Record, mounts: set[str], *, usage: bool) -> SnapshotRow:
+        storage: StorageType | None = None
         try:
-            storage_type = detect_storage_type(record.info.labels, self.layout, record.id).value
+            storage = detect_storage_type(record.info.labels, self.layout, record.id)
+            storage_type = storage.value
         except OSError as exc:
             storage_type = f"unknown ({exc.strerror})"
         block = self.layout.block(record.id)
@@ -151,14 +153,12 @@ class Inspector:
             _read_line(block.mark),
             str(mountpoint),
             str(mountpoint) in mounts,
-            self._usage(record) if usage else None,
+            self._usage(record, storage) if usage else None,
         )
 
-    def _usage(self, record: Record) -> Usage:
-        """As Usage answers: a walk of an active snapshot's fs, the recorded usage otherwise."""
-        if record.kind == Kind.ACTIVE:
-            return disk_usage(self.layout.fs_dir(record.id))
-        return record.usage
+    def _usage(self, record: Record, storage: StorageType | None) -> Usage | None:
+        """As Usage answers (DESIGN-v1 §10); None where it fails: the type is unknown."""
+        return None if storage is None else measured_usage(record, storage, self.layout)
 
     # ------------------------------------------------------------------ devices
 

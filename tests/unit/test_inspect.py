@@ -161,6 +161,21 @@ def test_ls_filters_as_containerd_does(node: tuple[Inspector, Layout, Path]) -> 
         inspector.snapshots(metadata, ["name=="], usage=False)
 
 
+def test_s10_ls_usage_of_a_committed_block_layer_is_measured_now(
+    node: tuple[Inspector, Layout, Path],
+) -> None:
+    """DESIGN-v1 §10: as Usage answers, a block layer is walked, its mountpoint left out."""
+    inspector, layout, _ = node
+    block = layout.block(3)
+    block.config.write_text("{}")  # a remote block layer
+    (block.mountpoint / "inside").mkdir(parents=True)
+    layout.fs_dir(3).mkdir()
+    [row] = inspector.snapshots(inspector.metadata(), ["name==marked"], usage=True)
+    assert row.storage_type == "remote"
+    assert row.usage is not None
+    assert row.usage.inodes == 4  # fs/; block/, its result file and its config
+
+
 def test_a_stopped_root_is_read_without_creating_sqlite_files(
     node: tuple[Inspector, Layout, Path],
 ) -> None:
