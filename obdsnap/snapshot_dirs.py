@@ -3,7 +3,8 @@
 A new directory is built as ``snapshots/new-XXXX`` while the row is written, and
 takes the row's ID only after both; ``building`` names those under way, so that
 Cleanup never takes one for an orphan. The directories of removed snapshots go
-one at a time in the background; what that leaves, Cleanup takes.
+one at a time in the background, once their rows are gone (with ``asyncRemove``
+the snapshotter queues none: Cleanup takes them); what that leaves, Cleanup takes.
 """
 
 from __future__ import annotations

@@ -75,15 +75,20 @@ async def test_unpacker_flow_commits_every_layer_as_a_remote_snapshot(
     assert {info.name for info in await obd.list_infos()} == set(image.chain_ids)
 
 
-async def test_remote_layer_usage_is_that_of_its_fs_at_commit(obd: Obd, images: Images) -> None:
-    """DESIGN §1: the stored usage of its (empty) fs/, 1 inode and its blocks; not 0/0."""
+async def test_remote_layer_usage_counts_its_fs_and_block_now(obd: Obd, images: Images) -> None:
+    """DESIGN-v1 §10: its (empty) fs/ and its block/ without the mountpoint; not 0/0."""
     chain = await obd.unpack_remote(images.three)
     ids = sorted(obd.ids())  # one snapshot per layer, IDs in the order of the Prepares
     assert len(ids) == len(chain)
     for chain_id, snapshot_id in zip(chain, ids, strict=True):
         usage = await obd.usage(chain_id)
-        fs = os.stat(obd.fs(snapshot_id))
-        assert (usage.size, usage.inodes) == (fs.st_blocks * 512, 1)
+        block = obd.block(snapshot_id)
+        counted = [obd.fs(snapshot_id), block]
+        counted += [entry for entry in block.iterdir() if entry.name != "mountpoint"]
+        assert (usage.size, usage.inodes) == (
+            sum(os.lstat(path).st_blocks * 512 for path in counted),
+            len(counted),
+        )
         assert usage.size > 0
 
 

@@ -23,7 +23,9 @@ from support.snapshots import commit, lower_ids, own_id, prepare, stat, usage
 
 from obdsnap.fsutil import disk_usage
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
+from obdsnap.layout import Layout
 from obdsnap.mounts import overlay_has_index_param
+from obdsnap.overlaybd.storage_type import detect_storage_type
 
 from .gohelpers import (
     GoOps,
@@ -87,6 +89,23 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def go_usage(root: Path, snapshot: dict[str, Any]) -> tuple[int, int]:
+    """What Go v1.4.4's Usage answers (DESIGN-v1 §10): views and committed normal layers
+    their stored value; the rest a walk of fs/, plus block/ (mountpoints left out) for
+    block layers."""
+    if snapshot["kind"] == "view":
+        return (0, 0)
+    layout = Layout(root)
+    snapshot_id = int(snapshot["id"])
+    block = detect_storage_type(snapshot["labels"], layout, snapshot_id).is_block
+    if snapshot["kind"] == "committed" and not block:
+        return (snapshot["size"], snapshot["inodes"])
+    walked = [disk_usage(layout.fs_dir(snapshot_id))]
+    if block:
+        walked.append(disk_usage(layout.block(snapshot_id).path, skip=frozenset({"mountpoint"})))
+    return (sum(part.size for part in walked), sum(part.inodes for part in walked))
+
+
 async def assert_serves_as_go_reads(
     channel: Channel, server: ServerProcess, dump: dict[str, Any], *, every: int = 1
 ) -> None:
@@ -100,14 +119,7 @@ async def assert_serves_as_go_reads(
     client = api.SnapshotsStub(channel)
     for key, value in list(snapshots.items())[::every]:
         assert info_facts(await nano_stat(channel, key)) == dump_facts(value)
-        if value["kind"] == "committed":
-            expected = (value["size"], value["inodes"])
-        elif value["kind"] == "view":
-            expected = (0, 0)
-        else:
-            measured = disk_usage(server.root / "snapshots" / value["id"] / "fs")
-            expected = (measured.size, measured.inodes)
-        assert await usage(client, key) == expected, key
+        assert await usage(client, key) == go_usage(server.root, value), key
     rows = stored_rows(server.root / "metadata.db")
     assert {key: row["id"] for key, row in rows.items()} == {
         key: int(value["id"]) for key, value in snapshots.items()
