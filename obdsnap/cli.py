@@ -9,6 +9,8 @@ obdsnap status [--config PATH] [--root DIR] [--address SOCK] [--json]   (read-on
 obdsnap ls [--config PATH] [--root DIR] [--filter F]... [--usage] [--json]
 obdsnap devices [--config PATH] [--root DIR] [--json]
 obdsnap intents [--config PATH] [--root DIR] [--json]
+obdsnap attach --id N --config CONFIG.V1.JSON [--with-devid] [--tenant T] [--boot-config PATH]
+obdsnap detach --id N [--force] [--tenant T] [--boot-config PATH]   (no containerd, no mount)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import uvloop
 
-from obdsnap import __version__
+from obdsnap import __version__, attacher
 from obdsnap.config import LOG_FORMATS, ConfigError, load_config
 from obdsnap.containerd_config import (
     CONFIG_VERSIONS,
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command in attacher.COMMANDS:
+        sys.exit(attacher.main(args))  # its --config is a device config, not obdsnap's
     hold_logging()  # the config's warnings are written in the format it asks for
     try:
         config = load_config(
@@ -154,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"seconds to wait for the answer (default {DEFAULT_TIMEOUT_S:g})",
     )
     _add_inspection_commands(commands)
+    attacher.add_commands(commands)
     return parser
 
 

@@ -287,10 +287,12 @@ class TcmuBackend:
                 directory.rmdir()
 
 
-def dev_config(config_path: Path) -> str:
-    """What a target's ``dev_config`` says for a device config file, as the kernel keeps it."""
+def dev_config(config_path: Path, device_id: int | None = None) -> str:
+    """What a target's ``dev_config`` says for a device config file (and, if given, a device ID
+    after ``;``), as the kernel keeps it."""
+    suffix = "" if device_id is None else f";{device_id}"
     # The kernel cuts bytes, not characters; its info attribute is read back with "replace".
-    value = f"{DEV_CONFIG_PREFIX}{config_path}".encode()[:DEV_CONFIG_MAX]
+    value = f"{DEV_CONFIG_PREFIX}{config_path}{suffix}".encode()[:DEV_CONFIG_MAX]
     return value.decode(errors="replace")
 
 
