@@ -165,7 +165,7 @@ class TcmuDevice(Group):
         started = time.monotonic()
         try:
             backing = self.kernel.overlaybd.open(
-                self.name, self.dev_config, knobs, self.kernel.stopping
+                self.name, _without_devid(self.dev_config), knobs, self.kernel.stopping
             )
         except OpenError as exc:
             with self._lock:
@@ -256,6 +256,11 @@ class TcmuAttrib(Group):
         if self.device.state != "disabled":
             raise fs_error(errno.EINVAL, "device enabled")
         self.device.dev_config = _cut_dev_config(text.rstrip("\n"))
+
+
+def _without_devid(cfgstring: str) -> str:
+    """overlaybd-tcmu's handler takes ``overlaybd/<config>[;<devid>]``: the config part."""
+    return cfgstring.partition(";")[0]
 
 
 def _cut_dev_config(value: str) -> str:

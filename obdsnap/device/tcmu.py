@@ -213,6 +213,12 @@ class TcmuBackend:
 
     def _create_lun(self, snapshot_id: int) -> str:
         name = self.names.wwn(snapshot_id)
+        if not self._owns_loopback(snapshot_id) and self.loopback_dir(snapshot_id).exists():
+            raise AttachError(
+                f"loopback {name} is taken by a device of another HBA "
+                f"({os.readlink(self._lun_link(snapshot_id))}): tenants that differ by a "
+                f"multiple of 100 share the WWN prefix {self.names.wwn_prefix}"
+            )
         tpg = self._loopback / name / "tpgt_1"
         (tpg / "lun" / "lun_0").mkdir(parents=True, exist_ok=True)
         _write_attribute(tpg / "nexus", name)
