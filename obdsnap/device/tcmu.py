@@ -54,7 +54,6 @@ _INFO_CONFIG = re.compile(r"Config: (\S+)")
 class TcmuTimings:
     enable_retry_interval_s: float = 0.05
     enable_attempts: int = 100  # EAGAIN: the kernel is still busy with another target
-    result_poll_interval_s: float = 0.02
     disk_poll_interval_s: float = 0.01
     disk_timeout_s: float = 10.0
 
@@ -128,19 +127,26 @@ class TcmuBackend:
         target = self.target_dir(snapshot_id)
         return await self._blocking(lambda: target.exists() or self._owns_loopback(snapshot_id))
 
+    def _link_hba(self, snapshot_id: int) -> str | None:
+        """Blocking: the HBA whose target the WWN's LUN links, None if no link."""
+        try:
+            return Path(os.readlink(self._lun_link(snapshot_id))).parent.name
+        except OSError:
+            return None
+
     def _links_own_target(self, snapshot_id: int) -> bool:
         """Blocking: whether the WWN's LUN links this HBA's target of the snapshot."""
-        try:
-            link = os.readlink(self._lun_link(snapshot_id))
-        except OSError:
-            return False
-        return Path(link).parent.name == self.names.hba
+        return self._link_hba(snapshot_id) == self.names.hba
+
+    def _foreign_hba(self, snapshot_id: int) -> str | None:
+        """Blocking: the other HBA whose target the WWN links (tenants 100 apart), if any."""
+        hba = self._link_hba(snapshot_id)
+        return hba if hba not in (None, self.names.hba) else None
 
     def _owns_loopback(self, snapshot_id: int) -> bool:
         """Blocking: the WWN exists and links no other HBA's target (a half set-up links none)."""
-        if not self.loopback_dir(snapshot_id).exists():
-            return False
-        return not self._lun_link(snapshot_id).is_symlink() or self._links_own_target(snapshot_id)
+        exists = self.loopback_dir(snapshot_id).exists()
+        return exists and self._foreign_hba(snapshot_id) is None
 
     async def find_device(self, snapshot_id: int) -> Path | None:
         """The disk of an attached snapshot, from its LUN's SCSI address."""
@@ -213,11 +219,11 @@ class TcmuBackend:
 
     def _create_lun(self, snapshot_id: int) -> str:
         name = self.names.wwn(snapshot_id)
-        if not self._owns_loopback(snapshot_id) and self.loopback_dir(snapshot_id).exists():
+        foreign = self._foreign_hba(snapshot_id)
+        if foreign is not None:
             raise AttachError(
-                f"loopback {name} is taken by a device of another HBA "
-                f"({os.readlink(self._lun_link(snapshot_id))}): tenants that differ by a "
-                f"multiple of 100 share the WWN prefix {self.names.wwn_prefix}"
+                f"loopback {name} is taken by a device of another HBA ({foreign}): tenants "
+                f"that differ by a multiple of 100 share the WWN prefix {self.names.wwn_prefix}"
             )
         tpg = self._loopback / name / "tpgt_1"
         (tpg / "lun" / "lun_0").mkdir(parents=True, exist_ok=True)
