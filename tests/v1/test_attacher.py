@@ -9,17 +9,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from support.block import REPO_ROOT, Obd
+from support.attacher import obdsnap_device_command as obdsnap
+from support.block import Obd
 from support.block_fixtures import Images
-from support.processes import run
-from support.simulator import MISSING, settings_on
+from support.simulator import MISSING
 from support.snapshots import wait_until
 
 from obdsnap.attacher import AttacherError, device_request
@@ -31,15 +28,6 @@ pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=M
 DEVICE_ID = 4242
 HBA_DIR = "target/core/user_999999999"
 WWN = "naa.1990000000004242"
-
-
-async def obdsnap(obd: Obd, *args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
-    """``obdsnap <args> --boot-config <the simulator's roots>``, run from ``cwd``, to its end."""
-    boot = obd.server.workdir / "attacher-boot.json"
-    boot.write_text(json.dumps(settings_on(obd.sim)))
-    argv = (sys.executable, "-m", "obdsnap", *args, "--boot-config", str(boot))
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return await asyncio.to_thread(run, *argv, check=False, cwd=cwd, env=env)
 
 
 async def image_config(obd: Obd, images: Images) -> Path:

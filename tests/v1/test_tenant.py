@@ -6,13 +6,15 @@ are attached at once, on one simulator, under each tenant's HBA and WWN prefix.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 from grpclib.const import Status
+from support.attacher import obdsnap_device_command
 from support.block import Obd
-from support.block_fixtures import StartObd, write_synced
+from support.block_fixtures import Images, StartObd, write_synced
 from support.simulator import MISSING
 from support.snapshots import expect_status
 
@@ -127,3 +129,36 @@ async def test_s22_q14_tenants_100_apart_collide_without_harm_and_are_warned_of(
     assert not configfs_path(other, "core/user_107/dev_1").exists()
     seventh.assert_attached(1, mounted="rw")
     assert (seventh.mountpoint(1) / "who").read_text() == "tenant 7\n"
+
+
+async def test_s15_cleanup_releases_its_own_orphan_device_not_another_tenants(
+    start_obd: StartObd, images: Images
+) -> None:
+    """DESIGN-v1 §15: Cleanup lists its tenant's HBA only, even for a device naming its root."""
+    seventh = await start_obd(tenant=7)
+    plain = await start_obd()
+    _, top = await seventh.unpack_top(images.single)
+    # Devices for snapshot 5, which tenant 7 does not have: set up by hand, in both HBAs,
+    # from a config where tenant 7's snapshot 5 would keep it.
+    orphan = seventh.config_path(5)
+    orphan.parent.mkdir(parents=True)
+    document = seventh.config(top)
+    document["resultFile"] = str(orphan.parent / "init-debug.log")
+    orphan.write_text(json.dumps(document))
+    for tenant in ("7", "-1"):
+        attach = ("attach", "--id", "5", "--config", str(orphan), "--tenant", tenant)
+        attached = await obdsnap_device_command(seventh, *attach)
+        assert attached.returncode == 0, attached.stderr
+    assert seventh.configfs_entries(5) and plain.configfs_entries(5)
+
+    await seventh.cleanup()
+    assert seventh.configfs_entries(5) == []
+    assert not seventh.snapshot_dir(5).exists()
+    assert [path.name for path in plain.configfs_entries(5)] == ["dev_5", "naa.1990000000000005"]
+    assert plain.device_of(5) is not None
+
+    refused = await obdsnap_device_command(plain, "detach", "--id", "5")
+    assert refused.returncode == 1 and "pass --force" in refused.stderr
+    forced = await obdsnap_device_command(plain, "detach", "--id", "5", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert plain.configfs_entries(5) == []
