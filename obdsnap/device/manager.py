@@ -155,8 +155,6 @@ class DeviceManager:
                 await self._mounter.mount(
                     device, block.mountpoint, spec, readonly=mode is MountMode.READ_ONLY
                 )
-                with failure_context(step="mounted"):
-                    await self._backend.mounted(device)
             with failure_context(step="mark"):
                 await self._blocking(_write_mark, block.mark, device)
         except BaseException as exc:

@@ -179,3 +179,21 @@ def test_control_file_knobs(tmp_path: Path) -> None:
     assert knobs.for_device("dev_1").eagain == 1
     control.unlink()
     assert knobs.for_device("dev_1") == DeviceKnobs(open_latency=0.25, appear_delay=0.5)
+
+
+def test_control_file_knobs_of_one_hba(tmp_path: Path) -> None:
+    """A knob naming ``user_7/dev_1`` is that HBA's device 1 only; ``dev_1`` is every HBA's."""
+    control = tmp_path / "control.json"
+    knobs = Knobs(control)
+    control.write_text(
+        json.dumps(
+            {
+                "enable_errno": only(12, "user_7/dev_1"),
+                "busy_after_appear": only(0.25, 1),
+            }
+        )
+    )
+    seventh, plain = knobs.for_device("user_7/dev_1"), knobs.for_device("user_999999999/dev_1")
+    assert (seventh.enable_errno, plain.enable_errno) == (12, 0)
+    assert seventh.busy_after_appear == plain.busy_after_appear == 0.25
+    assert knobs.for_device("user_7/dev_2") == DeviceKnobs()
