@@ -117,6 +117,8 @@ class Reconciler:
                 continue
             log.info("cleanup: removing %s, which no snapshot owns", orphan)
             try:
+                if orphan.name.isdigit():  # what it created outside its directory goes too
+                    await self._layers.writable.remove_created(int(orphan.name))
                 await self._blocking(remove_tree, orphan)
                 report.directories_removed += 1
             except OSError as exc:
