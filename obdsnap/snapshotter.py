@@ -258,7 +258,9 @@ class Snapshotter:
             case WritableRootfs(fresh_filesystem=fresh):
                 spec = fs_spec(record.info.labels)
                 mode = MountMode.READ_WRITE if device_is_mounted(role) else MountMode.NONE
-                path = await self._devices.attach(record.id, spec, mkfs=new and fresh, mode=mode)
+                # A reused layer (overlay.active.path) has its filesystem already.
+                mkfs = new and fresh and (await self._layers.writable.location(record.id)).created
+                path = await self._devices.attach(record.id, spec, mkfs=mkfs, mode=mode)
                 device = AttachedDevice(path, spec.fs_type)
             case BlockRootfs() if parent is not None:
                 spec = fs_spec(parent.info.labels)
