@@ -60,9 +60,15 @@ def detect_storage_type(labels: Mapping[str, str], layout: Layout, snapshot_id: 
 
 
 def writable_dir_of(labels: Mapping[str, str], layout: Layout, snapshot_id: int) -> WritableDir:
-    """``overlay.active.path`` when the label is set, else the snapshot's ``block/``."""
+    """``overlay.active.path`` when the label is set, else the snapshot's ``block/``.
+
+    Only an absolute path counts: a relative one (refused for writable layers) would
+    name a file relative to wherever obdsnap runs.
+    """
     active_path = labels.get(L.ACTIVE_PATH, "")
-    return WritableDir(Path(active_path)) if active_path else layout.block(snapshot_id).writable
+    if active_path.startswith("/"):
+        return WritableDir(Path(active_path))
+    return layout.block(snapshot_id).writable
 
 
 def has_overlaybd_magic(header: bytes) -> bool:
@@ -85,15 +91,11 @@ def _by_magic(header: bytes) -> StorageType:
 
 
 def _read_header(path: Path, *, tolerate_errors: bool = True) -> bytes:
-    """The first bytes of a layer file; b"" when it is absent (or unreadable, if tolerated)."""
+    """The first bytes of a layer file; b"" when it is absent or unreadable, if tolerated."""
     try:
         with path.open("rb") as layer:
             return layer.read(_HEADER_SIZE)
-    except FileNotFoundError:
-        if tolerate_errors:
-            return b""
-        raise
     except OSError:
-        if tolerate_errors:
+        if tolerate_errors:  # absent or unreadable: the next check decides
             return b""
         raise

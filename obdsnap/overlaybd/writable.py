@@ -58,26 +58,29 @@ class WritableLayers:
     # ------------------------------------------------------------------ create
 
     async def create(self, snapshot_id: int, labels: Mapping[str, str], vsize: int) -> WritableDir:
-        """Make the layer (or reuse the one found there); its directory."""
+        """Make the layer (or reuse the one found in ``overlay.active.path``); its directory."""
         active_path = labels.get(L.ACTIVE_PATH, "")
         block = self._layout.block(snapshot_id)
-        if active_path:
-            L.validate_active_path(active_path, str(self._layout.root))
-        place = WritableDir(Path(active_path)) if active_path else block.writable
-        lock = self._dir_locks.setdefault(place.path, asyncio.Lock())
-        async with lock:  # two Prepares on one directory: one creates, the other reuses
+        if not active_path:
+            await self._make(snapshot_id, block.writable, vsize)
+            return block.writable
+        L.validate_active_path(active_path, str(self._layout.root))
+        place = WritableDir(Path(active_path))
+        # Two Prepares on one directory: one creates the layer, the other reuses it.
+        async with self._dir_locks.setdefault(place.path, asyncio.Lock()):
             if await self._blocking(_existing_layer, place):
-                if active_path:
-                    await self._blocking(_write_location, block, Location(place, created=False))
+                await self._blocking(_write_location, block, Location(place, created=False))
                 return place
-            if active_path:
-                # Recorded first: whatever the tool leaves is then known to be ours.
-                await self._blocking(_write_location, block, Location(place))
-            with failure_context(snapshot_id=snapshot_id, step="overlaybd-create"):
-                await self._tools.create_writable_layer(
-                    place.data, place.index, vsize, sparse=self._sparse
-                )
+            # Recorded first: whatever the tool leaves there is then known to be ours.
+            await self._blocking(_write_location, block, Location(place))
+            await self._make(snapshot_id, place, vsize)
         return place
+
+    async def _make(self, snapshot_id: int, place: WritableDir, vsize: int) -> None:
+        with failure_context(snapshot_id=snapshot_id, step="overlaybd-create"):
+            await self._tools.create_writable_layer(
+                place.data, place.index, vsize, sparse=self._sparse
+            )
 
     async def location(self, snapshot_id: int) -> Location:
         return await self._blocking(_read_location, self._layout.block(snapshot_id))
