@@ -315,8 +315,7 @@ class CommittedLayer:
 
 
 def open_committed(path: str) -> CommittedLayer:
-    """Open and check a commit or a sealed layer; OSError when it cannot be opened,
-    LayerFormatError else."""
+    """Open and check a commit or sealed layer; OSError if it cannot, LayerFormatError if bad."""
     fd = os.open(path, os.O_RDONLY)
     try:
         st = os.fstat(fd)

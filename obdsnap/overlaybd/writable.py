@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +37,17 @@ class Location:
 
 
 def vsize_gb(labels: Mapping[str, str], *, has_parent: bool) -> int:
-    """The ``vsize`` label without a parent (absent or not a number: 64), 0 with one."""
+    """The ``vsize`` label without a parent, 0 with one (the layer takes its lowers' size).
+
+    Absent or not a decimal integer (as Go's ``strconv.Atoi`` reads it): 64. Zero or
+    less, which Go would hand to overlaybd-create, gives a layer without a size: 64 too.
+    """
     if has_parent:
         return 0
-    try:
-        return int(labels.get(L.VSIZE, ""))
-    except ValueError:
+    value = labels.get(L.VSIZE, "")
+    if not re.fullmatch(r"[+-]?[0-9]+", value) or int(value) <= 0:
         return L.DEFAULT_VSIZE_GB
+    return int(value)
 
 
 class WritableLayers:

@@ -176,7 +176,9 @@ async def test_s6_a_failed_prepare_deletes_only_the_layer_it_created(
     assert sorted(os.listdir(place)) == ["writable_data", "writable_index"]
 
 
-@pytest.mark.parametrize(("label", "gigabytes"), [("3", 3), ("three", 64), (None, 64)])
+@pytest.mark.parametrize(
+    ("label", "gigabytes"), [("3", 3), ("+2", 2), ("three", 64), (" 3", 64), ("0", 64), (None, 64)]
+)
 async def test_s6_vsize_label_sizes_a_layer_without_parent(
     start_obd: StartObd, label: str | None, gigabytes: int
 ) -> None:
