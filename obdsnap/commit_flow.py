@@ -8,19 +8,20 @@ writable part runs under the commit intent, so a crash is settled at start-up.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner
 from obdsnap.device.manager import DeviceManager
-from obdsnap.errors import FailedPrecondition
-from obdsnap.fsutil import disk_usage
+from obdsnap.errors import AlreadyExists, FailedPrecondition
 from obdsnap.layout import Layout
 from obdsnap.locks import KeyedLocks
 from obdsnap.mountinfo import mount_points_of, overlay_uses
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.tools import ZFileConfig
+from obdsnap.overlaybd.writable import CommitRequest
 from obdsnap.role import commits_local_layer
 from obdsnap.storage import MetaStore, Operation, Record
 
@@ -44,6 +45,18 @@ class CommitFlow:
         self._blocking = blocking
         self._locks = locks
         self._seal = seal
+        self._names: set[str] = set()  # the names commits under way will take
+
+    @contextlib.contextmanager
+    def reserve(self, name: str) -> Iterator[None]:
+        """One commit at a time to a name: a sealed loser could not be rolled back."""
+        if name in self._names:
+            raise AlreadyExists(f"snapshot {name!r} already exists")
+        self._names.add(name)
+        try:
+            yield
+        finally:
+            self._names.discard(name)
 
     async def commit_writable(
         self,
@@ -61,7 +74,8 @@ class CommitFlow:
                 try:
                     await self._devices.detach(active.id)
                     if self._seal:
-                        await self._layers.writable.seal(active.id)
+                        final = self._labels(active.id, labels, local=True)
+                        await self._layers.writable.seal(active.id, CommitRequest(name, final))
                     else:
                         await self._layers.writable.compress(active.id, zfile)
                     await self._layers.writable.keep_config(active.id)
@@ -75,15 +89,22 @@ class CommitFlow:
         self, active: Record, parent: Record | None, name: str, labels: Mapping[str, str]
     ) -> None:
         """The row; a local block layer gets its config and ``localcommitpath`` first."""
-        committed_labels = dict(labels)
-        if commits_local_layer(await self._layers.storage_type(active)):
-            await self._layers.write_local_config(active, parent)
-            commit_path = self._layers.local_commit_path(active.id, seal=self._seal)
-            committed_labels[L.LOCAL_COMMIT_PATH] = str(commit_path)
+        local = commits_local_layer(await self._layers.storage_type(active))
+        final = self._labels(active.id, labels, local=local)
+        await commit_row(self._layers, self._store, active, parent, name, final, local=local)
+
+    def _labels(
+        self, snapshot_id: int, labels: Mapping[str, str], *, local: bool
+    ) -> dict[str, str]:
+        """The committed labels: the request's, and for a local block layer its file's path
+        (DESIGN-v1 §8 step 5, §22 quirk 5); sealing drops ``overlaybd.writable``."""
+        final = dict(labels)
+        if local:
+            path = self._layers.local_commit_path(snapshot_id, seal=self._seal)
+            final[L.LOCAL_COMMIT_PATH] = str(path)
             if self._seal:
-                committed_labels.pop(L.WRITABLE, None)
-        usage = await self._blocking(disk_usage, self._layout.fs_dir(active.id))
-        await self._store.commit(active.key, name, usage, committed_labels)
+                final.pop(L.WRITABLE, None)
+        return final
 
     async def _refuse_busy_device(self, active: Record) -> None:
         """A device an overlay or any other mount still uses is not committed under it."""
@@ -97,6 +118,22 @@ class CommitFlow:
                 f"cannot commit snapshot {active.key!r}: its device {device} is still in use "
                 f"({', '.join(users)}); unmount it first"
             )
+
+
+async def commit_row(
+    layers: BlockLayers,
+    store: MetaStore,
+    active: Record,
+    parent: Record | None,
+    name: str,
+    labels: Mapping[str, str],
+    *,
+    local: bool,
+) -> None:
+    """Commit the row with ``labels``; a ``local`` block layer gets its config first."""
+    if local:
+        await layers.write_local_config(active, parent)
+    await store.commit(active.key, name, await layers.layer_usage(active.id), labels)
 
 
 def _device_users(device: Path, mountpoint: Path) -> list[str]:

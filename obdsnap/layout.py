@@ -76,6 +76,11 @@ class BlockDir:
         return self.path / "config.v1.json.writable"
 
     @property
+    def commit_request(self) -> Path:
+        """The name and labels of a sealing commit: once sealed, it can only go ahead."""
+        return self.path / "commit_request.json"
+
+    @property
     def result_file(self) -> Path:
         """Where overlaybd writes how opening the image went."""
         return self.path / "init-debug.log"

@@ -296,11 +296,12 @@ class Snapshotter:
             raise FailedPrecondition(
                 f"cannot commit snapshot {active.key!r}: {LOCAL_LAYER_REFUSED}"
             )
-        match await self._role(active, parent):
-            case WritableRootfs(commits_layer_file=True):
-                await self._commits.commit_writable(active, parent, name, labels, zfile)
-            case _:
-                await self._commits.commit_record(active, parent, name, labels)
+        with self._commits.reserve(name):
+            match await self._role(active, parent):
+                case WritableRootfs(commits_layer_file=True):
+                    await self._commits.commit_writable(active, parent, name, labels, zfile)
+                case _:
+                    await self._commits.commit_record(active, parent, name, labels)
 
     async def remove(self, key: str) -> None:
         validate_key(key)

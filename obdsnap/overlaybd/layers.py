@@ -14,6 +14,7 @@ from pathlib import Path
 from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner
 from obdsnap.errors import InvalidArgument
+from obdsnap.fsutil import disk_usage
 from obdsnap.layout import Layout
 from obdsnap.overlaybd import device_config
 from obdsnap.overlaybd.device_config import DeviceConfig, Lower, Upper
@@ -21,7 +22,7 @@ from obdsnap.overlaybd.storage_type import detect_storage_type
 from obdsnap.overlaybd.tools import OverlaybdTools
 from obdsnap.overlaybd.writable import WritableLayers, vsize_gb
 from obdsnap.role import StorageType, TraceFlags
-from obdsnap.storage import Kind, Record
+from obdsnap.storage import Kind, Record, Usage
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ class BlockLayers:
         if record.kind == Kind.COMMITTED:
             self._committed_types[record.id] = found
         return found
+
+    async def layer_usage(self, snapshot_id: int) -> Usage:
+        """What a committed layer records: the usage of its ``fs/``, layer files included."""
+        return await self._blocking(disk_usage, self._layout.fs_dir(snapshot_id))
 
     def forget(self, snapshot_id: int) -> None:
         self._committed_types.pop(snapshot_id, None)

@@ -36,6 +36,14 @@ class Location:
     created: bool = True
 
 
+@dataclass(frozen=True)
+class CommitRequest:
+    """What a sealing commit commits: a crash after the seal finishes it at start-up."""
+
+    name: str
+    labels: Mapping[str, str]
+
+
 def vsize_gb(labels: Mapping[str, str], *, has_parent: bool) -> int:
     """The ``vsize`` label without a parent, 0 with one (the layer takes its lowers' size).
 
@@ -111,8 +119,12 @@ class WritableLayers:
             await self._tools.commit_writable_layer(place.data, place.index, partial, zfile)
             await self._blocking(_publish, partial, self._layout.commit_file(snapshot_id))
 
-    async def seal(self, snapshot_id: int) -> None:
-        """``overlaybd-commit --seal`` where the layer lives; then it moves to ``fs/``."""
+    async def seal(self, snapshot_id: int, request: CommitRequest) -> None:
+        """``overlaybd-commit --seal`` where the layer lives; then it moves to ``fs/``.
+
+        A sealed layer is no writable layer any more: from the move on, the commit can
+        only go ahead, and ``request`` (kept first) says how.
+        """
         place = (await self.location(snapshot_id)).dir
         sealed = self._layout.sealed_file(snapshot_id)
         if not await self._blocking(_same_filesystem, place.path, sealed.parent):
@@ -120,9 +132,18 @@ class WritableLayers:
                 f"cannot seal the writable layer in {place.path}: it is on another "
                 f"filesystem than {sealed.parent}, where the sealed file must go"
             )
+        block = self._layout.block(snapshot_id)
+        await self._blocking(_write_request, block.commit_request, request)
         with failure_context(snapshot_id=snapshot_id, step="overlaybd-commit --seal"):
             await self._tools.seal_writable_layer(place.data, place.index)
             await self._blocking(_move, place.data, sealed)
+
+    async def sealed_request(self, snapshot_id: int) -> CommitRequest | None:
+        """The request of a seal that moved its file into ``fs/`` but has no row yet."""
+        block = self._layout.block(snapshot_id)
+        if not await self._blocking(self._layout.sealed_file(snapshot_id).exists):
+            return None
+        return await self._blocking(_read_request, block.commit_request)
 
     async def settle(self, snapshot_id: int, *, committed: bool) -> None:
         """After a commit, however it ended: drop what the layer file replaced, or undo.
@@ -135,7 +156,7 @@ class WritableLayers:
         location = await self.location(snapshot_id)
         block = self._layout.block(snapshot_id)
         if committed:
-            dropped = [block.kept_config, block.writable_location]
+            dropped = [block.kept_config, block.writable_location, block.commit_request]
             if location.created or not await self._blocking(location.dir.data.exists):
                 dropped += [location.dir.data, location.dir.index]
             await self._blocking(_remove_files, *dropped)
@@ -146,6 +167,7 @@ class WritableLayers:
             _remove_files,
             self._layout.partial_commit_file(snapshot_id),
             self._layout.commit_file(snapshot_id),
+            block.commit_request,
         )
 
     async def keep_config(self, snapshot_id: int) -> None:
@@ -173,6 +195,21 @@ def _existing_layer(place: WritableDir) -> bool:
         case None:
             raise FailedPrecondition(f"{place.data} is not an overlaybd writable layer")
     return True
+
+
+def _write_request(path: Path, request: CommitRequest) -> None:
+    document = {"name": request.name, "labels": dict(request.labels)}
+    write_file_no_follow(path, json.dumps(document).encode(), 0o600)
+    fsync_path(path)
+    fsync_path(path.parent)
+
+
+def _read_request(path: Path) -> CommitRequest | None:
+    try:
+        document = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    return CommitRequest(str(document["name"]), dict(document["labels"]))
 
 
 def _same_filesystem(first: Path, second: Path) -> bool:

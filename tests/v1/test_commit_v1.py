@@ -196,6 +196,7 @@ async def test_s8_a_commit_killed_inside_overlaybd_commit_is_rolled_back(
     await expect_status(obd.stat("layer"), Status.NOT_FOUND)
     obd.assert_detached(own)
     assert_untouched(rootfs, config)
+    assert not (obd.block(own) / "commit_request.json").exists()
     await rootfs.assert_mounts_and_commits()
     named = "overlaybd.sealed" if mode == "seal" else "overlaybd.commit"
     assert (await obd.stat("layer")).labels[LOCAL_COMMIT_PATH] == str(obd.fs(own) / named)
@@ -209,25 +210,37 @@ async def restart_with_intent(obd: Obd, snapshot_id: int) -> None:
     assert open_intents(obd) == []
 
 
-async def test_s8_a_seal_cut_after_its_move_into_fs_is_rolled_back(
+async def test_s8_a_seal_cut_after_its_move_into_fs_is_finished(
     writable_rootfs: WritableRootfs,
 ) -> None:
-    """DESIGN-v1 §8: a crash after the rename, before the row: the layer goes back in place."""
+    """DESIGN-v1 §22 (seal keeps the commit intent): once sealed, the commit cannot be rolled
+    back; a crash after the move into fs/ and before the row is finished at start-up."""
     rootfs = await writable_rootfs(**SEAL)
     obd, own = rootfs.obd, rootfs.id
-    config = obd.config_path(own).read_bytes()
-    # What the commit did before the crash: detach the device, seal, move the file.
+    block = obd.block(own)
+    # What the commit did before the crash: detach, keep its request, seal, move the file.
     obd.close_channel()
     obd.server.kill()
     obd.detach_like_reboot(own)
-    (obd.block(own) / "backstore_mark").unlink()
-    (obd.block(own) / "writable_data").rename(sealed_file(obd, own))
+    (block / "backstore_mark").unlink()
+    labels = {"team": "build", LOCAL_COMMIT_PATH: str(sealed_file(obd, own))}
+    request = {"name": "layer", "labels": labels}
+    (block / "commit_request.json").write_text(json.dumps(request))
+    tool = obd.sim.tools_dir / "overlaybd-commit"
+    await run_async(tool, "--seal", block / "writable_data", block / "writable_index")
+    (block / "writable_data").rename(sealed_file(obd, own))
     plant_intent(obd, own, "commit")
     await obd.start()
     assert open_intents(obd) == []
-    assert f"commit of snapshot {own} was interrupted: rolled back" in obd.server.log()
-    assert_untouched(rootfs, config)
-    await rootfs.assert_mounts_and_commits()
+    assert f"commit of snapshot {own} was interrupted: finished" in obd.server.log()
+    info = await obd.stat("layer")
+    assert (info.kind, info.labels) == (COMMITTED, labels)
+    await expect_status(obd.stat("rootfs"), Status.NOT_FOUND)
+    for name in ("writable_index", "commit_request.json"):
+        assert not (block / name).exists(), name
+    assert obd.config(own)["lowers"][-1] == {"dir": str(obd.fs(own))}
+    child = await obd.prepare("child", "layer", {WRITABLE: "dir"})
+    assert (Path(child[0].source) / "file").read_text() == "data\n"
 
 
 async def test_s8_a_seal_cut_after_its_row_committed_is_finished(
