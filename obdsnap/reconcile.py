@@ -200,12 +200,12 @@ class Reconciler:
         return settled
 
     async def _finish_sealed_commit(self, record: Record) -> bool:
-        """A commit whose sealed file reached ``fs/`` but not its row: it goes ahead.
+        """A sealing commit that kept its request but has no row: it goes ahead.
 
-        Its writable layer is sealed, so it cannot be rolled back; the row it asked for is
-        committed now. False when there is no such commit, or its name was taken since.
+        Its writable layer is (being) sealed, so it cannot be rolled back; the row it asked
+        for is committed now. False when there is no such commit, or its name was taken.
         """
-        request = await self._layers.writable.sealed_request(record.id)
+        request = await self._layers.writable.finish_seal(record.id)
         if request is None:
             return False
         parent = self._store.find(record.parent) if record.parent else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -19,11 +20,13 @@ from pathlib import Path
 
 from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner
-from obdsnap.errors import FailedPrecondition, failure_context
+from obdsnap.errors import FailedPrecondition, SnapshotError, failure_context
 from obdsnap.fsutil import fsync_path, write_file_no_follow
 from obdsnap.layout import BlockDir, Layout, WritableDir
 from obdsnap.overlaybd.storage_type import LayerMagic, file_magic
 from obdsnap.overlaybd.tools import OverlaybdTools, ZFileConfig
+
+log = logging.getLogger(__name__)
 
 READ_ONLY_LAYER = "local block device is readonly, not support writable"
 
@@ -122,8 +125,8 @@ class WritableLayers:
     async def seal(self, snapshot_id: int, request: CommitRequest) -> None:
         """``overlaybd-commit --seal`` where the layer lives; then it moves to ``fs/``.
 
-        A sealed layer is no writable layer any more: from the move on, the commit can
-        only go ahead, and ``request`` (kept first) says how.
+        A sealed layer is no writable layer any more, and a crash may hide whether the
+        tool finished: once ``request`` is kept (first), the commit can only go ahead.
         """
         place = (await self.location(snapshot_id)).dir
         sealed = self._layout.sealed_file(snapshot_id)
@@ -138,12 +141,27 @@ class WritableLayers:
             await self._tools.seal_writable_layer(place.data, place.index)
             await self._blocking(_move, place.data, sealed)
 
-    async def sealed_request(self, snapshot_id: int) -> CommitRequest | None:
-        """The request of a seal that moved its file into ``fs/`` but has no row yet."""
-        block = self._layout.block(snapshot_id)
-        if not await self._blocking(self._layout.sealed_file(snapshot_id).exists):
-            return None
-        return await self._blocking(_read_request, block.commit_request)
+    async def finish_seal(self, snapshot_id: int) -> CommitRequest | None:
+        """After a crash: a seal that kept its request goes ahead; the request, sealed file
+        in ``fs/``. None when no seal was under way.
+
+        The seal may have finished without obdsnap seeing it, and a sealed layer is no
+        writable layer any more: so the seal is run again (a layer sealed already makes
+        the tool fail, which is expected) and the file moved into ``fs/``.
+        """
+        request = await self._blocking(
+            _read_request, self._layout.block(snapshot_id).commit_request
+        )
+        sealed = self._layout.sealed_file(snapshot_id)
+        if request is None or await self._blocking(sealed.exists):
+            return request
+        place = (await self.location(snapshot_id)).dir
+        try:
+            await self._tools.seal_writable_layer(place.data, place.index)
+        except SnapshotError as exc:
+            log.warning("snapshot %d: sealed already (seal again: %s)", snapshot_id, exc)
+        await self._blocking(_move, place.data, sealed)
+        return request
 
     async def settle(self, snapshot_id: int, *, committed: bool) -> None:
         """After a commit, however it ended: drop what the layer file replaced, or undo.

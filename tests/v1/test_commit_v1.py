@@ -173,33 +173,56 @@ async def test_s22_q3_a_device_under_an_overlay_is_not_committed(
     await obd.commit("layer", "rootfs")
 
 
-@pytest.mark.parametrize("mode", ["compress", "seal"])
-async def test_s8_a_commit_killed_inside_overlaybd_commit_is_rolled_back(
-    writable_rootfs: WritableRootfs, tmp_path: Path, mode: str
-) -> None:
-    """DESIGN-v1 §22: both modes keep the commit intent; a SIGKILL mid-way is rolled back."""
-    rootfs = await writable_rootfs(writableCommit=mode)
-    obd, own = rootfs.obd, rootfs.id
-    config = obd.config_path(own).read_bytes()
-    started = tmp_path / "commit-started"
+async def kill_inside_overlaybd_commit(rootfs: Rootfs, started: Path) -> None:
+    """Commit, and SIGKILL obdsnap while its overlaybd-commit runs; then start it again."""
+    obd = rootfs.obd
     with slow_overlaybd_commit(obd, started):
         pending = asyncio.ensure_future(obd.commit("layer", "rootfs"))
         assert await wait_until(started.exists, 15.0), "overlaybd-commit never ran"
-        assert open_intents(obd) == [(own, "commit")]
+        assert open_intents(obd) == [(rootfs.id, "commit")]
         obd.server.kill()
         with contextlib.suppress(Exception):
             await pending
     obd.close_channel()
     await obd.start()
+    assert open_intents(obd) == []
+
+
+async def test_s8_a_compress_killed_inside_overlaybd_commit_is_rolled_back(
+    writable_rootfs: WritableRootfs, tmp_path: Path
+) -> None:
+    """DESIGN-v1 §22: compress keeps the commit intent; a SIGKILL mid-way is rolled back."""
+    rootfs = await writable_rootfs()
+    obd, own = rootfs.obd, rootfs.id
+    config = obd.config_path(own).read_bytes()
+    await kill_inside_overlaybd_commit(rootfs, tmp_path / "commit-started")
     assert f"commit of snapshot {own} was interrupted: rolled back" in obd.server.log()
     assert (await obd.stat("rootfs")).kind == ACTIVE
     await expect_status(obd.stat("layer"), Status.NOT_FOUND)
     obd.assert_detached(own)
     assert_untouched(rootfs, config)
-    assert not (obd.block(own) / "commit_request.json").exists()
     await rootfs.assert_mounts_and_commits()
-    named = "overlaybd.sealed" if mode == "seal" else "overlaybd.commit"
-    assert (await obd.stat("layer")).labels[LOCAL_COMMIT_PATH] == str(obd.fs(own) / named)
+    labels = (await obd.stat("layer")).labels
+    assert labels[LOCAL_COMMIT_PATH] == str(commit_file(obd, own))
+
+
+async def test_s8_a_seal_killed_inside_overlaybd_commit_is_finished(
+    writable_rootfs: WritableRootfs, tmp_path: Path
+) -> None:
+    """DESIGN-v1 §22: seal keeps the commit intent; a sealed layer cannot be rolled back, so
+    a SIGKILL during the seal finishes the commit at start-up (the seal is run again)."""
+    rootfs = await writable_rootfs(**SEAL)
+    obd, own = rootfs.obd, rootfs.id
+    await kill_inside_overlaybd_commit(rootfs, tmp_path / "commit-started")
+    assert f"commit of snapshot {own} was interrupted: finished" in obd.server.log()
+    await expect_status(obd.stat("rootfs"), Status.NOT_FOUND)
+    info = await obd.stat("layer")
+    assert (info.kind, info.labels) == (COMMITTED, {LOCAL_COMMIT_PATH: str(sealed_file(obd, own))})
+    assert read_header(sealed_file(obd, own)).kind == "sealed"
+    for name in ("writable_data", "writable_index", "commit_request.json"):
+        assert not (obd.block(own) / name).exists(), name
+    child = await obd.prepare("child", "layer", {WRITABLE: "dir"})
+    assert (Path(child[0].source) / "file").read_text() == "data\n"
 
 
 async def restart_with_intent(obd: Obd, snapshot_id: int) -> None:
