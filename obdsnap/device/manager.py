@@ -223,6 +223,10 @@ class DeviceManager:
         """Whether an attach got to its end and no detach has undone it since."""
         return await self._blocking(self._layout.block(snapshot_id).mark.exists)
 
+    async def marked_device(self, snapshot_id: int) -> Path | None:
+        """The device the mark names: the node a finished attach made (maybe gone since)."""
+        return await self._blocking(_read_mark, self._layout.block(snapshot_id).mark)
+
     async def _is_mounted(self, path: Path) -> bool:
         return await self._blocking(self._mounter.mounted_source, path) is not None
 

@@ -35,6 +35,12 @@ from tcmusim.testing import HBA, RunningSimulator
 
 OVERLAY = "overlayfs"
 DIR = "dir"
+DIR_SEAL = "dir-seal"
+# The boot config keys of each variant.
+VARIANT_CONFIG: dict[str, dict[str, object]] = {
+    DIR: {"rwMode": "dir"},
+    DIR_SEAL: {"rwMode": "dir", "writableCommit": "seal"},
+}
 
 ACTIVE = api.Kind(2)  # api.Kind.ACTIVE, typed as the enum
 COMMITTED = api.Kind(3)  # api.Kind.COMMITTED
@@ -478,7 +484,7 @@ async def run_chaos(settings: Settings, sim: RunningSimulator | None) -> Report:
     if sim is None:
         server = ServerProcess(workdir)
     else:
-        config = settings_on(sim, rwMode=settings.variant)
+        config = settings_on(sim, **VARIANT_CONFIG[settings.variant])
         server = ServerProcess.with_config(workdir, config, start_timeout=30.0)
     rng = random.Random(f"{settings.seed}-{settings.variant}")
     try:

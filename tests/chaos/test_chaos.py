@@ -1,12 +1,14 @@
 """Chaos: obdsnap SIGKILLed at random moments under 16 concurrent clients, restarted on its root.
 
-Two variants, each one run (a module-scoped fixture) checked by one test per
+Three variants, each one run (a module-scoped fixture) checked by one test per
 invariant:
 
 - ``overlayfs``: plain overlayfs layers, no devices;
 - ``dir``: rwMode ``dir`` on the TCMU simulator, so every Prepare attaches,
   mkfs'es and mounts a writable device and every Commit detaches it and runs
-  ``overlaybd-commit``: kills land inside those steps.
+  ``overlaybd-commit``: kills land inside those steps;
+- ``dir-seal``: ``dir`` with ``writableCommit: "seal"``: Commit seals the layer
+  and moves it into ``fs/``.
 
 Seeds are deterministic and logged (``CHAOS_SEED`` replays a run, ``CHAOS_KILLS``
 sets the number of kills); the kill moments depend on timing, so a replay drives
@@ -29,6 +31,7 @@ from .chaos import (
     COMMIT_RETRY,
     DEVICE_ORPHANS,
     DIR,
+    DIR_SEAL,
     INTENTS_SETTLED,
     ORPHANS,
     OVERLAY,
@@ -54,6 +57,7 @@ SETTINGS = {
     # A dir-mode Prepare (overlaybd-create, attach, mkfs, mount) takes a few hundred
     # ms under this load: a longer window lets some finish and others be cut.
     DIR: Settings(DIR, SEED, DIR_KILLS, min_delay=0.3, max_delay=2.5),
+    DIR_SEAL: Settings(DIR_SEAL, SEED, DIR_KILLS, min_delay=0.3, max_delay=2.5),
 }
 
 
@@ -100,7 +104,8 @@ def violations(report: Report, category: str) -> str:
     return f"{len(found)} violation(s) of {category} ({report.summary()}):\n{head}"
 
 
-BOTH = [OVERLAY, DIR]
+DEVICES = [DIR, DIR_SEAL]
+BOTH = [OVERLAY, *DEVICES]
 
 
 @pytest.mark.parametrize("chaos", BOTH, indirect=True)
@@ -133,7 +138,7 @@ def test_cut_commit_can_be_retried(chaos: Report) -> None:
     assert not chaos.violations.get(COMMIT_RETRY), violations(chaos, COMMIT_RETRY)
 
 
-@pytest.mark.parametrize("chaos", [DIR], indirect=True)
+@pytest.mark.parametrize("chaos", DEVICES, indirect=True)
 def test_interrupted_operations_are_settled_at_start_up(chaos: Report) -> None:
     """Kills cut attaches, detaches and commits; start-up finishes or rolls back each one."""
     assert not chaos.violations.get(INTENTS_SETTLED), violations(chaos, INTENTS_SETTLED)
@@ -145,7 +150,7 @@ def test_no_orphans_after_cleanup(chaos: Report) -> None:
     assert not chaos.violations.get(ORPHANS), violations(chaos, ORPHANS)
 
 
-@pytest.mark.parametrize("chaos", [DIR], indirect=True)
+@pytest.mark.parametrize("chaos", DEVICES, indirect=True)
 def test_no_device_orphans_after_cleanup(chaos: Report) -> None:
     assert not chaos.violations.get(DEVICE_ORPHANS), violations(chaos, DEVICE_ORPHANS)
     assert chaos.orphans_after_cleanup == 0, chaos.summary()
