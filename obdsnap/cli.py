@@ -10,6 +10,8 @@ obdsnap status [--config PATH] [--root DIR] [--address SOCK] [--json]   (read-on
 obdsnap ls [--config PATH] [--root DIR] [--filter F]... [--usage] [--json]
 obdsnap devices [--config PATH] [--root DIR] [--json]
 obdsnap intents [--config PATH] [--root DIR] [--json]
+obdsnap attach --id N --config CONFIG.V1.JSON [--with-devid] [--tenant T] [--boot-config PATH]
+obdsnap detach --id N [--force] [--tenant T] [--boot-config PATH]   (no containerd, no mount)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import uvloop
 
-from obdsnap import __version__
+from obdsnap import __version__, attacher
 from obdsnap.config import LOG_FORMATS, BootConfig, ConfigError, load_config
 from obdsnap.containerd_config import (
     CONFIG_VERSIONS,
@@ -43,12 +45,12 @@ from obdsnap.storage.migration import MigrationError, export_to_go
 
 log = logging.getLogger(__name__)
 
-TENANT_PREFIXES = 100  # the loopback WWN prefix is tenant mod 100 (DESIGN-v1 §11, §22 quirk 14)
-
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(_go_command_line(parser, sys.argv[1:] if argv is None else list(argv)))
+    if args.command in attacher.COMMANDS:
+        sys.exit(attacher.main(args))  # its --config is a device config, not obdsnap's
     hold_logging()  # the config's warnings are written in the format it asks for
     try:
         config = load_config(
@@ -152,14 +154,6 @@ def _log_settings(config: BootConfig) -> None:
             for mirror in config.mirror_registry
         )
         log.info("mirror Registry: %s", mirrors)
-    if config.tenant >= TENANT_PREFIXES:
-        log.warning(
-            "tenant %d shares its device name prefix with tenant %d: snapshotters whose "
-            "tenants differ by a multiple of %d collide on equal snapshot IDs",
-            config.tenant,
-            config.tenant % TENANT_PREFIXES,
-            TENANT_PREFIXES,
-        )
 
 
 def _json_bool(value: bool) -> str:
@@ -216,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"seconds to wait for the answer (default {DEFAULT_TIMEOUT_S:g})",
     )
     _add_inspection_commands(commands)
+    attacher.add_commands(commands)
     return parser
 
 

@@ -72,6 +72,19 @@ def validate_trace_path(labels: Mapping[str, str], root: str) -> None:
             raise InvalidArgument(f"{RECORD_TRACE_PATH} may not be under {forbidden}: {path!r}")
 
 
+def validate_active_path(path: str, root: str) -> None:
+    """``overlay.active.path``: a directory obdsnap creates and writes as root (DESIGN-v1 §6).
+
+    Held to the rules of the trace path: absolute and clean, and outside kernel
+    interfaces and the snapshotter's own root.
+    """
+    if not path.startswith("/") or posixpath.normpath(path) != path or "\x00" in path:
+        raise InvalidArgument(f"{ACTIVE_PATH} must be a clean absolute path, got {path!r}")
+    for forbidden in (*FORBIDDEN_TRACE_ROOTS, root.rstrip("/")):
+        if path == forbidden or path.startswith(forbidden + "/"):
+            raise InvalidArgument(f"{ACTIVE_PATH} may not be under {forbidden}: {path!r}")
+
+
 def validate_key(key: str, what: str = "key") -> None:
     """Snapshot keys and names: non-empty, no NUL, at most 4096 bytes."""
     if not key:

@@ -4,6 +4,8 @@
     root/status.json    (the serving process and its last reconcile; see runstatus.py)
     root/snapshots/<ID>/fs/                  the layer's files (overlayfs upper or lower)
                         fs/overlaybd.commit  a committed writable layer's layer file
+                        fs/overlaybd.sealed  a writable layer committed by sealing it
+                        layer.tar            an uncompressed OCI layer an external differ put
                         work/                overlayfs workdir (active snapshots)
                         block/               the device's files (see BlockDir)
                         image_ref            the image the snapshot was made for (DESIGN-v1 §3)
@@ -37,6 +39,23 @@ _FS, _WORK, _BLOCK = "fs", "work", "block"
 _COMMIT_FILE = "overlaybd.commit"
 _IMAGE_REF_FILE = "image_ref"
 _PARTIAL_COMMIT_FILE = ".overlaybd.commit.partial"
+_SEALED_FILE = "overlaybd.sealed"
+_LAYER_TAR = "layer.tar"
+
+
+@dataclass(frozen=True)
+class WritableDir:
+    """Where a writable layer's data and index live: ``block/``, or ``overlay.active.path``."""
+
+    path: Path
+
+    @property
+    def data(self) -> Path:
+        return self.path / "writable_data"
+
+    @property
+    def index(self) -> Path:
+        return self.path / "writable_index"
 
 
 @dataclass(frozen=True)
@@ -63,6 +82,11 @@ class BlockDir:
         return self.path / "config.v1.json.writable"
 
     @property
+    def commit_request(self) -> Path:
+        """The name and labels of a sealing commit: once sealed, it can only go ahead."""
+        return self.path / "commit_request.json"
+
+    @property
     def result_file(self) -> Path:
         """Where overlaybd writes how opening the image went."""
         return self.path / "init-debug.log"
@@ -73,12 +97,26 @@ class BlockDir:
         return self.path / "backstore_mark"
 
     @property
+    def writable(self) -> WritableDir:
+        """The writable layer's files when they live here (the default place)."""
+        return WritableDir(self.path)
+
+    @property
     def writable_data(self) -> Path:
-        return self.path / "writable_data"
+        return self.writable.data
 
     @property
     def writable_index(self) -> Path:
-        return self.path / "writable_index"
+        return self.writable.index
+
+    @property
+    def writable_location(self) -> Path:
+        """Names the directory outside ``block/`` holding the writable layer (absent: here).
+
+        It also says whether obdsnap created the layer there or found it (reused):
+        obdsnap deletes only writable files that it created.
+        """
+        return self.path / "writable_location"
 
 
 @dataclass(frozen=True)
@@ -145,6 +183,14 @@ class Layout:
     def partial_commit_file(self, snapshot_id: int) -> Path:
         """What overlaybd-commit writes, renamed to ``commit_file`` once complete."""
         return self.fs_dir(snapshot_id) / _PARTIAL_COMMIT_FILE
+
+    def sealed_file(self, snapshot_id: int) -> Path:
+        """A writable layer committed with ``overlaybd-commit --seal``, moved into ``fs/``."""
+        return self.fs_dir(snapshot_id) / _SEALED_FILE
+
+    def layer_tar(self, snapshot_id: int) -> Path:
+        """An uncompressed OCI layer placed by an external differ: a "local layer"."""
+        return self.snapshot_dir(snapshot_id) / _LAYER_TAR
 
     def create_root(self) -> None:
         for directory in (self.root, self.snapshots):

@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from obdsnap.blocking import BlockingRunner
+from obdsnap.commit_flow import commit_row
 from obdsnap.device.manager import DeviceManager
 from obdsnap.device.mounter import Mounter
-from obdsnap.errors import SnapshotError
+from obdsnap.errors import AlreadyExists, SnapshotError
 from obdsnap.fsutil import remove_tree
 from obdsnap.layout import Layout
 from obdsnap.locks import KeyedLocks
 from obdsnap.overlaybd.layers import BlockLayers
-from obdsnap.storage import Kind, MetaStore, Operation
+from obdsnap.storage import Kind, MetaStore, Operation, Record
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ class Reconciler:
                 continue
             log.info("cleanup: removing %s, which no snapshot owns", orphan)
             try:
+                if orphan.name.isdigit():  # what it created outside its directory goes too
+                    await self._layers.writable.remove_created(int(orphan.name))
                 # Refused (EBUSY) if a mount appeared inside since: never removed through one.
                 await self._blocking(remove_tree, orphan)
                 report.directories_removed += 1
@@ -188,6 +191,8 @@ class Reconciler:
                 if intent.operation is Operation.COMMIT:
                     record = by_id.get(intent.snapshot_id)
                     committed = record is not None and record.kind == Kind.COMMITTED
+                    if record is not None and not committed:
+                        committed = await self._finish_sealed_commit(record)
                     outcome = await self._layers.settle_commit(
                         intent.snapshot_id, committed=committed
                     )
@@ -201,6 +206,27 @@ class Reconciler:
             log.warning("%s was interrupted: %s", what, outcome)
             settled.append(f"{what} {outcome}")
         return settled
+
+    async def _finish_sealed_commit(self, record: Record) -> bool:
+        """A sealing commit that kept its request but has no row: it goes ahead.
+
+        Its writable layer is (being) sealed, so it cannot be rolled back; the row it asked
+        for is committed now. False when there is no such commit, or its name was taken.
+        """
+        request = await self._layers.writable.finish_seal(record.id)
+        if request is None:
+            return False
+        parent = self._store.find(record.parent) if record.parent else None
+        try:
+            await commit_row(
+                self._layers, self._store, record, parent, request.name, request.labels, local=True
+            )
+        except AlreadyExists:
+            log.error(
+                "snapshot %r: sealed, but %r is taken: not committed", record.key, request.name
+            )
+            return False
+        return True
 
     async def _drop_unfinished_creates(self) -> int:
         """Roll back the creates a crash interrupted; none of them was acknowledged.

@@ -45,16 +45,20 @@ class RwMode(enum.Enum):
 
 
 class StorageType(enum.Enum):
-    """Which kind of layer a snapshot is (DESIGN §3); detected by overlaybd/storage_type.py."""
+    """Which kind of layer a snapshot is (DESIGN-v1 §4); detected by overlaybd/storage_type.py."""
 
     NORMAL = "normal"  # a plain OCI layer, served by overlayfs
     LOCAL_BLOCK = "local"  # an overlaybd layer file on this node
     REMOTE_BLOCK = "remote"  # an overlaybd blob fetched lazily from the registry
+    LOCAL_LAYER = "local layer"  # a layer.tar to convert: not servable (yet)
 
     @property
     def is_block(self) -> bool:
         """An overlaybd layer: it has a device config, and a device once a child needs it."""
-        return self is not StorageType.NORMAL
+        return self in (StorageType.LOCAL_BLOCK, StorageType.REMOTE_BLOCK)
+
+
+LOCAL_LAYER_REFUSED = "local OCI layer conversion (layer.tar) is not supported yet"
 
 
 # containerd's snapshots.UnpackKeyFormat is "extract-%s %s" (ctr import unpacks without

@@ -251,7 +251,15 @@ def lock_root(layout: Layout) -> IO[str]:
 
 
 def _tcmu_backend(config: BootConfig) -> DeviceBackend:
-    return TcmuBackend(Path(config.configfs_root), Path(config.sysfs_root))
+    backend = TcmuBackend(Path(config.configfs_root), Path(config.sysfs_root), tenant=config.tenant)
+    if backend.names.shares_prefix:
+        log.warning(
+            "tenant %d: its devices' WWNs start %s, as those of every tenant 100 apart do: "
+            "two such snapshotters on this host collide on equal snapshot IDs",
+            config.tenant,
+            backend.names.wwn_prefix,
+        )
+    return backend
 
 
 # Config "deviceBackend" -> how the backend is built (config.DEVICE_BACKENDS names them).

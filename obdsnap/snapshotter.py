@@ -16,7 +16,6 @@ disk or a device.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 
 from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner, CompletionGuard
+from obdsnap.commit_flow import CommitFlow
 from obdsnap.device.filesystem import fs_spec
 from obdsnap.device.manager import DeviceManager, MountMode
 from obdsnap.device.mounter import Mounter
@@ -42,6 +42,7 @@ from obdsnap.quota import NO_QUOTA_CONFIG, QuotaSettings, check_quota_label
 from obdsnap.reconcile import CleanupReport, Reconciler, ReconcileReport
 from obdsnap.removal import DeviceRelease
 from obdsnap.role import (
+    LOCAL_LAYER_REFUSED,
     AccelerationUnpack,
     BlockRootfs,
     CommittedLayer,
@@ -53,8 +54,8 @@ from obdsnap.role import (
     RemoteUnpack,
     Role,
     RwMode,
+    StorageType,
     WritableRootfs,
-    commits_local_layer,
     committed_role,
     device_is_mounted,
     has_own_device,
@@ -64,7 +65,7 @@ from obdsnap.role import (
 )
 from obdsnap.snapshot_dirs import SnapshotDirs
 from obdsnap.snapshot_mounts import AttachedDevice, MountedSnapshot, snapshot_mounts
-from obdsnap.storage import Info, Kind, MetaStore, Operation, Record, Usage
+from obdsnap.storage import Info, Kind, MetaStore, Record, Usage
 from obdsnap.usage import snapshot_usage
 
 __all__ = [
@@ -117,6 +118,9 @@ class Snapshotter:
         self._reconciler = Reconciler(
             layout, store, layers, devices, mounter, blocking, self._locks, self._dirs.building
         )
+        self._commits = CommitFlow(
+            layout, store, layers, devices, blocking, self._locks, seal=options.seal_writable
+        )
 
     async def start(self) -> ReconcileReport:
         """Reconcile the disk and the devices with the metadata before serving."""
@@ -166,6 +170,8 @@ class Snapshotter:
         if self._store.find(key) is not None:
             raise AlreadyExists(f"snapshot {key!r} already exists")
         parent_layer = await self._parent_layer(parent_record)
+        if parent_layer is not None and parent_layer.storage is StorageType.LOCAL_LAYER:
+            raise FailedPrecondition(f"parent {parent!r}: {LOCAL_LAYER_REFUSED}")
         rw_mode = new_rw_mode(key, labels, parent_layer, self._options.rw_mode)
         docker = await self._docker.lineage(parent_record)
         role = role_of(key, labels, rw_mode, parent_layer, docker)
@@ -245,6 +251,7 @@ class Snapshotter:
 
     async def _undo_create(self, record: Record) -> None:
         await self._store.remove(record.key)
+        await self._layers.writable.remove_created(record.id)
         self._dirs.remove_later(record.id)
 
     # ------------------------------------------------------------------ mounts
@@ -277,7 +284,9 @@ class Snapshotter:
             case WritableRootfs(fresh_filesystem=fresh):
                 spec = fs_spec(record.info.labels)
                 mode = MountMode.READ_WRITE if device_is_mounted(role) else MountMode.NONE
-                path = await self._devices.attach(record.id, spec, mkfs=new and fresh, mode=mode)
+                # A reused layer (overlay.active.path) has its filesystem already.
+                mkfs = new and fresh and (await self._layers.writable.location(record.id)).created
+                path = await self._devices.attach(record.id, spec, mkfs=mkfs, mode=mode)
                 device = AttachedDevice(path, spec.fs_type)
             case BlockRootfs() if parent is not None:
                 spec = fs_spec(parent.info.labels)
@@ -301,52 +310,26 @@ class Snapshotter:
             raise AlreadyExists(f"snapshot {name!r} already exists")
         if active.kind != Kind.ACTIVE:
             raise FailedPrecondition(f"snapshot {key!r} is not active")
-        zfile = parse_zfile_config({**active.info.labels, **labels}.get(L.ZFILE_CONFIG, ""))
+        zfile = ZFileConfig()  # DESIGN-v1 §8: sealing ignores zfile-config
+        if not self._options.seal_writable:
+            zfile = parse_zfile_config({**active.info.labels, **labels}.get(L.ZFILE_CONFIG, ""))
         await self._guard.run(self._commit(active, name, labels, zfile))
 
     async def _commit(
         self, active: Record, name: str, labels: Mapping[str, str], zfile: ZFileConfig
     ) -> None:
+        """Every check before the first side effect (DESIGN-v1 §22 quirks 2 and 3)."""
         parent = self._store.find(active.parent) if active.parent else None
-        match await self._role(active, parent):
-            case WritableRootfs(commits_layer_file=True):
-                # The lock keeps a Mounts from attaching the device again half-way.
-                async with (
-                    self._locks.hold(active.id),
-                    self._store.intent(active.id, Operation.COMMIT),
-                ):
-                    try:
-                        await self._commit_writable(active, parent, name, labels, zfile)
-                    finally:
-                        committed = self._store.find(name)
-                        done = committed is not None and committed.id == active.id
-                        await asyncio.shield(self._layers.settle_commit(active.id, committed=done))
-            case _:
-                await self._commit_record(active, parent, name, labels)
-
-    async def _commit_writable(
-        self,
-        active: Record,
-        parent: Record | None,
-        name: str,
-        labels: Mapping[str, str],
-        zfile: ZFileConfig,
-    ) -> None:
-        """DESIGN §7: the writable layer becomes a local layer file, then the row commits."""
-        await self._devices.detach(active.id)
-        await self._layers.commit_writable_layer(active, zfile)
-        await self._layers.keep_writable_config(active.id)
-        await self._commit_record(active, parent, name, labels)
-
-    async def _commit_record(
-        self, active: Record, parent: Record | None, name: str, labels: Mapping[str, str]
-    ) -> None:
-        committed_labels = dict(labels)
-        if commits_local_layer(await self._layers.storage_type(active)):
-            await self._layers.write_local_config(active, parent)
-            committed_labels[L.LOCAL_COMMIT_PATH] = str(self._layout.commit_file(active.id))
-        usage = await self._blocking(disk_usage, self._layout.fs_dir(active.id))
-        await self._store.commit(active.key, name, usage, committed_labels)
+        if await self._layers.storage_type(active) is StorageType.LOCAL_LAYER:
+            raise FailedPrecondition(
+                f"cannot commit snapshot {active.key!r}: {LOCAL_LAYER_REFUSED}"
+            )
+        with self._commits.reserve(name):
+            match await self._role(active, parent):
+                case WritableRootfs(commits_layer_file=True):
+                    await self._commits.commit_writable(active, parent, name, labels, zfile)
+                case _:
+                    await self._commits.commit_record(active, parent, name, labels)
 
     async def remove(self, key: str) -> None:
         validate_key(key)
@@ -372,6 +355,7 @@ class Snapshotter:
                 await self._release.release_parent_device(parent, parent_role, exclude=record.key)
             await self._store.remove(record.key)
         self._layers.forget(record.id)
+        await self._layers.writable.remove_created(record.id)
         if self._options.async_remove:
             log.info("asyncRemove enabled, remove snapshots in Cleanup() method.")
         else:

@@ -9,14 +9,18 @@ simulator runs. Every key is optional::
       "appear_delay": 0.1,          # seconds between the LUN link and the sysfs disk
       "fail_open": "boom",          # open fails: result file "failed:boom", enable -> EIO
       "eagain": 3,                  # answer EAGAIN to the first 3 enable writes of a device
+      "enable_errno": 22,           # enable fails at once with this errno, nothing opened
       "never_appear": true,         # the disk never shows up in sysfs
+      "busy_after_appear": 0.1,     # seconds the new disk is held open O_EXCL (a prober):
+                                    # mounts of it fail with EBUSY meanwhile
       "slow_io_ms": 20              # every read/write of the device's backing file sleeps
     }
 
 A value may be restricted to some devices: ``{"value": V, "devices": ["dev_3", 4]}``
-(an integer N means ``dev_N``), or be a list of such objects, the first matching
-one winning. Devices that no entry matches get the default (the command-line
-value for the latencies, "off" for the faults).
+(an integer N means ``dev_N``, in any HBA; ``"user_7/dev_3"`` names the one of
+HBA ``user_7``), or be a list of such objects, the first matching one winning.
+Devices that no entry matches get the default (the command-line value for the
+latencies, "off" for the faults).
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ KNOB_TYPES: Mapping[str, type] = {
     "appear_delay": float,
     "fail_open": str,
     "eagain": int,
+    "enable_errno": int,
     "never_appear": bool,
+    "busy_after_appear": float,
     "slow_io_ms": float,
 }
 
@@ -50,7 +56,9 @@ class DeviceKnobs:
     appear_delay: float = 0.0
     fail_open: str | None = None
     eagain: int = 0
+    enable_errno: int = 0
     never_appear: bool = False
+    busy_after_appear: float = 0.0
     slow_io_ms: float = 0.0
 
 
@@ -163,10 +171,12 @@ class Knobs:
             return rules
 
     def for_device(self, device: str) -> DeviceKnobs:
+        """The knobs of ``device``: ``dev_3``, or ``user_7/dev_3`` for the one of that HBA."""
+        names = {device, device.rpartition("/")[2]}
         values: dict[str, Any] = {}
         for key, rules in self._current_rules().items():
             for rule in rules:
-                if rule.devices is None or device in rule.devices:
+                if rule.devices is None or names & rule.devices:
                     values[key] = rule.value
                     break
         defaults = self._defaults
@@ -175,7 +185,9 @@ class Knobs:
             appear_delay=_or(values.get("appear_delay"), defaults.appear_delay),
             fail_open=values.get("fail_open") or None,
             eagain=values.get("eagain") or 0,
+            enable_errno=values.get("enable_errno") or 0,
             never_appear=bool(values.get("never_appear")),
+            busy_after_appear=values.get("busy_after_appear") or 0.0,
             slow_io_ms=values.get("slow_io_ms") or 0.0,
         )
 

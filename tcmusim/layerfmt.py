@@ -10,6 +10,9 @@ NUL-padded. What follows depends on the kind:
     so a loop device with ``--offset 4096`` serves it directly.
 ``index`` (``block/writable_index``)
     the header only; it names the data file it belongs to (``data_uuid``).
+``sealed`` (``overlaybd.sealed``, from ``overlaybd-commit --seal``)
+    a data file sealed in place: same body as ``data``, read-only, and served as
+    a lower without unpacking (its extents are the file's data regions).
 ``commit`` (``overlaybd.commit``, registry blobs)
     packed: the image's data extents, each at a 4096-aligned file offset, then
     a table of ``(virtual offset, length, file offset)`` little-endian uint64
@@ -62,6 +65,7 @@ class Kind(enum.StrEnum):
     DATA = "data"
     INDEX = "index"
     COMMIT = "commit"
+    SEALED = "sealed"
 
 
 class LayerFormatError(Exception):
@@ -311,12 +315,14 @@ class CommittedLayer:
 
 
 def open_committed(path: str) -> CommittedLayer:
-    """Open and check a commit; OSError when it cannot be opened, LayerFormatError else."""
+    """Open and check a commit or sealed layer; OSError if it cannot, LayerFormatError if bad."""
     fd = os.open(path, os.O_RDONLY)
     try:
         st = os.fstat(fd)
         base = tar_base(fd)
         header = read_header(fd, base)
+        if header.kind is Kind.SEALED and base == 0:
+            return _open_sealed(fd, path, header, st)
         if header.kind is not Kind.COMMIT:
             raise LayerFormatError(f"a {header.kind.value} file, not a committed layer")
         layer_size = st.st_size - base
@@ -333,6 +339,43 @@ def open_committed(path: str) -> CommittedLayer:
             ):
                 raise LayerFormatError("extent out of bounds (damaged layer)")
         return CommittedLayer(path, base, header, extents, st)
+    finally:
+        os.close(fd)
+
+
+def _open_sealed(fd: int, path: str, header: Header, st: os.stat_result) -> CommittedLayer:
+    """A sealed layer keeps the data file's body: its extents are where data was written."""
+    end = HEADER_SIZE + header.virtual_size
+    extents = [
+        Extent(offset - HEADER_SIZE, length, offset)
+        for offset, length in data_extents(fd, HEADER_SIZE, end)
+    ]
+    return CommittedLayer(path, 0, header, extents, st)
+
+
+def seal(data_path: Path, index_path: Path) -> Header:
+    """overlaybd-commit --seal: the data file becomes a read-only layer, in place.
+
+    Only the header changes, and it is written in one ``pwrite`` after the body is
+    durable, so a seal cut short leaves the writable layer as it was.
+    """
+    fd = os.open(data_path, os.O_RDWR)
+    try:
+        header = read_header(fd)
+        index_fd = os.open(index_path, os.O_RDONLY)
+        try:
+            index = read_header(index_fd)
+        finally:
+            os.close(index_fd)
+        if header.kind is not Kind.DATA or index.kind is not Kind.INDEX:
+            raise LayerFormatError("not a writable data/index pair")
+        if index.data_uuid != header.uuid:
+            raise LayerFormatError("the index belongs to another data file")
+        os.fsync(fd)
+        header.kind = Kind.SEALED
+        write_header(fd, header)
+        os.fsync(fd)
+        return header
     finally:
         os.close(fd)
 

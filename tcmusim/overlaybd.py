@@ -2,9 +2,10 @@
 
 Validation follows overlaybd's ``ImageFile``: an acceleration layer (the last
 lower when ``accelerationLayer`` is set) only carries a trace; a lower is
-opened from ``file``, else from ``dir/overlaybd.commit`` when present, else
-from the registry by ``digest`` (here: the blob store, ``<store>/sha256/<hex>``,
-checked against the size and digest); a lower with only a ``dir`` and nothing
+opened from ``file``, else from ``dir/overlaybd.commit`` or, failing that,
+``dir/overlaybd.sealed`` (a sealed writable layer) when present, else from the
+registry by ``digest`` (here: the blob store, ``<store>/sha256/<hex>``, checked
+against the size and digest); a lower with only a ``dir`` and nothing
 in it carries no image data. The result file gets ``success`` or
 ``failed:<reason>`` before the open returns.
 
@@ -38,6 +39,7 @@ from tcmusim.slowio import SlowIO
 log = logging.getLogger("tcmusim.overlaybd")
 
 COMMIT_FILE_NAME = "overlaybd.commit"
+SEALED_FILE_NAME = "overlaybd.sealed"
 HANDLER = "overlaybd"
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 
@@ -140,8 +142,9 @@ class Overlaybd:
     ) -> CommittedLayer | None:
         if lower.file:
             return _open_local(lower.file)
-        if lower.dir and os.path.exists(os.path.join(lower.dir, COMMIT_FILE_NAME)):
-            return _open_local(os.path.join(lower.dir, COMMIT_FILE_NAME))
+        for name in (COMMIT_FILE_NAME, SEALED_FILE_NAME) if lower.dir else ():
+            if os.path.exists(os.path.join(lower.dir, name)):
+                return _open_local(os.path.join(lower.dir, name))
         if lower.digest:
             return self._open_remote(lower, repo_blob_url)
         if lower.dir:
@@ -210,6 +213,7 @@ class Overlaybd:
             header = self._upper_header(fd, data_path, index_path)
             parent = top.uuid if top else ""
             if not header.initialized:
+                _adopt_size(fd, header, top, data_path)
                 if top is not None:
                     if top.virtual_size > header.virtual_size:
                         raise _Failed(
@@ -329,6 +333,16 @@ class Overlaybd:
                 f.write("\n")
         except OSError as exc:
             log.error("%s: cannot write trace %s: %s", device, config.record_trace_path, exc)
+
+
+def _adopt_size(fd: int, header: layerfmt.Header, top: CommittedLayer | None, path: str) -> None:
+    """A writable layer created with vsize 0 takes its lowers' size on its first open."""
+    if header.virtual_size:
+        return
+    if top is None:
+        raise _Failed(f"failed to create overlaybd device: upper layer {path} has no size")
+    header.virtual_size = top.virtual_size
+    os.ftruncate(fd, layerfmt.HEADER_SIZE + header.virtual_size)
 
 
 def _check_chain(index: int, layer: CommittedLayer, below: CommittedLayer | None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import threading
 from typing import TYPE_CHECKING
@@ -166,7 +167,7 @@ class Lun(Group):
         kernel = target.kernel
         address = ScsiAddress(self.tpg.wwn.host, 0, self.tpg.tpgt, self.lun)
         disk = Disk(address, backing.loop.name, backing.size, backing.read_only)
-        export = ScsiExport(kernel, target.name, disk)
+        export = ScsiExport(kernel, target.qualified_name, disk)
         self.export = target.export = export
         with kernel.lock:
             kernel.exports.add(export)
@@ -192,6 +193,8 @@ class ScsiExport:
         self.disk = disk
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
+        self._holder: threading.Timer | None = None
+        self._held: int | None = None
         self._published = False
         self._removed = False
 
@@ -209,17 +212,43 @@ class ScsiExport:
             self._timer.start()
 
     def _publish(self) -> None:
+        busy_for = self.kernel.knobs.for_device(self.device).busy_after_appear
         with self._lock:
             if self._removed:
                 return
+            if busy_for > 0:
+                self._hold_exclusively(busy_for)
             self.kernel.sysfs.add_disk(self.disk)
             self._published = True
+
+    def _hold_exclusively(self, seconds: float) -> None:
+        """Keep the disk open O_EXCL for ``seconds``, as a prober of a new disk does."""
+        path = f"/dev/{self.disk.name}"
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning("%s: cannot hold %s: %s", self.device, path, exc)
+            return
+        log.info("%s: %s held exclusively for %.2fs (fault)", self.device, path, seconds)
+        self._held = descriptor
+        self._holder = threading.Timer(seconds, self._let_go)
+        self._holder.daemon = True
+        self._holder.start()
+
+    def _let_go(self) -> None:
+        with self._lock:
+            descriptor, self._held = self._held, None
+        if descriptor is not None:
+            os.close(descriptor)
 
     def remove(self) -> None:
         with self._lock:
             self._removed = True
             if self._timer is not None:
                 self._timer.cancel()
+            if self._holder is not None:
+                self._holder.cancel()
             if self._published:
                 self.kernel.sysfs.remove_disk(self.disk)
                 self._published = False
+        self._let_go()

@@ -64,7 +64,7 @@ class UserHba(Group):
         self.attribute("hba_mode", show=lambda: "0\n", store=lambda text: None)
 
     def make_group(self, name: str) -> Group:
-        device = TcmuDevice(self.kernel, name)
+        device = TcmuDevice(self.kernel, name, self.name)
         with self.kernel.lock:
             self.kernel.devices.add(device)
         return device
@@ -73,9 +73,10 @@ class UserHba(Group):
 class TcmuDevice(Group):
     """``core/user_<N>/<name>``: one TCMU device, served by overlaybd-tcmu once enabled."""
 
-    def __init__(self, kernel: Kernel, name: str) -> None:
+    def __init__(self, kernel: Kernel, name: str, hba: str) -> None:
         super().__init__(name)
         self.kernel = kernel
+        self.qualified_name = f"{hba}/{name}"  # what knobs may name it by
         self._lock = threading.Lock()
         self.state = "disabled"  # disabled | enabling | enabled
         self.backing: Backing | None = None
@@ -143,7 +144,7 @@ class TcmuDevice(Group):
     def _enable(self, text: str) -> None:
         if _parse_uint(text) != 1:
             raise fs_error(errno.EINVAL, "enable takes 1")
-        knobs = self.kernel.knobs.for_device(self.name)
+        knobs = self.kernel.knobs.for_device(self.qualified_name)
         with self._lock:
             if self.dead:
                 raise fs_error(errno.ENODEV)
@@ -155,13 +156,16 @@ class TcmuDevice(Group):
                 self._eagain_answered += 1
                 log.info("%s: EAGAIN %d of %d", self.name, self._eagain_answered, knobs.eagain)
                 raise fs_error(errno.EAGAIN)
+            if knobs.enable_errno:
+                log.info("%s: enable fails with errno %d (fault)", self.name, knobs.enable_errno)
+                raise fs_error(knobs.enable_errno)
             if not self.dev_config:
                 raise fs_error(errno.EINVAL, "no dev_config")
             self.state = "enabling"
         started = time.monotonic()
         try:
             backing = self.kernel.overlaybd.open(
-                self.name, self.dev_config, knobs, self.kernel.stopping
+                self.name, _without_devid(self.dev_config), knobs, self.kernel.stopping
             )
         except OpenError as exc:
             with self._lock:
@@ -252,6 +256,11 @@ class TcmuAttrib(Group):
         if self.device.state != "disabled":
             raise fs_error(errno.EINVAL, "device enabled")
         self.device.dev_config = _cut_dev_config(text.rstrip("\n"))
+
+
+def _without_devid(cfgstring: str) -> str:
+    """overlaybd-tcmu's handler takes ``overlaybd/<config>[;<devid>]``: the config part."""
+    return cfgstring.partition(";")[0]
 
 
 def _cut_dev_config(value: str) -> str:

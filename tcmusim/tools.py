@@ -68,8 +68,8 @@ def create(argv: Sequence[str]) -> int:
     parser.add_argument("index_file")
     parser.add_argument("vsize", type=int, help="virtual size(GB)")
     args = parser.parse_args(argv)
-    if args.vsize <= 0:
-        parser.error("vsize: Value must be a positive number")
+    if args.vsize < 0:
+        parser.error("vsize: Value must be a non-negative number")
     if args.fastoci:
         raise _Fatal("--fastoci is not supported by the simulator")
     virtual_size = args.vsize * GIB
@@ -122,49 +122,31 @@ def commit(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--turboOCI", "--fastoci", dest="turbo", action="store_true")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--seal", action="store_true", help="seal only, data_file is output itself")
+    parser.add_argument(
+        "--commit_sealed", action="store_true", help="commit sealed, index_file is output"
+    )
     parser.add_argument("data_file")
     parser.add_argument("index_file")
-    parser.add_argument("commit_file")
+    parser.add_argument("commit_file", nargs="?", default="")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.data_file):
         parser.error(f"data_file: File does not exist: {args.data_file}")
     if args.turbo:
         raise _Fatal("--turboOCI is not supported by the simulator")
+    if args.seal:
+        return _seal(args.data_file, args.index_file)
+    if args.commit_sealed:
+        args.commit_file = args.index_file
+    elif not args.commit_file:
+        parser.error("commit_file is required")
 
     data_fd = _open(args.data_file, os.O_RDWR)
     try:
-        index_fd = _open(args.index_file, os.O_RDONLY)
-        try:
-            data = layerfmt.read_header(data_fd)
-            index = layerfmt.read_header(index_fd)
-            if data.kind is not Kind.DATA or index.kind is not Kind.INDEX:
-                raise LayerFormatError("not a writable data/index pair")
-            if index.data_uuid != data.uuid:
-                raise LayerFormatError("the index belongs to another data file")
-        except LayerFormatError as exc:
-            raise _Fatal(
-                f"failed to create lsmt file object, possibly wrong file format! ({exc})"
-            ) from exc
-        finally:
-            os.close(index_fd)
-
+        data = _source_header(data_fd, args.index_file, sealed=args.commit_sealed)
         if args.force:
             Path(args.commit_file).unlink(missing_ok=True)
-        algorithm, block_size = "", 0
-        if args.zfile:
-            algorithm = args.algorithm or "lz4"
-            if algorithm not in ALGORITHMS:
-                raise _Fatal("invalid '--algorithm' parameters.")
-            kib = 4 if args.bs == -1 else args.bs
-            if kib & (kib - 1) or not 4 <= kib <= 64:
-                raise _Fatal("invalid '--bs' parameters.")
-            block_size = kib * 1024
-        elif args.algorithm or args.bs != -1:
-            print(
-                "WARNING option '--bs' and '--algorithm' will be ignored without '-z'",
-                file=sys.stderr,
-            )
-
+        algorithm, block_size = _compression(args)
         out = _open(args.commit_file, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             header = Header(
@@ -189,6 +171,60 @@ def commit(argv: Sequence[str]) -> int:
         os.close(data_fd)
     print("overlaybd-commit has committed files SUCCESSFULLY")
     return 0
+
+
+def _seal(data_file: str, index_file: str) -> int:
+    try:
+        layerfmt.seal(Path(data_file), Path(index_file))
+    except LayerFormatError as exc:
+        raise _Fatal(
+            f"failed to create lsmt file object, possibly wrong file format! ({exc})"
+        ) from exc
+    except OSError as exc:
+        raise _Fatal(f"failed to open file '{exc.filename}', {exc.errno}: {exc.strerror}") from exc
+    print("overlaybd-commit has sealed files SUCCESSFULLY")
+    return 0
+
+
+def _source_header(data_fd: int, index_file: str, *, sealed: bool) -> Header:
+    """What is committed: a writable data/index pair, or (``--commit_sealed``) a sealed file."""
+    try:
+        data = layerfmt.read_header(data_fd)
+        if sealed:
+            if data.kind is not Kind.SEALED:
+                raise LayerFormatError(f"a {data.kind.value} file, not a sealed layer")
+            return data
+        index_fd = _open(index_file, os.O_RDONLY)
+        try:
+            index = layerfmt.read_header(index_fd)
+        finally:
+            os.close(index_fd)
+        if data.kind is not Kind.DATA or index.kind is not Kind.INDEX:
+            raise LayerFormatError("not a writable data/index pair")
+        if index.data_uuid != data.uuid:
+            raise LayerFormatError("the index belongs to another data file")
+        return data
+    except LayerFormatError as exc:
+        raise _Fatal(
+            f"failed to create lsmt file object, possibly wrong file format! ({exc})"
+        ) from exc
+
+
+def _compression(args: argparse.Namespace) -> tuple[str, int]:
+    """``-z``'s algorithm and block size in bytes; ("", 0) without it."""
+    if args.zfile:
+        algorithm = args.algorithm or "lz4"
+        if algorithm not in ALGORITHMS:
+            raise _Fatal("invalid '--algorithm' parameters.")
+        kib = 4 if args.bs == -1 else args.bs
+        if kib & (kib - 1) or not 4 <= kib <= 64:
+            raise _Fatal("invalid '--bs' parameters.")
+        return algorithm, kib * 1024
+    if args.algorithm or args.bs != -1:
+        print(
+            "WARNING option '--bs' and '--algorithm' will be ignored without '-z'", file=sys.stderr
+        )
+    return "", 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

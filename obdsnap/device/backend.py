@@ -41,7 +41,8 @@ class DeviceBackend(Protocol):
         ...
 
     async def attach(self, snapshot_id: int, block: BlockDir) -> Path:
-        """Set up the snapshot's device from ``block``; the device node. Undone on failure."""
+        """Set up the snapshot's device from ``block``; the device node, ready for mkfs and
+        mount. Undone on failure; a device that does not appear is a failure."""
         ...
 
     async def detach(self, snapshot_id: int) -> None:
@@ -70,10 +71,6 @@ class DeviceBackend(Protocol):
 
     async def attached_ids(self) -> set[int]:
         """IDs of every snapshot with a device set up, known to the metadata or not."""
-        ...
-
-    async def mounted(self, device: Path) -> None:
-        """What the backend does once the device's filesystem is mounted (may be nothing)."""
         ...
 
 

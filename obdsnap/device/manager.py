@@ -155,8 +155,6 @@ class DeviceManager:
                 await self._mounter.mount(
                     device, block.mountpoint, spec, readonly=mode is MountMode.READ_ONLY
                 )
-                with failure_context(step="mounted"):
-                    await self._backend.mounted(device)
             with failure_context(step="mark"):
                 await self._blocking(_write_mark, block.mark, device)
         except BaseException as exc:
@@ -224,6 +222,10 @@ class DeviceManager:
     async def is_marked(self, snapshot_id: int) -> bool:
         """Whether an attach got to its end and no detach has undone it since."""
         return await self._blocking(self._layout.block(snapshot_id).mark.exists)
+
+    async def marked_device(self, snapshot_id: int) -> Path | None:
+        """The device the mark names: the node a finished attach made (maybe gone since)."""
+        return await self._blocking(_read_mark, self._layout.block(snapshot_id).mark)
 
     async def _is_mounted(self, path: Path) -> bool:
         return await self._blocking(self._mounter.mounted_source, path) is not None

@@ -7,12 +7,21 @@ async commands.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 from typing import Protocol
 
 from obdsnap import mountinfo
+from obdsnap.commands import CommandError, CommandTimedOut
 from obdsnap.device import filesystem
 from obdsnap.device.filesystem import FsSpec
+
+log = logging.getLogger(__name__)
+
+# A disk that just appeared may still be held by a prober (udev, blkid): mount again.
+MOUNT_ATTEMPTS = 50
+MOUNT_RETRY_INTERVAL_S = 0.01
 
 
 class Mounter(Protocol):
@@ -61,7 +70,18 @@ class HostMounter:
         await filesystem.remove_lost_and_found(device, spec)
 
     async def mount(self, device: Path, mountpoint: Path, spec: FsSpec, *, readonly: bool) -> None:
-        await filesystem.mount_device(device, mountpoint, spec, readonly=readonly)
+        """mount(8), tried up to 50 times 10 ms apart; the last failure is the one raised."""
+        for attempt in range(1, MOUNT_ATTEMPTS + 1):
+            try:
+                await filesystem.mount_device(device, mountpoint, spec, readonly=readonly)
+                return
+            except CommandTimedOut:
+                raise
+            except CommandError as exc:
+                if attempt == MOUNT_ATTEMPTS:
+                    raise
+                log.debug("mount of %s, attempt %d failed: %s", device, attempt, exc)
+            await asyncio.sleep(MOUNT_RETRY_INTERVAL_S)
 
     async def unmount(self, mountpoint: Path) -> None:
         await filesystem.unmount(mountpoint)

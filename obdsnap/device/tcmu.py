@@ -1,16 +1,18 @@
 """Block devices from overlaybd-tcmu, set up through the kernel's configfs (TCMU + tcm_loop).
 
-For snapshot N: a TCMU target ``core/user_999999999/dev_N`` whose ``dev_config``
-names the snapshot's ``config.v1.json``; overlaybd-tcmu opens the image when the
+For snapshot N: a TCMU target ``core/<HBA>/dev_N`` whose ``dev_config`` names
+the snapshot's ``config.v1.json`` (the HBA and the loopback WWN are the
+tenant's, tcmu_names.py); overlaybd-tcmu opens the image when the
 target is enabled and reports in the result file. A tcm_loop LUN then turns the
 target into a SCSI disk that shows up in sysfs. Every blocking step runs in the
-backend's own executor; the result file is watched from the loop (read with
-aiofiles on that executor), so a failed open surfaces with overlaybd's reason
-as soon as overlaybd-tcmu writes it.
+backend's own executor; the result file is read with aiofiles on that executor,
+after a failed enable and while waiting for the disk, so every failed open
+carries overlaybd's reason.
 
 A device's owner token is its ``dev_config``: a device set up by the Go
 snapshotter from the same root carries the same token, one set up from another
-root does not.
+root does not. A loopback WWN whose LUN links a target of another HBA belongs to
+another tenant (tenants 100 apart share WWNs) and is never touched.
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ from pathlib import Path
 import aiofiles
 
 from obdsnap.blocking import BlockingRunner
+from obdsnap.config import NO_TENANT
 from obdsnap.device.backend import AttachError, DeviceTimeout, OpenFailed
+from obdsnap.device.tcmu_names import TcmuNames
 from obdsnap.errors import failure_context
 from obdsnap.fsutil import write_file_no_follow
 from obdsnap.layout import BlockDir
 
 log = logging.getLogger(__name__)
 
-HBA = 999999999
 # Neither overlaybd-tcmu nor the SCSI layer may time out a command of a lazily fetched image.
 COMMAND_TIMEOUT = "2147483"
 MAX_DATA_AREA_MB = 4
@@ -51,7 +54,6 @@ _INFO_CONFIG = re.compile(r"Config: (\S+)")
 class TcmuTimings:
     enable_retry_interval_s: float = 0.05
     enable_attempts: int = 100  # EAGAIN: the kernel is still busy with another target
-    result_poll_interval_s: float = 0.02
     disk_poll_interval_s: float = 0.01
     disk_timeout_s: float = 10.0
 
@@ -59,8 +61,16 @@ class TcmuTimings:
 class TcmuBackend:
     """Attaches and detaches overlaybd devices under a configfs and a sysfs root."""
 
-    def __init__(self, configfs: Path, sysfs: Path, timings: TcmuTimings = TcmuTimings()) -> None:
-        self._core = configfs / "target" / "core" / f"user_{HBA}"
+    def __init__(
+        self,
+        configfs: Path,
+        sysfs: Path,
+        timings: TcmuTimings = TcmuTimings(),
+        *,
+        tenant: int = NO_TENANT,
+    ) -> None:
+        self.names = TcmuNames(tenant)
+        self._core = configfs / "target" / "core" / self.names.hba
         self._loopback = configfs / "target" / "loopback"
         self._sysfs = sysfs
         self._timings = timings
@@ -75,20 +85,26 @@ class TcmuBackend:
         return self._core
 
     def target_dir(self, snapshot_id: int) -> Path:
-        return self._core / f"dev_{snapshot_id}"
+        return self._core / self.names.target(snapshot_id)
 
     def loopback_dir(self, snapshot_id: int) -> Path:
-        return self._loopback / wwn(snapshot_id)
+        return self._loopback / self.names.wwn(snapshot_id)
+
+    def _lun_link(self, snapshot_id: int) -> Path:
+        return self.loopback_dir(snapshot_id) / "tpgt_1/lun/lun_0" / self.names.target(snapshot_id)
 
     def describe(self, snapshot_id: int) -> str:
-        return f"device dev_{snapshot_id}"
+        return f"device {self.names.hba}/{self.names.target(snapshot_id)}"
 
     async def attach(self, snapshot_id: int, block: BlockDir) -> Path:
         """Set up the device of a snapshot; its path, e.g. ``/dev/sdc``. Undone on failure."""
-        config_path, result_file = block.config, block.result_file
+        return await self.attach_config(snapshot_id, dev_config(block.config), block.result_file)
+
+    async def attach_config(self, snapshot_id: int, config: str, result_file: Path) -> Path:
+        """Set up device ``snapshot_id`` with ``dev_config`` ``config``; undone on failure."""
         try:
             with failure_context(snapshot_id=snapshot_id, step="configfs"):
-                await self._blocking(self._create_target, snapshot_id, config_path, result_file)
+                await self._blocking(self._create_target, snapshot_id, config, result_file)
             with failure_context(snapshot_id=snapshot_id, step="open"):
                 await self._enable(snapshot_id, result_file)
             with failure_context(snapshot_id=snapshot_id, step="lun"):
@@ -104,13 +120,33 @@ class TcmuBackend:
             await self._blocking(self._remove_configfs_entries, snapshot_id)
 
     async def is_attached(self, snapshot_id: int) -> bool:
-        link = self.loopback_dir(snapshot_id) / "tpgt_1" / "lun" / "lun_0" / f"dev_{snapshot_id}"
-        return await self._blocking(link.is_symlink)
+        return await self._blocking(self._links_own_target, snapshot_id)
 
     async def has_entries(self, snapshot_id: int) -> bool:
         """Whether any configfs object of the snapshot exists, complete or not."""
-        target, loopback = self.target_dir(snapshot_id), self.loopback_dir(snapshot_id)
-        return await self._blocking(lambda: target.exists() or loopback.exists())
+        target = self.target_dir(snapshot_id)
+        return await self._blocking(lambda: target.exists() or self._owns_loopback(snapshot_id))
+
+    def _link_hba(self, snapshot_id: int) -> str | None:
+        """Blocking: the HBA whose target the WWN's LUN links, None if no link."""
+        try:
+            return Path(os.readlink(self._lun_link(snapshot_id))).parent.name
+        except OSError:
+            return None
+
+    def _links_own_target(self, snapshot_id: int) -> bool:
+        """Blocking: whether the WWN's LUN links this HBA's target of the snapshot."""
+        return self._link_hba(snapshot_id) == self.names.hba
+
+    def _foreign_hba(self, snapshot_id: int) -> str | None:
+        """Blocking: the other HBA whose target the WWN links (tenants 100 apart), if any."""
+        hba = self._link_hba(snapshot_id)
+        return hba if hba not in (None, self.names.hba) else None
+
+    def _owns_loopback(self, snapshot_id: int) -> bool:
+        """Blocking: the WWN exists and links no other HBA's target (a half set-up links none)."""
+        exists = self.loopback_dir(snapshot_id).exists()
+        return exists and self._foreign_hba(snapshot_id) is None
 
     async def find_device(self, snapshot_id: int) -> Path | None:
         """The disk of an attached snapshot, from its LUN's SCSI address."""
@@ -130,7 +166,7 @@ class TcmuBackend:
         return await self._blocking(self.target_ids)
 
     def target_ids(self) -> set[int]:
-        """Blocking: IDs of every snapshot that has a target under the HBA."""
+        """Blocking: IDs of every snapshot that has a target under this tenant's HBA."""
         names = _list_dir(self._core)
         return {int(name[4:]) for name in names if name.startswith("dev_") and name[4:].isdigit()}
 
@@ -138,67 +174,40 @@ class TcmuBackend:
         """Blocking: a target's ``info`` attribute, None if there is no such target."""
         return _read_text(self.target_dir(snapshot_id) / "info")
 
-    async def mounted(self, device: Path) -> None:
-        """Give the mounted disk the SCSI command timeout a lazily fetched image needs."""
-        timeout_file = self._sysfs / "block" / device.name / "device" / "timeout"
-        await self._blocking(_write_attribute, timeout_file, COMMAND_TIMEOUT)
-
     # ------------------------------------------------------------------ steps
 
-    def _create_target(self, snapshot_id: int, config_path: Path, result_file: Path) -> None:
+    def _create_target(self, snapshot_id: int, config: str, result_file: Path) -> None:
         target = self.target_dir(snapshot_id)
         target.mkdir(mode=0o700, parents=True, exist_ok=True)
         # A stale "success" from an earlier attach must not be taken for this one's.
         write_file_no_follow(result_file, b"")
-        _write_attribute(target / "control", f"dev_config={dev_config(config_path)}")
+        _write_attribute(target / "control", f"dev_config={config}")
         _write_attribute(target / "control", f"max_data_area_mb={MAX_DATA_AREA_MB}")
 
     async def _enable(self, snapshot_id: int, result_file: Path) -> None:
-        """Write ``enable`` in a thread while watching the result file from the loop."""
-        enabling = asyncio.ensure_future(self._write_enable(snapshot_id))
-        watching = asyncio.ensure_future(self._watch_result(result_file, enabling))
-        try:
-            await asyncio.wait([enabling, watching], return_when=asyncio.FIRST_COMPLETED)
-            if watching.done():
-                watching.result()  # raises as soon as overlaybd reported a failed open
-            await enabling
-        except OSError as exc:
-            reason = await self._read_result(result_file)
-            error = OpenFailed if reason.startswith("failed") else AttachError
-            raise error(
-                f"failed to enable the target of snapshot {snapshot_id}: {exc.strerror}: {reason}"
-            ).add_context(reason=_overlaybd_reason(reason) or str(exc.strerror)) from exc
-        except AttachError:
-            # The target can only be removed once the kernel has given up the enable.
-            await asyncio.gather(enabling, return_exceptions=True)
-            raise
-        finally:
-            watching.cancel()
+        """Write ``enable``: overlaybd-tcmu opens the image meanwhile, and says how in the result
+        file. A failure carries the errno and overlaybd's reason."""
         target = self.target_dir(snapshot_id)
+        try:
+            await self._write_enable(target, result_file)
+        except OSError as exc:
+            raise _enable_failed(target, exc, await self._read_result(result_file)) from exc
         await self._blocking(_write_attribute, target / "attrib" / "cmd_time_out", COMMAND_TIMEOUT)
 
-    async def _write_enable(self, snapshot_id: int) -> None:
-        enable = self.target_dir(snapshot_id) / "enable"
+    async def _write_enable(self, target: Path, result_file: Path) -> None:
+        """Write ``enable``, again every 50 ms while the kernel answers EAGAIN (100 times)."""
         for attempt in range(self._timings.enable_attempts):
             try:
-                await self._blocking(_write_attribute, enable, "1")
+                await self._blocking(_write_attribute, target / "enable", "1")
                 return
-            except BlockingIOError:
+            except BlockingIOError as exc:
                 if attempt + 1 == self._timings.enable_attempts:
-                    raise
+                    text = await self._read_result(result_file)
+                    detail = text or f"{exc.strerror} {attempt + 1} times"
+                    raise AttachError(
+                        f"failed to enable target for {target}, {detail}"
+                    ).add_context(reason=_overlaybd_reason(text) or str(exc.strerror)) from exc
                 await asyncio.sleep(self._timings.enable_retry_interval_s)
-
-    async def _watch_result(self, result_file: Path, enabling: asyncio.Future[None]) -> None:
-        """Raise AttachError as soon as the result file says ``failed:``."""
-        while True:
-            text = await self._read_result(result_file)
-            if text.startswith("failed"):
-                raise OpenFailed(f"overlaybd could not open the image: {text}").add_context(
-                    reason=_overlaybd_reason(text)
-                )
-            if text.startswith("success") or enabling.done():
-                return
-            await asyncio.sleep(self._timings.result_poll_interval_s)
 
     async def _read_result(self, result_file: Path) -> str:
         """overlaybd's result file, stripped; "" if it is missing."""
@@ -209,23 +218,40 @@ class TcmuBackend:
             return ""
 
     def _create_lun(self, snapshot_id: int) -> str:
-        name = wwn(snapshot_id)
+        name = self.names.wwn(snapshot_id)
+        foreign = self._foreign_hba(snapshot_id)
+        if foreign is not None:
+            raise AttachError(
+                f"loopback {name} is taken by a device of another HBA ({foreign}): tenants "
+                f"that differ by a multiple of 100 share the WWN prefix {self.names.wwn_prefix}"
+            )
         tpg = self._loopback / name / "tpgt_1"
-        lun = tpg / "lun" / "lun_0"
-        lun.mkdir(parents=True, exist_ok=True)
+        (tpg / "lun" / "lun_0").mkdir(parents=True, exist_ok=True)
         _write_attribute(tpg / "nexus", name)
-        link = lun / f"dev_{snapshot_id}"
+        link = self._lun_link(snapshot_id)
         if not link.is_symlink():
             link.symlink_to(self.target_dir(snapshot_id))
         return (tpg / "address").read_text().strip()
 
     async def _wait_for_disk(self, address: str, result_file: Path) -> Path:
+        """The disk, once it appeared and took the SCSI timeout (before any mkfs or mount).
+
+        A timeout that cannot be written yet counts as not there yet.
+        """
         disks = self._disks_dir(address)
         deadline = time.monotonic() + self._timings.disk_timeout_s
+        last_error = ""
         while True:
             names = await self._blocking(_list_dir, disks)
             if names:
-                return Path("/dev") / sorted(names)[0]
+                disk = sorted(names)[0]
+                try:
+                    await self._blocking(
+                        _write_attribute, self._timeout_file(disk), COMMAND_TIMEOUT
+                    )
+                    return Path("/dev") / disk
+                except OSError as exc:
+                    last_error = f"; its SCSI timeout could not be set: {exc.strerror}"
             text = await self._read_result(result_file)
             if text.startswith("failed"):
                 raise OpenFailed(f"overlaybd could not open the image: {text}").add_context(
@@ -234,9 +260,12 @@ class TcmuBackend:
             if time.monotonic() > deadline:
                 raise DeviceTimeout(
                     f"disk of SCSI address {address} did not appear in {disks} "
-                    f"within {self._timings.disk_timeout_s:.1f}s"
+                    f"within {self._timings.disk_timeout_s:.1f}s{last_error}"
                 )
             await asyncio.sleep(self._timings.disk_poll_interval_s)
+
+    def _timeout_file(self, disk: str) -> Path:
+        return self._sysfs / "block" / disk / "device" / "timeout"
 
     def find_disk(self, snapshot_id: int) -> Path | None:
         """Blocking: the disk of an attached snapshot, from its LUN's SCSI address."""
@@ -251,25 +280,46 @@ class TcmuBackend:
         return self._sysfs / "class" / "scsi_device" / f"{address}:0" / "device" / "block"
 
     def _remove_configfs_entries(self, snapshot_id: int) -> None:
-        """Blocking: the loopback LUN, then the target, each step tolerating "already gone"."""
-        tpg = self.loopback_dir(snapshot_id) / "tpgt_1"
-        lun = tpg / "lun" / "lun_0"
-        with contextlib.suppress(FileNotFoundError):
-            (lun / f"dev_{snapshot_id}").unlink()
-        for directory in (lun, tpg, self.loopback_dir(snapshot_id), self.target_dir(snapshot_id)):
+        """Blocking: the loopback LUN, then the target, each step tolerating "already gone".
+
+        Another tenant's WWN of the same name (tenants 100 apart) is left alone.
+        """
+        link = self._lun_link(snapshot_id)
+        directories = [self.target_dir(snapshot_id)]
+        if self._owns_loopback(snapshot_id):
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            directories[:0] = [
+                link.parent,
+                link.parent.parent.parent,
+                self.loopback_dir(snapshot_id),
+            ]
+        for directory in directories:
             with contextlib.suppress(FileNotFoundError):
                 directory.rmdir()
 
 
-def dev_config(config_path: Path) -> str:
-    """What a target's ``dev_config`` says for a device config file, as the kernel keeps it."""
+def dev_config(config_path: Path, device_id: int | None = None) -> str:
+    """What a target's ``dev_config`` says for a device config file (and, if given, a device ID
+    after ``;``), as the kernel keeps it."""
+    suffix = "" if device_id is None else f";{device_id}"
     # The kernel cuts bytes, not characters; its info attribute is read back with "replace".
-    value = f"{DEV_CONFIG_PREFIX}{config_path}".encode()[:DEV_CONFIG_MAX]
+    value = f"{DEV_CONFIG_PREFIX}{config_path}{suffix}".encode()[:DEV_CONFIG_MAX]
     return value.decode(errors="replace")
 
 
-def wwn(snapshot_id: int) -> str:
-    return f"naa.199{snapshot_id:013d}"
+def wwn(snapshot_id: int, tenant: int = NO_TENANT) -> str:
+    """The loopback WWN of a snapshot's device for ``tenant``."""
+    return TcmuNames(tenant).wwn(snapshot_id)
+
+
+def _enable_failed(target: Path, error: OSError, result: str) -> AttachError:
+    """A write of ``enable`` failed at once: the errno, and overlaybd's reason if it gave one."""
+    message = f"failed to write enable for {target}: {error.strerror}"
+    if result:
+        message += f": {result}"
+    kind = OpenFailed if result.startswith("failed") else AttachError
+    return kind(message).add_context(reason=_overlaybd_reason(result) or str(error.strerror))
 
 
 def _write_attribute(path: Path, value: str) -> None:

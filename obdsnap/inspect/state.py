@@ -104,7 +104,9 @@ class Inspector:
         self.layout = Layout.resolved(config.root)  # the paths the server emitted
         # Its thread pool starts no thread until something is submitted; only its
         # synchronous readers are used here.
-        self._tcmu = TcmuBackend(Path(config.configfs_root), Path(config.sysfs_root))
+        self._tcmu = TcmuBackend(
+            Path(config.configfs_root), Path(config.sysfs_root), tenant=config.tenant
+        )
 
     # ------------------------------------------------------------------ metadata
 

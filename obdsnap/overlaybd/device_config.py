@@ -40,11 +40,11 @@ class Lower:
 class Upper:
     index: str = ""
     data: str = ""
+    vsize: int = 0  # GB; only a writable layer without a parent has one (DESIGN-v1 §6)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            name: value for name, value in (("index", self.index), ("data", self.data)) if value
-        }
+        fields = (("index", self.index), ("data", self.data), ("vsize", self.vsize))
+        return {name: value for name, value in fields if value}
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,11 @@ class DeviceConfig:
                 )
                 for lower in document.get("lowers") or []
             ),
-            upper=Upper(index=str(upper.get("index", "")), data=str(upper.get("data", ""))),
+            upper=Upper(
+                index=str(upper.get("index", "")),
+                data=str(upper.get("data", "")),
+                vsize=int(upper.get("vsize", 0)),
+            ),
             result_file=str(document.get("resultFile", "")),
             acceleration_layer=bool(document.get("accelerationLayer", False)),
             record_trace_path=str(document.get("recordTracePath", "")),

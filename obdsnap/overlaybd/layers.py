@@ -7,24 +7,23 @@ layer is made and committed with overlaybd's tools.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner
-from obdsnap.errors import InvalidArgument, failure_context
-from obdsnap.fsutil import fsync_path
+from obdsnap.errors import InvalidArgument
+from obdsnap.fsutil import disk_usage
 from obdsnap.layout import Layout
 from obdsnap.overlaybd import device_config
 from obdsnap.overlaybd.device_config import DeviceConfig, Lower, Upper
 from obdsnap.overlaybd.storage_type import detect_storage_type
-from obdsnap.overlaybd.tools import OverlaybdTools, ZFileConfig
+from obdsnap.overlaybd.tools import OverlaybdTools
+from obdsnap.overlaybd.writable import WritableLayers, vsize_gb
 from obdsnap.role import StorageType, TraceFlags
-from obdsnap.storage import Kind, Record
+from obdsnap.storage import Kind, Record, Usage
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +42,8 @@ class BlockLayers:
         self._layout = layout
         self._tools = tools
         self._blocking = blocking
-        self._sparse = sparse
         self._committed_types: dict[int, StorageType] = {}
+        self.writable = WritableLayers(layout, tools, blocking, sparse=sparse)
 
     # ------------------------------------------------------------------ paths
 
@@ -64,6 +63,10 @@ class BlockLayers:
         if record.kind == Kind.COMMITTED:
             self._committed_types[record.id] = found
         return found
+
+    async def layer_usage(self, snapshot_id: int) -> Usage:
+        """What a committed layer records: the usage of its ``fs/``, layer files included."""
+        return await self._blocking(disk_usage, self._layout.fs_dir(snapshot_id))
 
     def forget(self, snapshot_id: int) -> None:
         self._committed_types.pop(snapshot_id, None)
@@ -140,34 +143,20 @@ class BlockLayers:
     # ------------------------------------------------------------------ writable layers
 
     async def create_writable_layer(self, record: Record, parent: Record | None) -> None:
-        block = self._layout.block(record.id)
-        data, index = block.writable_data, block.writable_index
-        with failure_context(snapshot_id=record.id, step="overlaybd-create"):
-            await self._tools.create_writable_layer(data, index, sparse=self._sparse)
+        """The layer (DESIGN-v1 §6 step 5) and its config: the parent's lowers plus the upper."""
+        vsize = vsize_gb(record.info.labels, has_parent=record.parent != "")
+        place = await self.writable.create(record.id, record.info.labels, vsize)
         config = await self.config_from_parent(record.id, parent)
-        await self.write_config(
-            record.id, replace(config, upper=Upper(index=str(index), data=str(data)))
-        )
+        upper = Upper(index=str(place.index), data=str(place.data), vsize=vsize)
+        await self.write_config(record.id, replace(config, upper=upper))
 
-    async def commit_writable_layer(self, record: Record, zfile: ZFileConfig) -> None:
-        """``overlaybd-commit`` the writable layer into ``fs/overlaybd.commit``.
-
-        The tool writes a partial file that is renamed into place once complete, so
-        a commit cut by a crash leaves no half layer file and can simply be retried.
-        """
-        block = self._layout.block(record.id)
-        partial = self._layout.partial_commit_file(record.id)
-        with failure_context(snapshot_id=record.id, step="overlaybd-commit"):
-            await self._blocking(_remove_files, partial)
-            await self._tools.commit_writable_layer(
-                block.writable_data, block.writable_index, partial, zfile
-            )
-            await self._blocking(_publish, partial, self._layout.commit_file(record.id))
-
-    async def keep_writable_config(self, snapshot_id: int) -> None:
-        """Before a commit replaces the writable layer's config: keep it for a roll-back."""
-        block = self._layout.block(snapshot_id)
-        await self._blocking(_keep, block.config, block.kept_config)
+    def local_commit_path(self, snapshot_id: int, *, seal: bool) -> Path:
+        """``localcommitpath`` (DESIGN-v1 §22 quirk 5): the sealed file when sealing, else
+        the layer file there is."""
+        commit_file = self._layout.commit_file(snapshot_id)
+        if seal or not commit_file.exists():
+            return self._layout.sealed_file(snapshot_id)
+        return commit_file
 
     async def settle_commit(self, snapshot_id: int, *, committed: bool) -> str:
         """After a writable commit, however it ended: finish it or roll it back.
@@ -175,59 +164,11 @@ class BlockLayers:
         The row decides: committed, the writable layer is dropped (the layer file has
         its data); still active, the writable layer and its config are as before.
         """
-        if not committed:
-            await self.roll_back_commit(snapshot_id)
-            return "rolled back"
         try:
-            await self.drop_writable_layer(snapshot_id)
-        except OSError as exc:  # the commit stands all the same
+            await self.writable.settle(snapshot_id, committed=committed)
+        except OSError as exc:
+            if not committed:
+                raise
+            # The commit stands all the same.
             log.warning("snapshot %d: writable layer not dropped: %s", snapshot_id, exc)
-        return "finished"
-
-    async def roll_back_commit(self, snapshot_id: int) -> None:
-        """Undo a commit that did not reach the metadata: the writable layer is as it was."""
-        block = self._layout.block(snapshot_id)
-        await self._blocking(_restore, block.kept_config, block.config)
-        await self._blocking(
-            _remove_files,
-            self._layout.partial_commit_file(snapshot_id),
-            self._layout.commit_file(snapshot_id),
-        )
-
-    async def drop_writable_layer(self, snapshot_id: int) -> None:
-        """After the commit reached the metadata: the layer file has the data now."""
-        block = self._layout.block(snapshot_id)
-        await self._blocking(
-            _remove_files, block.writable_data, block.writable_index, block.kept_config
-        )
-
-
-def _publish(partial: Path, final: Path) -> None:
-    """Blocking: make ``partial`` durable, then atomically ``final``."""
-    fsync_path(partial)
-    os.replace(partial, final)
-    fsync_path(final.parent)
-
-
-def _keep(config: Path, kept: Path) -> None:
-    """Blocking: a durable second name for ``config``; one kept earlier is the original."""
-    try:
-        os.link(config, kept)
-    except FileExistsError:
-        return
-    fsync_path(kept.parent)
-
-
-def _restore(kept: Path, config: Path) -> None:
-    """Blocking: put the kept config back, if there is one."""
-    try:
-        os.replace(kept, config)
-    except FileNotFoundError:
-        return
-    fsync_path(config.parent)
-
-
-def _remove_files(*paths: Path) -> None:
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        return "finished" if committed else "rolled back"

@@ -1,4 +1,4 @@
-"""overlaybd's command-line tools: make a writable layer, commit it to a layer file."""
+"""overlaybd's command-line tools: make a writable layer, commit or seal it into a layer file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 from obdsnap.commands import run_command
 from obdsnap.errors import InvalidArgument
 
-WRITABLE_LAYER_SIZE_GB = 64
 ZFILE_ALGORITHMS = ("lz4", "zstd")
 # overlaybd-commit --bs takes KiB: 4, 8, 16, 32 or 64.
 ZFILE_BLOCK_SIZES_KIB = (4, 8, 16, 32, 64)
@@ -56,8 +55,11 @@ class OverlaybdTools:
     def __init__(self, bin_dir: Path) -> None:
         self._bin_dir = bin_dir
 
-    async def create_writable_layer(self, data: Path, index: Path, *, sparse: bool) -> None:
-        arguments = [str(data), str(index), str(WRITABLE_LAYER_SIZE_GB)]
+    async def create_writable_layer(
+        self, data: Path, index: Path, vsize_gb: int, *, sparse: bool
+    ) -> None:
+        """``vsize_gb`` 0: a layer on lowers, as large as they are (DESIGN-v1 §6 step 5)."""
+        arguments = [str(data), str(index), str(vsize_gb)]
         if sparse:
             arguments.append("-s")
         await run_command(str(self._bin_dir / "overlaybd-create"), *arguments)
@@ -73,3 +75,7 @@ class OverlaybdTools:
             str(out),
             *zfile.commit_arguments(),
         )
+
+    async def seal_writable_layer(self, data: Path, index: Path) -> None:
+        """``overlaybd-commit --seal``: the data file becomes a read-only layer file in place."""
+        await run_command(str(self._bin_dir / "overlaybd-commit"), "--seal", str(data), str(index))

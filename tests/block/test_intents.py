@@ -12,14 +12,13 @@ import asyncio
 import contextlib
 import os
 import shlex
-import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from grpclib.const import Status
 from support.block import Obd
 from support.block_fixtures import StartObd, WritableRootfs, write_synced
+from support.intents import open_intents, plant_intent, slow_overlaybd_commit
 from support.mounts import mount_at
 from support.simulator import MISSING
 from support.snapshots import expect_status, wait_until
@@ -32,19 +31,6 @@ pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=M
 ACTIVE, COMMITTED = api.Kind(2), api.Kind(3)
 
 
-def open_intents(obd: Obd) -> list[tuple[int, str]]:
-    with contextlib.closing(sqlite3.connect(obd.root / "metadata.db")) as db:
-        rows = db.execute("SELECT snapshot_id, operation FROM intents ORDER BY snapshot_id")
-        return [(int(snapshot_id), str(operation)) for snapshot_id, operation in rows]
-
-
-def plant_intent(obd: Obd, snapshot_id: int, operation: str) -> None:
-    """What a crash inside the operation leaves in the metadata (the server is down)."""
-    with contextlib.closing(sqlite3.connect(obd.root / "metadata.db")) as db:
-        db.execute("INSERT INTO intents VALUES (?, ?, 0)", (snapshot_id, operation))
-        db.commit()
-
-
 async def restart_after(obd: Obd, snapshot_id: int, operation: str) -> None:
     """Kill obdsnap, plant the intent, start again; start-up must have settled it."""
     obd.close_channel()
@@ -52,25 +38,6 @@ async def restart_after(obd: Obd, snapshot_id: int, operation: str) -> None:
     plant_intent(obd, snapshot_id, operation)
     await obd.start()
     assert open_intents(obd) == []
-
-
-@contextlib.contextmanager
-def slow_overlaybd_commit(obd: Obd, started: Path, seconds: float = 60) -> Iterator[None]:
-    """overlaybd-commit touches ``started``, then waits ``seconds`` before it does anything."""
-    tool = obd.sim.tools_dir / "overlaybd-commit"
-    real = tool.with_name("overlaybd-commit.real")
-    tool.rename(real)
-    try:
-        tool.write_text(
-            "#!/bin/sh\n"
-            f"touch {shlex.quote(str(started))}\n"
-            f"sleep {seconds}\n"
-            f'exec {shlex.quote(str(real))} "$@"\n'
-        )
-        tool.chmod(0o755)
-        yield
-    finally:
-        real.replace(tool)
 
 
 async def test_a_commit_killed_inside_overlaybd_commit_is_rolled_back(

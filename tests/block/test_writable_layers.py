@@ -50,7 +50,11 @@ async def test_dir_mode_device_has_a_writable_layer_and_is_mounted_rw(
     assert obd.config(own) == {
         "repoBlobUrl": "",
         "lowers": [],
-        "upper": {"index": str(block / "writable_index"), "data": str(block / "writable_data")},
+        "upper": {
+            "index": str(block / "writable_index"),
+            "data": str(block / "writable_data"),
+            "vsize": 64,  # DESIGN-v1 §6 step 5: no parent, no vsize label
+        },
         "resultFile": str(block / "init-debug.log"),
     }
     data = read_header(block / "writable_data")

@@ -19,7 +19,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -35,7 +35,14 @@ from tcmusim.testing import HBA, RunningSimulator
 
 OVERLAY = "overlayfs"
 DIR = "dir"
+DIR_SEAL = "dir-seal"
 ASYNC_REMOVE = "asyncRemove"
+# The boot config keys of each variant.
+VARIANT_CONFIG: dict[str, dict[str, object]] = {
+    DIR: {"rwMode": "dir"},
+    DIR_SEAL: {"rwMode": "dir", "writableCommit": "seal"},
+    ASYNC_REMOVE: {"rwMode": "overlayfs", "asyncRemove": True},
+}
 
 ACTIVE = api.Kind(2)  # api.Kind.ACTIVE, typed as the enum
 COMMITTED = api.Kind(3)  # api.Kind.COMMITTED
@@ -74,7 +81,6 @@ class Settings:
     kills: int
     min_delay: float  # seconds of load between a restart and the next SIGKILL
     max_delay: float
-    boot: Mapping[str, object] = field(default_factory=dict)  # boot config keys, rwMode too
     cleanup_interval: float = 0.0  # seconds between Cleanups during the load; 0: none
 
 
@@ -481,7 +487,7 @@ async def run_chaos(settings: Settings, sim: RunningSimulator | None) -> Report:
     if sim is None:
         server = ServerProcess(workdir)
     else:
-        config = settings_on(sim, **{"rwMode": settings.variant, **settings.boot})
+        config = settings_on(sim, **VARIANT_CONFIG[settings.variant])
         server = ServerProcess.with_config(workdir, config, start_timeout=30.0)
     rng = random.Random(f"{settings.seed}-{settings.variant}")
     try:

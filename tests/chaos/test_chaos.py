@@ -1,12 +1,14 @@
 """Chaos: obdsnap SIGKILLed at random moments under 16 concurrent clients, restarted on its root.
 
-Variants, each one run (a module-scoped fixture) checked by one test per
+Four variants, each one run (a module-scoped fixture) checked by one test per
 invariant:
 
 - ``overlayfs``: plain overlayfs layers, no devices;
 - ``dir``: rwMode ``dir`` on the TCMU simulator, so every Prepare attaches,
   mkfs'es and mounts a writable device and every Commit detaches it and runs
   ``overlaybd-commit``: kills land inside those steps;
+- ``dir-seal``: ``dir`` with ``writableCommit: "seal"``: Commit seals the layer
+  and moves it into ``fs/``.
 - ``asyncRemove``: ``overlayfs`` with ``asyncRemove``, and Cleanup called during
   the load: removed directories wait for a Cleanup that races the Prepares.
 
@@ -32,6 +34,7 @@ from .chaos import (
     COMMIT_RETRY,
     DEVICE_ORPHANS,
     DIR,
+    DIR_SEAL,
     INTENTS_SETTLED,
     ORPHANS,
     OVERLAY,
@@ -57,13 +60,13 @@ SETTINGS = {
     # A dir-mode Prepare (overlaybd-create, attach, mkfs, mount) takes a few hundred
     # ms under this load: a longer window lets some finish and others be cut.
     DIR: Settings(DIR, SEED, DIR_KILLS, min_delay=0.3, max_delay=2.5),
+    DIR_SEAL: Settings(DIR_SEAL, SEED, DIR_KILLS, min_delay=0.3, max_delay=2.5),
     ASYNC_REMOVE: Settings(
         ASYNC_REMOVE,
         SEED,
         OVERLAY_KILLS,
         min_delay=0.05,
         max_delay=0.4,
-        boot={"rwMode": OVERLAY, "asyncRemove": True},
         cleanup_interval=0.05,
     ),
 }
@@ -112,7 +115,8 @@ def violations(report: Report, category: str) -> str:
     return f"{len(found)} violation(s) of {category} ({report.summary()}):\n{head}"
 
 
-BOTH = [OVERLAY, DIR, ASYNC_REMOVE]
+DEVICES = [DIR, DIR_SEAL]
+BOTH = [OVERLAY, *DEVICES, ASYNC_REMOVE]
 
 
 @pytest.mark.parametrize("chaos", BOTH, indirect=True)
@@ -145,7 +149,7 @@ def test_cut_commit_can_be_retried(chaos: Report) -> None:
     assert not chaos.violations.get(COMMIT_RETRY), violations(chaos, COMMIT_RETRY)
 
 
-@pytest.mark.parametrize("chaos", [DIR], indirect=True)
+@pytest.mark.parametrize("chaos", DEVICES, indirect=True)
 def test_interrupted_operations_are_settled_at_start_up(chaos: Report) -> None:
     """Kills cut attaches, detaches and commits; start-up finishes or rolls back each one."""
     assert not chaos.violations.get(INTENTS_SETTLED), violations(chaos, INTENTS_SETTLED)
@@ -157,7 +161,7 @@ def test_no_orphans_after_cleanup(chaos: Report) -> None:
     assert not chaos.violations.get(ORPHANS), violations(chaos, ORPHANS)
 
 
-@pytest.mark.parametrize("chaos", [DIR], indirect=True)
+@pytest.mark.parametrize("chaos", DEVICES, indirect=True)
 def test_no_device_orphans_after_cleanup(chaos: Report) -> None:
     assert not chaos.violations.get(DEVICE_ORPHANS), violations(chaos, DEVICE_ORPHANS)
     assert chaos.orphans_after_cleanup == 0, chaos.summary()

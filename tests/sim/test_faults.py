@@ -69,6 +69,24 @@ def test_eagain_exhausts_a_short_retry(
         proto.detach(133)
 
 
+def test_enable_errno_fails_the_enable_without_opening(
+    sim: RunningSimulator, proto: Protocol, tmp_path: Path
+) -> None:
+    sim.control.set(enable_errno=only(errno.ENOMEM, 135))
+    snap = writable(tmp_path / "a")
+    proto.create(135, snap.config)
+    try:
+        with pytest.raises(OSError) as caught:
+            proto.enable(135)
+        assert caught.value.errno == errno.ENOMEM
+        assert snap.result.read_text() == ""  # overlaybd never saw it
+        sim.control.clear()
+        proto.enable(135)
+        assert snap.result.read_text() == "success"
+    finally:
+        proto.detach(135)
+
+
 def test_never_appear(sim: RunningSimulator, proto: Protocol, tmp_path: Path) -> None:
     sim.control.set(never_appear=only(True, 134))
     snap = writable(tmp_path / "a")

@@ -48,7 +48,9 @@ def test_create(bin_dir: Path, tmp_path: Path) -> None:
     again = run(bin_dir, "overlaybd-create", data, tmp_path / "other", "1")
     assert again.returncode == 255
     assert f"failed to open file '{data}', 17: File exists" in again.stderr
-    assert run(bin_dir, "overlaybd-create", tmp_path / "d", tmp_path / "i", "0").returncode != 0
+    assert run(bin_dir, "overlaybd-create", tmp_path / "d", tmp_path / "i", "-1").returncode != 0
+    # vsize 0: a layer on lowers, sized by them when it is first opened.
+    assert run(bin_dir, "overlaybd-create", tmp_path / "d", tmp_path / "i", "0").returncode == 0
 
 
 def _fill(data: Path, chunks: dict[int, bytes]) -> None:
@@ -143,6 +145,33 @@ def test_commit_refuses_what_it_cannot_use(bin_dir: Path, tmp_path: Path) -> Non
     assert warned.returncode == 0 and "will be ignored without '-z'" in warned.stderr
 
 
+def test_seal_in_place_then_commit_sealed(bin_dir: Path, tmp_path: Path) -> None:
+    data, index = writable_pair(bin_dir, tmp_path)
+    _fill(data, CHUNKS)
+    inode = data.stat().st_ino
+    done = run(bin_dir, "overlaybd-commit", "--seal", data, index)
+    assert done.returncode == 0, done.stderr
+    assert data.stat().st_ino == inode and layerfmt.magic_of(data) is Magic.LSMT
+    sealed = layerfmt.open_committed(str(data))
+    assert sealed.header.kind is Kind.SEALED
+    assert _image_of(sealed, tmp_path / "sealed-image") == b"".join(CHUNKS.values())
+    again = run(bin_dir, "overlaybd-commit", "--seal", data, index)
+    assert again.returncode == 255 and "possibly wrong file format" in again.stderr
+    for flags, base in (((), 0), (("-z",), 0), (("-z", "-t"), 512)):
+        out = tmp_path / f"commit{len(flags)}"
+        done = run(bin_dir, "overlaybd-commit", "--commit_sealed", data, out, *flags)
+        assert done.returncode == 0, done.stderr
+        layer = layerfmt.open_committed(str(out))
+        assert layer.header.kind is Kind.COMMIT and layer.base == base
+        assert layer.header.magic is (Magic.ZFILE if flags else Magic.LSMT)
+        assert layer.uuid == sealed.uuid
+        assert _image_of(layer, tmp_path / "image") == b"".join(CHUNKS.values())
+    (tmp_path / "other").mkdir()
+    unsealed, _ = writable_pair(bin_dir, tmp_path / "other")
+    done = run(bin_dir, "overlaybd-commit", "--commit_sealed", unsealed, tmp_path / "never")
+    assert done.returncode == 255 and "not a sealed layer" in done.stderr
+
+
 def test_magic_detection(tmp_path: Path) -> None:
     short = tmp_path / "short"
     short.write_bytes(Magic.LSMT.raw[:10])
@@ -179,3 +208,21 @@ def test_control_file_knobs(tmp_path: Path) -> None:
     assert knobs.for_device("dev_1").eagain == 1
     control.unlink()
     assert knobs.for_device("dev_1") == DeviceKnobs(open_latency=0.25, appear_delay=0.5)
+
+
+def test_control_file_knobs_of_one_hba(tmp_path: Path) -> None:
+    """A knob naming ``user_7/dev_1`` is that HBA's device 1 only; ``dev_1`` is every HBA's."""
+    control = tmp_path / "control.json"
+    knobs = Knobs(control)
+    control.write_text(
+        json.dumps(
+            {
+                "enable_errno": only(12, "user_7/dev_1"),
+                "busy_after_appear": only(0.25, 1),
+            }
+        )
+    )
+    seventh, plain = knobs.for_device("user_7/dev_1"), knobs.for_device("user_999999999/dev_1")
+    assert (seventh.enable_errno, plain.enable_errno) == (12, 0)
+    assert seventh.busy_after_appear == plain.busy_after_appear == 0.25
+    assert knobs.for_device("user_7/dev_2") == DeviceKnobs()

@@ -24,13 +24,14 @@ from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Status
 
+from obdsnap.config import NO_TENANT
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.genproto.containerd.types import Mount
 from obdsnap.labels import BLOB_DIGEST, BLOB_SIZE, IMAGE_REF, TARGET_SNAPSHOT_REF
 from support.mounts import mount, mount_at, mount_options, mounts_under, umount
 from support.processes import run
 from support.server_process import ServerProcess
-from support.simulator import HBA, remove_device, wwn
+from support.simulator import hba, remove_device, wwn
 from support.snapshots import expect_status, wait_until
 from tcmusim import layerfmt
 from tcmusim.testing import RunningSimulator
@@ -175,11 +176,20 @@ class SnapshotFiles:
 
     # -- devices --------------------------------------------------------------------
 
+    @property
+    def tenant(self) -> int:
+        """Its ``tenant``: its devices' HBA and WWN prefix."""
+        return NO_TENANT
+
+    @property
+    def hba_dir(self) -> Path:
+        return self.sim.configfs / "target/core" / hba(self.tenant)
+
     def target_dir(self, snapshot_id: int) -> Path:
-        return self.sim.configfs / "target/core" / HBA / f"dev_{snapshot_id}"
+        return self.hba_dir / f"dev_{snapshot_id}"
 
     def loopback_dir(self, snapshot_id: int) -> Path:
-        return self.sim.configfs / "target/loopback" / wwn(snapshot_id)
+        return self.sim.configfs / "target/loopback" / wwn(snapshot_id, self.tenant)
 
     def configfs_entries(self, snapshot_id: int) -> list[Path]:
         """configfs objects of the snapshot's device that exist."""
@@ -234,6 +244,12 @@ class Obd(SnapshotFiles):
     @property
     def root(self) -> Path:
         return self.server.root
+
+    @property
+    def tenant(self) -> int:
+        value = self.settings.get("tenant", NO_TENANT)
+        assert isinstance(value, int)
+        return value
 
     @property
     def client(self) -> api.SnapshotsStub:
@@ -367,7 +383,7 @@ class Obd(SnapshotFiles):
         mountpoint = self.mountpoint(snapshot_id)
         if mount_at(mountpoint) is not None:
             umount(mountpoint)
-        remove_device(self.sim, snapshot_id)
+        remove_device(self.sim, snapshot_id, self.tenant)
         assert self.device_of(snapshot_id) is None
 
     def mount_for_real(self, spec: Mount, target: Path) -> None:
@@ -407,7 +423,7 @@ class Obd(SnapshotFiles):
     def leftovers(self) -> list[str]:
         """Devices, mounts and loop devices this server left behind."""
         found = [f"mount {path}" for path in mounts_under(self.root)]
-        core = self.sim.configfs / "target/core" / HBA
+        core = self.hba_dir
         if core.exists():
             found += [f"configfs {entry}" for entry in core.iterdir() if entry.is_dir()]
         loopback = self.sim.configfs / "target/loopback"

@@ -25,7 +25,7 @@ from obdsnap.errors import SnapshotError
 from obdsnap.layout import BlockDir
 
 # The steps of an attach, in order, where the fakes can be told to fail.
-BACKEND_STEPS = ("set-up", "open", "disk", "mounted")
+BACKEND_STEPS = ("set-up", "open", "disk")
 MOUNTER_STEPS = ("mkfs", "mount", "unmount")
 OTHER_OWNER = "overlaybd//another/root/snapshots/7/block/config.v1.json"
 
@@ -42,7 +42,6 @@ class FakeDeviceBackend:
     failures: dict[str, str] = field(default_factory=dict)  # step -> overlaybd's reason
     attaches: list[int] = field(default_factory=list)  # IDs of every completed set-up
     detaches: list[int] = field(default_factory=list)  # IDs of every tear-down that had work
-    mounted_nodes: list[Path] = field(default_factory=list)
 
     def fail_at(self, step: str, reason: str = "injected failure") -> None:
         """The next attach fails at ``step`` (one of BACKEND_STEPS)."""
@@ -114,10 +113,6 @@ class FakeDeviceBackend:
 
     async def attached_ids(self) -> set[int]:
         return set(self.devices)
-
-    async def mounted(self, device: Path) -> None:
-        self._maybe_fail("mounted", lambda r: AttachError(f"disk timeout: {r}"), errno.EIO)
-        self.mounted_nodes.append(device)
 
     def _maybe_fail(self, step: str, error: Callable[[str], SnapshotError], code: int) -> None:
         reason = self.failures.pop(step, None)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from obdsnap.config import NO_TENANT
+from obdsnap.device.tcmu_names import TcmuNames
 from support.mounts import deepest_first, umount
 from support.server_process import short_tmpdir
 from tcmusim.testing import HBA, RunningSimulator, missing_requirements, running_simulator
@@ -22,12 +24,16 @@ from tcmusim.testing import HBA, RunningSimulator, missing_requirements, running
 __all__ = ["HBA", "MISSING", "RunningSimulator"]
 
 MISSING = missing_requirements()
-WWN_PREFIX = "naa.199"
 
 
-def wwn(snapshot_id: int) -> str:
-    """The loopback WWN of a snapshot's device."""
-    return f"{WWN_PREFIX}{snapshot_id:013d}"
+def hba(tenant: int = NO_TENANT) -> str:
+    """The HBA directory (under ``target/core``) of a tenant's devices."""
+    return TcmuNames(tenant).hba
+
+
+def wwn(snapshot_id: int, tenant: int = NO_TENANT) -> str:
+    """The loopback WWN of a snapshot's device, for ``tenant``."""
+    return TcmuNames(tenant).wwn(snapshot_id)
 
 
 def settings_on(sim: RunningSimulator, **settings: object) -> dict[str, object]:
@@ -71,17 +77,17 @@ def simulator() -> Iterator[RunningSimulator]:
 
 
 def configfs_devices(sim: RunningSimulator) -> list[Path]:
-    """TCMU targets and loopback WWNs still set up in the simulator's configfs."""
-    found = [entry for entry in _subdirs(sim.hba_dir) if entry.name.startswith("dev_")]
+    """TCMU targets (of every HBA) and loopback WWNs still set up in the simulator's configfs."""
+    found = [entry for entry in _targets(sim) if entry.name.startswith("dev_")]
     loopback = sim.configfs / "target/loopback"
     return found + [entry for entry in _subdirs(loopback) if entry.name.startswith("naa.")]
 
 
-def remove_device(sim: RunningSimulator, snapshot_id: int) -> None:
+def remove_device(sim: RunningSimulator, snapshot_id: int, tenant: int = NO_TENANT) -> None:
     """Take one snapshot's device down in configfs as the kernel's users do (LUN link first)."""
-    _remove_loopback(sim.configfs / "target/loopback" / wwn(snapshot_id))
+    _remove_loopback(sim.configfs / "target/loopback" / wwn(snapshot_id, tenant))
     with contextlib.suppress(FileNotFoundError):
-        (sim.hba_dir / f"dev_{snapshot_id}").rmdir()
+        (sim.configfs / "target/core" / hba(tenant) / f"dev_{snapshot_id}").rmdir()
 
 
 def force_clean(sim: RunningSimulator | None, roots: Iterable[Path]) -> None:
@@ -95,9 +101,16 @@ def force_clean(sim: RunningSimulator | None, roots: Iterable[Path]) -> None:
     for entry in _subdirs(sim.configfs / "target/loopback"):
         if entry.name.startswith("naa."):
             _remove_loopback(entry)
-    for entry in _subdirs(sim.hba_dir):
+    for entry in _targets(sim):
         with contextlib.suppress(OSError):
             entry.rmdir()
+
+
+def _targets(sim: RunningSimulator) -> list[Path]:
+    """Every TCMU target, in every user HBA."""
+    core = sim.configfs / "target/core"
+    hbas = [entry for entry in _subdirs(core) if entry.name.startswith("user_")]
+    return [target for hba_dir in hbas for target in _subdirs(hba_dir)]
 
 
 def _remove_loopback(wwn_dir: Path) -> None:

@@ -108,15 +108,15 @@ async def test_writable_layer_create_commit_and_drop(obd: InProcess) -> None:
     assert config.upper is not None and config.upper.data == str(block.writable_data)
     assert config.lowers == (await obd.layers.read_config(parent.id)).lowers
     assert await obd.layers.storage_type(active) is StorageType.LOCAL_BLOCK
-    await obd.layers.commit_writable_layer(active, ZFileConfig("lz4", 4))
+    await obd.layers.writable.compress(active.id, ZFileConfig("lz4", 4))
     assert obd.layout.commit_file(active.id).is_file()
     assert not obd.layout.partial_commit_file(active.id).exists()
-    await obd.layers.keep_writable_config(active.id)
+    await obd.layers.writable.keep_config(active.id)
     await obd.layers.write_local_config(active, parent)
     local = await obd.layers.read_config(active.id)
     assert local.upper is None or local.upper.data == ""
     assert local.lowers[-1] == Lower(dir=str(obd.layout.fs_dir(active.id)))
-    await obd.layers.drop_writable_layer(active.id)
+    await obd.layers.writable.settle(active.id, committed=True)
     assert not block.writable_data.exists() and not block.kept_config.exists()
     assert obd.layout.commit_file(active.id).is_file()
 
@@ -126,15 +126,15 @@ async def test_a_commit_rolled_back_leaves_the_writable_layer_as_it_was(obd: InP
     active = await snapshot(obd, Kind.ACTIVE, "w", parent)
     await obd.layers.create_writable_layer(active, parent)
     before = obd.layout.block(active.id).config.read_bytes()
-    await obd.layers.commit_writable_layer(active, ZFileConfig())
-    await obd.layers.keep_writable_config(active.id)
-    await obd.layers.keep_writable_config(active.id)  # a retried commit keeps the original
+    await obd.layers.writable.compress(active.id, ZFileConfig())
+    await obd.layers.writable.keep_config(active.id)
+    await obd.layers.writable.keep_config(active.id)  # a retried commit keeps the original
     await obd.layers.write_local_config(active, parent)
-    await obd.layers.roll_back_commit(active.id)
+    await obd.layers.writable.settle(active.id, committed=False)
     assert obd.layout.block(active.id).config.read_bytes() == before
     assert not obd.layout.commit_file(active.id).exists()
     assert not obd.layout.block(active.id).kept_config.exists()
-    await obd.layers.roll_back_commit(active.id)  # twice: nothing left to undo, fine
+    await obd.layers.writable.settle(active.id, committed=False)  # twice: nothing to undo
 
 
 async def test_a_failing_commit_tool_names_its_step(obd: InProcess) -> None:
@@ -143,7 +143,7 @@ async def test_a_failing_commit_tool_names_its_step(obd: InProcess) -> None:
     await obd.layers.create_writable_layer(active, parent)
     obd.layout.block(active.id).writable_index.unlink()
     with pytest.raises(Exception) as raised:
-        await obd.layers.commit_writable_layer(active, ZFileConfig())
+        await obd.layers.writable.compress(active.id, ZFileConfig())
     assert getattr(raised.value, "step", "") == "overlaybd-commit"
     assert getattr(raised.value, "snapshot_id", None) == active.id
     assert not obd.layout.commit_file(active.id).exists()

@@ -78,7 +78,6 @@ async def test_attach_sets_up_makes_a_filesystem_mounts_and_marks(node: Node) ->
     assert device == node.backend.node(ID)
     assert node.mounter.filesystems == {device: "ext4"}
     assert node.mounter.mounted_source(node.mountpoint) == str(device)
-    assert node.backend.mounted_nodes == [device]
     assert node.layout.block(ID).mark.read_text() == str(device)
     assert await node.devices.owns(ID) and await node.devices.is_marked(ID)
     assert len(node.observer.attached_seconds) == 1 and node.store.intents() == []

@@ -111,8 +111,8 @@ async def _commit_cut_short(obd: InProcess, *, row_committed: bool) -> int:
     own = await _writable(obd)
     record = obd.store.get("w")
     await obd.devices.detach(own)
-    await obd.layers.commit_writable_layer(record, ZFileConfig())
-    await obd.layers.keep_writable_config(own)
+    await obd.layers.writable.compress(own, ZFileConfig())
+    await obd.layers.writable.keep_config(own)
     await obd.layers.write_local_config(record, obd.store.get("remote-layer"))
     if row_committed:
         await obd.store.commit("w", "layer", Usage(), {})

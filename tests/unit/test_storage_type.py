@@ -112,10 +112,12 @@ def test_writable_data_without_magic_is_normal_at_once(snapshot: Path) -> None:
     assert detect_storage_type({}, snapshot) is StorageType.NORMAL
 
 
-def test_empty_writable_data_goes_on_to_the_config(snapshot: Path) -> None:
+def test_empty_writable_data_is_an_error(snapshot: Path) -> None:
+    """DESIGN-v1 §4 step 6: an empty writable_data is an error, not a reason to go on."""
     (snapshot / "block" / "writable_data").write_bytes(b"")
     (snapshot / "block" / "config.v1.json").write_text("{}")
-    assert detect_storage_type({}, snapshot) is StorageType.REMOTE_BLOCK
+    with pytest.raises(OSError, match="empty"):
+        detect_storage_type({}, snapshot)
 
 
 def test_unreadable_commit_file_goes_on_to_writable_data(snapshot: Path) -> None:

@@ -352,7 +352,7 @@ async def test_s22_tenant_of_100_or_more_warns(
 ) -> None:
     """DESIGN-v1 §22 quirk 14: tenants differing by 100 collide; obdsnap warns for tenant ≥ 100."""
     obd = await start_obd(tenant=tenant)
-    line = f"tenant {tenant} shares its device name prefix with tenant {tenant % 100}"
+    line = f"tenant {tenant}: its devices' WWNs start naa.{tenant % 100 + 100}"
     assert (line in obd.server.log()) is warned
 
 

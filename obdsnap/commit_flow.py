@@ -1,0 +1,144 @@
+"""Commit of an active snapshot (DESIGN-v1 §8): the writable layer turned into a layer file,
+compressed (``writableCommit: compress``) or sealed (``seal``), then the row committed.
+
+Every check comes before the first side effect (DESIGN-v1 §22 quirks 2 and 3); the
+writable part runs under the commit intent, so a crash is settled at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from obdsnap import labels as L
+from obdsnap.blocking import BlockingRunner
+from obdsnap.device.manager import DeviceManager
+from obdsnap.errors import AlreadyExists, FailedPrecondition
+from obdsnap.layout import Layout
+from obdsnap.locks import KeyedLocks
+from obdsnap.mountinfo import mount_points_of, overlay_uses
+from obdsnap.overlaybd.layers import BlockLayers
+from obdsnap.overlaybd.tools import ZFileConfig
+from obdsnap.overlaybd.writable import CommitRequest
+from obdsnap.role import commits_local_layer
+from obdsnap.storage import MetaStore, Operation, Record
+
+
+class CommitFlow:
+    def __init__(
+        self,
+        layout: Layout,
+        store: MetaStore,
+        layers: BlockLayers,
+        devices: DeviceManager,
+        blocking: BlockingRunner,
+        locks: KeyedLocks,
+        *,
+        seal: bool,
+    ) -> None:
+        self._layout = layout
+        self._store = store
+        self._layers = layers
+        self._devices = devices
+        self._blocking = blocking
+        self._locks = locks
+        self._seal = seal
+        self._names: set[str] = set()  # the names commits under way will take
+
+    @contextlib.contextmanager
+    def reserve(self, name: str) -> Iterator[None]:
+        """One commit at a time to a name: a sealed loser could not be rolled back."""
+        if name in self._names:
+            raise AlreadyExists(f"snapshot {name!r} already exists")
+        self._names.add(name)
+        try:
+            yield
+        finally:
+            self._names.discard(name)
+
+    async def commit_writable(
+        self,
+        active: Record,
+        parent: Record | None,
+        name: str,
+        labels: Mapping[str, str],
+        zfile: ZFileConfig,
+    ) -> None:
+        """The writable layer becomes a local layer file, then the row commits."""
+        # The lock keeps a Mounts from attaching the device again half-way.
+        async with self._locks.hold(active.id):
+            await self._refuse_busy_device(active)
+            async with self._store.intent(active.id, Operation.COMMIT):
+                try:
+                    await self._devices.detach(active.id)
+                    if self._seal:
+                        final = self._labels(active.id, labels, local=True)
+                        await self._layers.writable.seal(active.id, CommitRequest(name, final))
+                    else:
+                        await self._layers.writable.compress(active.id, zfile)
+                    await self._layers.writable.keep_config(active.id)
+                    await self.commit_record(active, parent, name, labels)
+                finally:
+                    committed = self._store.find(name)
+                    done = committed is not None and committed.id == active.id
+                    await asyncio.shield(self._layers.settle_commit(active.id, committed=done))
+
+    async def commit_record(
+        self, active: Record, parent: Record | None, name: str, labels: Mapping[str, str]
+    ) -> None:
+        """The row; a local block layer gets its config and ``localcommitpath`` first."""
+        local = commits_local_layer(await self._layers.storage_type(active))
+        final = self._labels(active.id, labels, local=local)
+        await commit_row(self._layers, self._store, active, parent, name, final, local=local)
+
+    def _labels(
+        self, snapshot_id: int, labels: Mapping[str, str], *, local: bool
+    ) -> dict[str, str]:
+        """The committed labels: the request's, and for a local block layer its file's path
+        (DESIGN-v1 §8 step 5, §22 quirk 5); sealing drops ``overlaybd.writable``."""
+        final = dict(labels)
+        if local:
+            path = self._layers.local_commit_path(snapshot_id, seal=self._seal)
+            final[L.LOCAL_COMMIT_PATH] = str(path)
+            if self._seal:
+                final.pop(L.WRITABLE, None)
+        return final
+
+    async def _refuse_busy_device(self, active: Record) -> None:
+        """A device an overlay or any other mount still uses is not committed under it."""
+        device = await self._devices.marked_device(active.id)
+        if device is None:
+            return
+        mountpoint = self._layout.block(active.id).mountpoint
+        users = await self._blocking(_device_users, device, mountpoint)
+        if users:
+            raise FailedPrecondition(
+                f"cannot commit snapshot {active.key!r}: its device {device} is still in use "
+                f"({', '.join(users)}); unmount it first"
+            )
+
+
+async def commit_row(
+    layers: BlockLayers,
+    store: MetaStore,
+    active: Record,
+    parent: Record | None,
+    name: str,
+    labels: Mapping[str, str],
+    *,
+    local: bool,
+) -> None:
+    """Commit the row with ``labels``; a ``local`` block layer gets its config first."""
+    if local:
+        await layers.write_local_config(active, parent)
+    await store.commit(active.key, name, await layers.layer_usage(active.id), labels)
+
+
+def _device_users(device: Path, mountpoint: Path) -> list[str]:
+    """Blocking: the mounts of ``device`` other than its own mountpoint, and overlays on that."""
+    users = [f"mounted at {point}" for point in mount_points_of(device) if point != str(mountpoint)]
+    if overlay_uses(mountpoint):
+        users.append(f"an overlay uses {mountpoint}")
+    return users
