@@ -557,13 +557,13 @@ async def keep_cleaning(
 ) -> None:
     """Cleanup now and then during the load, as containerd's GC calls it."""
     while not stop.is_set():
-        await asyncio.sleep(settings.cleanup_interval)
         try:
             await call(stub.cleanup(api.CleanupRequest()))
             ledger.acked["cleanup"] += 1
         except Exception as exc:
             if not stop.is_set():
                 ledger.errors[f"Cleanup: {type(exc).__name__}: {str(exc)[:160]}"] += 1
+        await asyncio.sleep(settings.cleanup_interval)
 
 
 async def checked(server: ServerProcess, ledger: Ledger, report: Report, phase: str) -> None:
