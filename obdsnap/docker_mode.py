@@ -21,7 +21,7 @@ from obdsnap.device.filesystem import fs_spec
 from obdsnap.device.manager import DeviceManager, MountMode
 from obdsnap.errors import SnapshotError
 from obdsnap.overlaybd.layers import BlockLayers
-from obdsnap.removal import is_device_user
+from obdsnap.removal import UserPredicate, is_device_user, no_other_users
 from obdsnap.role import (
     DockerContainer,
     DockerInit,
@@ -126,6 +126,11 @@ class DockerLayers:
             await detach(image_top, committed_role(storage, RwMode.stored(image_top.rw_mode)))
         except SnapshotError as exc:
             log.warning("snapshot %r: detaching the image's device failed: %s", image_top.key, exc)
+
+    @property
+    def extra_users(self) -> UserPredicate:
+        """Who else keeps an image device attached: in Docker mode, every init layer."""
+        return is_init_layer if self.enabled else no_other_users
 
 
 def is_init_layer(child: Record) -> bool:

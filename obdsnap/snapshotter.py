@@ -352,7 +352,9 @@ class Snapshotter:
             await self._docker.release_image(record, parent, self._release.detach_unless_busy)
             if self._options.auto_remove_dev and record.kind == Kind.ACTIVE and parent:
                 parent_role = await self._role(parent, None)
-                await self._release.release_parent_device(parent, parent_role, exclude=record.key)
+                await self._release.release_parent_device(
+                    parent, parent_role, exclude=record.key, also_user=self._docker.extra_users
+                )
             await self._store.remove(record.key)
         self._layers.forget(record.id)
         await self._layers.writable.remove_created(record.id)

@@ -303,3 +303,17 @@ async def test_s17_docker_mode_needs_docker_and_overlayfs(
     else:
         assert mounts[0].type == "overlay"
         assert mount_options(mounts[0])["lowerdir"] == str(obd.mountpoint(top))
+
+
+async def test_s22_quirk11_auto_remove_dev_counts_committed_init_layers_too(
+    start_obd: StartObd, images: Images, tmp_path: Path
+) -> None:
+    """DESIGN-v1 §9 step 4 with §22 quirk 11: with autoRemoveDev in Docker mode, moby giving
+    up on an init layer keeps the image device while a stopped container's init layer exists."""
+    obd = await start_obd(**DOCKER, autoRemoveDev=True)
+    top_chain, top = await obd.unpack_top(images.single)
+    await set_up_container(obd, top_chain, "c1", 20, tmp_path)  # stopped: committed init layer
+    init_key, _, _ = keys("c2", 30)
+    await obd.prepare(init_key, top_chain)
+    await obd.remove(init_key)
+    obd.assert_attached(top, mounted="ro")
