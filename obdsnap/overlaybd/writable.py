@@ -194,6 +194,15 @@ class WritableLayers:
         await self._blocking(_keep, block.config, block.kept_config)
 
 
+def adopt_found_layer(block: BlockDir, place: WritableDir) -> None:
+    """Blocking, at an import: a layer another snapshotter left outside ``block/`` is
+    recorded as found there, so obdsnap seals and compresses it in place and never
+    deletes it. A location obdsnap recorded itself stays as it is.
+    """
+    if place != block.writable and not block.writable_location.exists():
+        _write_location(block, Location(place, created=False))
+
+
 def _existing_layer(place: WritableDir) -> bool:
     """Blocking: make the directory; True when a reusable layer is already there.
 

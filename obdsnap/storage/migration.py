@@ -27,7 +27,8 @@ from pathlib import Path
 
 from obdsnap.fsutil import fsync_path
 from obdsnap.layout import Layout
-from obdsnap.overlaybd.storage_type import detect_storage_type
+from obdsnap.overlaybd.storage_type import detect_storage_type, writable_dir_of
+from obdsnap.overlaybd.writable import adopt_found_layer
 from obdsnap.role import ParentLayer, RwMode, StorageType, new_rw_mode
 from obdsnap.storage.bolt import BoltError, looks_like_bolt, read_bolt, write_bolt
 from obdsnap.storage.gometa import (
@@ -141,7 +142,8 @@ def adopted_records(records: list[Record], layout: Layout, rw_mode: RwMode) -> l
     The rules are the Go snapshotter's (DESIGN §5): a rootfs on a plain parent is
     overlayfs; on a block parent, or none, the snapshot's writable label decides,
     else the boot config's ``rw_mode``. A dir/dev snapshot has the writable layer
-    its Prepare made; without one it never had a device of its own.
+    its Prepare made, in ``block/`` or in ``overlay.active.path`` (recorded as found
+    there, for obdsnap never to delete); without one it never had a device of its own.
     """
     by_key = {record.key: record for record in records}
     parents: dict[str, ParentLayer] = {}
@@ -164,8 +166,12 @@ def adopted_records(records: list[Record], layout: Layout, rw_mode: RwMode) -> l
             return ""
         parent = parent_layer(record.parent) if record.parent else None
         chosen = new_rw_mode(record.key, record.info.labels, parent, rw_mode)
-        if chosen.writable and not layout.block(record.id).writable_data.exists():
+        if not chosen.writable:
+            return chosen.value
+        place = writable_dir_of(record.info.labels, layout, record.id)
+        if not place.data.exists():
             return RwMode.OVERLAYFS.value
+        adopt_found_layer(layout.block(record.id), place)
         return chosen.value
 
     return [replace(record, rw_mode=mode(record), ready=True) for record in records]

@@ -10,16 +10,18 @@ every device and mount and answer Mounts without attaching anything again.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from support.block import Obd
-from support.block_fixtures import Images, StartObd
+from support.block_fixtures import Images, StartObd, write_synced
 from support.mounts import mount_at
 from support.simulator import MISSING
 
-from obdsnap.labels import WRITABLE
+from obdsnap.labels import ACTIVE_PATH, WRITABLE
+from obdsnap.layout import Layout
 
-from .gohelpers import migrate_to_go
+from .gohelpers import migrate_to_go, stored_rows
 
 pytestmark = [
     pytest.mark.root,
@@ -81,3 +83,33 @@ async def test_go_devices_are_adopted(start_obd: StartObd, images: Images) -> No
     finally:
         running.close()
         obd.umount_for_real(rootfs)
+
+
+async def test_go_layer_in_active_path_is_adopted_in_place(
+    start_obd: StartObd, images: Images, tmp_path: Path
+) -> None:
+    """DESIGN-v1 §6 step 5: a Go dir snapshot whose layer is in overlay.active.path stays dir
+    mode; Mounts attaches the device over those files; Remove leaves them to their owner."""
+    obd = await start_obd(rwMode="overlayfs")
+    layer = (await obd.unpack_remote(images.single))[-1]
+    place = tmp_path / "active"
+    labels = {WRITABLE: "dir", ACTIVE_PATH: str(place)}
+    own = obd.own_id(await obd.prepare("ctr-dir", layer, labels))
+    write_synced(obd.mountpoint(own), {"state": "made before the take-over\n"})
+    assert await obd.stop() == 0
+    assert migrate_to_go(obd.root).returncode == 0
+    # The root as Go v1.4.4 leaves it: its config names the files, and no record of their origin.
+    Layout(obd.root).block(own).writable_location.unlink()
+    obd.detach_like_reboot(own)
+    files = {name: (place / name).stat().st_ino for name in ("writable_data", "writable_index")}
+
+    await obd.start()
+    assert stored_rows(obd.root / "metadata.db")["ctr-dir"]["rw_mode"] == "dir"
+    mounts = await obd.mounts("ctr-dir")
+    obd.assert_attached(own, mounted="rw")
+    assert mounts[0].source == str(obd.mountpoint(own))
+    assert (obd.mountpoint(own) / "state").read_text() == "made before the take-over\n"
+    assert obd.config(own)["upper"]["data"] == str(place / "writable_data")
+    await obd.remove("ctr-dir")
+    await obd.wait_gone(own)
+    assert {name: (place / name).stat().st_ino for name in files} == files
