@@ -15,6 +15,7 @@ from support.fake_devices import OTHER_OWNER, FakeDevice
 from support.inprocess import InProcess, remote_layer_labels
 
 from obdsnap import labels as L
+from obdsnap.layout import WritableDir
 from obdsnap.overlaybd.tools import ZFileConfig
 from obdsnap.storage import Kind, Operation, Usage
 
@@ -166,6 +167,37 @@ async def test_cleanup_releases_an_orphan_device_of_ours(obd: InProcess) -> None
     assert report.devices_released == 2 and report.directories_removed == 1
     assert obd.backend.devices == {} and obd.mounter.table == []
     assert not obd.layout.snapshot_dir(own).exists()
+
+
+async def test_cleanup_of_an_orphan_deletes_the_layer_it_created_in_active_path(
+    obd: InProcess, tmp_path: Path
+) -> None:
+    place = tmp_path / "active"
+    labels = {L.WRITABLE: "dir", L.ACTIVE_PATH: str(place)}
+    await obd.snapshotter.prepare("w", "remote-layer", labels)
+    own = obd.id_of("w")
+    assert sorted(p.name for p in place.iterdir()) == ["writable_data", "writable_index"]
+    await obd.store.remove("w")  # the row went; its directory and the files outside did not
+    report = await obd.snapshotter.cleanup()
+    assert report.directories_removed == 1 and not obd.layout.snapshot_dir(own).exists()
+    assert place.is_dir() and list(place.iterdir()) == []
+
+
+async def test_cleanup_of_an_orphan_leaves_a_reused_layer_in_active_path(
+    obd: InProcess, tmp_path: Path
+) -> None:
+    place = tmp_path / "persistent"
+    place.mkdir()
+    found = WritableDir(place)
+    await obd.tools.create_writable_layer(found.data, found.index, 1, sparse=False)
+    before = {path: path.read_bytes() for path in (found.data, found.index)}
+    labels = {L.WRITABLE: "dir", L.ACTIVE_PATH: str(place)}
+    await obd.snapshotter.prepare("w", "remote-layer", labels)
+    own = obd.id_of("w")
+    await obd.store.remove("w")
+    report = await obd.snapshotter.cleanup()
+    assert report.directories_removed == 1 and not obd.layout.snapshot_dir(own).exists()
+    assert {path: path.read_bytes() for path in before} == before
 
 
 async def test_cleanup_leaves_another_snapshotters_device_alone(obd: InProcess) -> None:
