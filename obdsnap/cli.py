@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = _parser()
-    args = parser.parse_args(_go_command_line(parser, sys.argv[1:] if argv is None else list(argv)))
+    parser, commands = _parser()
+    given = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(_go_command_line(commands, given))
     if args.command in attacher.COMMANDS:
         sys.exit(attacher.main(args))  # its --config is a device config, not obdsnap's
     hold_logging()  # the config's warnings are written in the format it asks for
@@ -115,13 +116,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"obdsnap: {exc}")
 
 
-def _go_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+def _go_command_line(commands: Collection[str], argv: list[str]) -> list[str]:
     """Go's ``overlaybd-snapshotter PATH`` (DESIGN-v1 §1): one argument alone is the config."""
-    commands = next(
-        action.choices
-        for action in parser._actions
-        if isinstance(action, argparse._SubParsersAction)
-    )
     if len(argv) == 1 and not argv[0].startswith("-") and argv[0] not in commands:
         return ["serve", argv[0]]
     return argv
@@ -160,7 +156,8 @@ def _json_bool(value: bool) -> str:
     return "true" if value else "false"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, frozenset[str]]:
+    """The parser, and the names of its subcommands."""
     parser = argparse.ArgumentParser(prog="obdsnap", description=__doc__)
     parser.add_argument("--version", action="version", version=f"obdsnap {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -211,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_inspection_commands(commands)
     attacher.add_commands(commands)
-    return parser
+    return parser, frozenset(commands.choices)
 
 
 def _add_inspection_commands(commands: argparse._SubParsersAction[Any]) -> None:
