@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner
@@ -18,7 +17,7 @@ from obdsnap.device.manager import DeviceManager
 from obdsnap.errors import AlreadyExists, FailedPrecondition
 from obdsnap.layout import Layout
 from obdsnap.locks import KeyedLocks
-from obdsnap.mountinfo import mount_points_of, overlay_uses
+from obdsnap.mountinfo import overlay_uses
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.tools import ZFileConfig
 from obdsnap.overlaybd.writable import CommitRequest
@@ -107,16 +106,18 @@ class CommitFlow:
         return final
 
     async def _refuse_busy_device(self, active: Record) -> None:
-        """A device an overlay or any other mount still uses is not committed under it."""
-        device = await self._devices.marked_device(active.id)
-        if device is None:
-            return
+        """A device an overlay still stacks on (DESIGN-v1 §9's busy rule) is not committed.
+
+        A client's own mount of the rootfs does not count: containerd's snapshotter
+        suite, like its clients, commits with the rootfs still mounted.
+        """
         mountpoint = self._layout.block(active.id).mountpoint
-        users = await self._blocking(_device_users, device, mountpoint)
-        if users:
+        if await self._devices.marked_device(active.id) is None:
+            return
+        if await self._blocking(overlay_uses, mountpoint):
             raise FailedPrecondition(
-                f"cannot commit snapshot {active.key!r}: its device {device} is still in use "
-                f"({', '.join(users)}); unmount it first"
+                f"cannot commit snapshot {active.key!r}: an overlay still uses its device "
+                f"at {mountpoint}; unmount it first"
             )
 
 
@@ -134,11 +135,3 @@ async def commit_row(
     if local:
         await layers.write_local_config(active, parent)
     await store.commit(active.key, name, await layers.layer_usage(active.id), labels)
-
-
-def _device_users(device: Path, mountpoint: Path) -> list[str]:
-    """Blocking: the mounts of ``device`` other than its own mountpoint, and overlays on that."""
-    users = [f"mounted at {point}" for point in mount_points_of(device) if point != str(mountpoint)]
-    if overlay_uses(mountpoint):
-        users.append(f"an overlay uses {mountpoint}")
-    return users

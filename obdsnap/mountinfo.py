@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,16 +59,6 @@ def overlay_uses(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
         entry.fs_type == "overlay" and target in entry.super_options
         for entry in read_mounts(mountinfo)
     )
-
-
-def mount_points_of(device: Path, mountinfo: Path = MOUNTINFO) -> list[str]:
-    """Blocking: where ``device`` is mounted, bind mounts of its filesystem included."""
-    real = os.path.realpath(device)
-    return [
-        entry.mount_point
-        for entry in read_mounts(mountinfo)
-        if entry.source.startswith("/") and os.path.realpath(entry.source) == real
-    ]
 
 
 def parse_line(line: str) -> MountEntry | None:
