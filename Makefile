@@ -13,7 +13,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 RUN_DIR ?= $(CURDIR)/.run
 APT_PACKAGES := golang-go golang-github-containerd-containerd-dev containerd runc \
-	busybox-static e2fsprogs xfsprogs util-linux kmod fuse3 docker-registry
+	busybox-static e2fsprogs xfsprogs erofs-utils util-linux kmod fuse3 docker-registry
 APT_PACKAGES += python3-venv mmdebstrap
 PROTO_FILES := $(shell find proto -name '*.proto')
 STAMP := .deps

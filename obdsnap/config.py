@@ -97,6 +97,9 @@ class BootConfig:
     quota_project_id: int = DEFAULT_QUOTA_PROJECT_ID
     quota_tool_dir: str = ""  # lsattr, chattr and setquota; "" = found on PATH (§16)
     quota_mountinfo: str = "/proc/self/mountinfo"  # where quota reads the mount's options
+    # The kernel's EROFS check (DESIGN-v1 §12 rule 4): where it is read and what loads it.
+    proc_filesystems: str = "/proc/filesystems"
+    modprobe_command: str = "modprobe"
 
     def as_json(self) -> dict[str, Any]:
         """The config under the keys of config.json, every default filled in."""
@@ -136,6 +139,8 @@ class BootConfig:
             "quotaProjectId": self.quota_project_id,
             "quotaToolDir": self.quota_tool_dir,
             "quotaMountinfo": self.quota_mountinfo,
+            "procFilesystems": self.proc_filesystems,
+            "modprobeCommand": self.modprobe_command,
         }
 
     @property
@@ -252,6 +257,8 @@ def parse_config(raw: Mapping[str, Any]) -> BootConfig:
         quota_project_id=reader.get("quotaProjectId", int, default.quota_project_id),
         quota_tool_dir=reader.get("quotaToolDir", str, default.quota_tool_dir),
         quota_mountinfo=reader.get("quotaMountinfo", str, default.quota_mountinfo),
+        proc_filesystems=reader.get("procFilesystems", str, default.proc_filesystems),
+        modprobe_command=reader.get("modprobeCommand", str, default.modprobe_command),
     )
     _check_v1_values(config)
     for key, value in (
@@ -320,9 +327,12 @@ def _check_v1_values(config: BootConfig) -> None:
     for key, path in (
         ("quotaToolDir", config.quota_tool_dir or "/"),
         ("quotaMountinfo", config.quota_mountinfo),
+        ("procFilesystems", config.proc_filesystems),
     ):
         if not path.startswith("/"):
             raise ConfigError(f'config: "{key}": must be an absolute path (got {path!r})')
+    if not config.modprobe_command.strip():
+        raise ConfigError('config: "modprobeCommand": must not be empty')
     if config.rootfs_quota:
         try:
             ram_in_bytes(config.rootfs_quota)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from obdsnap.errors import InvalidArgument
 
@@ -35,10 +36,38 @@ FASTOCI_TARGET_MEDIA_TYPE = "containerd.io/snapshot/overlaybd/fastoci/target-med
 DOWNLOAD_REMOTE_BLOB = "containerd.io/snapshot/overlaybd/download-remote-blob"
 DOWNLOAD_REMOTE_BLOB_VALUE = "download"
 CONVERT_TO_TURBO_OCI = "containerd.io/snapshot/overlaybd/convert2turbo-oci"
+# Original layers whose TurboOCI layer gets a gzip index (DESIGN-v1 §12 rule 2).
+GZIP_LAYER_MEDIA_TYPES = (
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+)
 SNAPSHOT_TYPE = "containerd.io/snapshot/type"
 SNAPSHOT_TYPE_IMAGE = "image"  # an image layer prepared without snapshot.ref: not a rootfs
 DISK_QUOTA = "containerd.io/snapshot/disk_quota"
 ACTIVE_PATH = "containerd.io/snapshot/overlay.active.path"  # where writable_data/_index live
+
+
+@dataclass(frozen=True)
+class TurboOciTarget:
+    """What a TurboOCI meta layer's labels say of the original OCI layer (DESIGN-v1 §2, §12)."""
+
+    digest: str
+    media_type: str
+
+    @property
+    def gzipped(self) -> bool:
+        return self.media_type in GZIP_LAYER_MEDIA_TYPES
+
+
+def turbo_oci_target(labels: Mapping[str, str]) -> TurboOciTarget | None:
+    """The TurboOCI target of a layer, by the current labels, else the legacy ``fastoci`` ones."""
+    digest = labels.get(TURBO_OCI_TARGET_DIGEST)
+    if digest:
+        return TurboOciTarget(digest, labels.get(TURBO_OCI_TARGET_MEDIA_TYPE, ""))
+    digest = labels.get(FASTOCI_TARGET_DIGEST)
+    if digest:
+        return TurboOciTarget(digest, labels.get(FASTOCI_TARGET_MEDIA_TYPE, ""))
+    return None
 
 
 def validate_labels(labels: Mapping[str, str]) -> None:

@@ -26,24 +26,57 @@ _REPOSITORY = re.compile(r"^[A-Za-z0-9._/-]*$")
 
 @dataclass(frozen=True)
 class Lower:
+    """One layer of the device; the JSON keys in the Go snapshotter's order (DESIGN-v1 §3)."""
+
+    gzip_index: str = ""  # TurboOCI: the gzip original's index, ``fs/gzip.meta`` (§12)
     file: str = ""
     digest: str = ""
+    target_file: str = ""  # local conversion: the layer.tar the layer's data lives in (§13)
+    target_digest: str = ""  # TurboOCI: the original OCI layer blob the data is read from
     size: int = 0
     dir: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        fields = {"file": self.file, "digest": self.digest, "size": self.size, "dir": self.dir}
-        return {name: value for name, value in fields.items() if value}
+        fields = (
+            ("gzipIndex", self.gzip_index),
+            ("file", self.file),
+            ("digest", self.digest),
+            ("targetFile", self.target_file),
+            ("targetDigest", self.target_digest),
+            ("size", self.size),
+            ("dir", self.dir),
+        )
+        return {name: value for name, value in fields if value}
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> Lower:
+        return cls(
+            gzip_index=str(document.get("gzipIndex", "")),
+            file=str(document.get("file", "")),
+            digest=str(document.get("digest", "")),
+            target_file=str(document.get("targetFile", "")),
+            target_digest=str(document.get("targetDigest", "")),
+            size=int(document.get("size", 0)),
+            dir=str(document.get("dir", "")),
+        )
 
 
 @dataclass(frozen=True)
 class Upper:
     index: str = ""
     data: str = ""
+    target: str = ""  # local conversion: the fake target file (DESIGN-v1 §13 step 4)
+    gzip_index: str = ""
     vsize: int = 0  # GB; only a writable layer without a parent has one (DESIGN-v1 §6)
 
     def to_json(self) -> dict[str, Any]:
-        fields = (("index", self.index), ("data", self.data), ("vsize", self.vsize))
+        fields = (
+            ("index", self.index),
+            ("data", self.data),
+            ("target", self.target),
+            ("gzipIndex", self.gzip_index),
+            ("vsize", self.vsize),
+        )
         return {name: value for name, value in fields if value}
 
 
@@ -74,18 +107,12 @@ class DeviceConfig:
         upper = document.get("upper") or {}
         return cls(
             repo_blob_url=str(document.get("repoBlobUrl", "")),
-            lowers=tuple(
-                Lower(
-                    file=str(lower.get("file", "")),
-                    digest=str(lower.get("digest", "")),
-                    size=int(lower.get("size", 0)),
-                    dir=str(lower.get("dir", "")),
-                )
-                for lower in document.get("lowers") or []
-            ),
+            lowers=tuple(Lower.from_json(lower) for lower in document.get("lowers") or []),
             upper=Upper(
                 index=str(upper.get("index", "")),
                 data=str(upper.get("data", "")),
+                target=str(upper.get("target", "")),
+                gzip_index=str(upper.get("gzipIndex", "")),
                 vsize=int(upper.get("vsize", 0)),
             ),
             result_file=str(document.get("resultFile", "")),
