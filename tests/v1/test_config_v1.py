@@ -23,6 +23,7 @@ from support.server_process import ServerProcess, refusal, short_tmpdir
 from support.simulator import MISSING, RunningSimulator, force_clean, settings_on
 from support.snapshots import expect_status
 
+from obdsnap.config import ConfigError, parse_config
 from obdsnap.labels import LOCAL_COMMIT_PATH, TARGET_SNAPSHOT_REF, WRITABLE
 
 DATA = Path(__file__).parent / "data"
@@ -386,3 +387,28 @@ def test_s1_unresolvable_root_is_a_start_up_error(tmp_path: Path) -> None:
     path.write_text(json.dumps({"root": str(loop), "address": str(tmp_path / "s.sock")}))
     line = refused(tmp_path, "serve", str(path))
     assert line.startswith(f"obdsnap: invalid root {loop}: ")
+
+
+def test_s12_erofs_kernel_check_keys_default_to_the_kernels_own() -> None:
+    """DESIGN-v1 §12 rule 4, §24: the kernel check reads /proc/filesystems and runs modprobe."""
+    default = parse_config({})
+    assert (default.proc_filesystems, default.modprobe_command) == (
+        "/proc/filesystems",
+        "modprobe",
+    )
+    raw = {"procFilesystems": "/run/filesystems", "modprobeCommand": "/opt/bin/modprobe"}
+    assert {key: parse_config(raw).as_json()[key] for key in raw} == raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ({"procFilesystems": "filesystems"}, '"procFilesystems": must be an absolute path'),
+        ({"modprobeCommand": " "}, '"modprobeCommand": must not be empty'),
+        ({"modprobeCommand": 1}, '"modprobeCommand"'),
+    ],
+)
+def test_s12_erofs_kernel_check_keys_are_checked(raw: dict[str, Any], problem: str) -> None:
+    """DESIGN-v1 §12 rule 4: a check that could never run is a start-up error naming the key."""
+    with pytest.raises(ConfigError, match=problem):
+        parse_config(raw)
