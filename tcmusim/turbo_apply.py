@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import tarfile
 import tempfile
 from collections.abc import Sequence
@@ -66,6 +67,8 @@ TURBO_OCI_KEY = "turbo_oci"  # Header.extra: made by overlaybd-create --turboOCI
 
 
 def main(argv: Sequence[str]) -> int:
+    # Killed with SIGTERM, the tool still unmounts and removes its scratch files.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     parser = _parser()
     args = parser.parse_args(argv)
     if not os.path.isfile(args.input_path):
@@ -85,9 +88,16 @@ def main(argv: Sequence[str]) -> int:
     is_meta = tar_meta_info(source) is not None
     if args.import_meta and not is_meta:
         raise Fatal(f"failed to extract: {source} is not a tar meta (make it with --export)")
-    apply_layer_to_upper(config, source, fstype, mkfs=args.mkfs)
+    try:
+        apply_layer_to_upper(config, source, fstype, mkfs=args.mkfs)
+    except OSError as exc:
+        raise Fatal(f"failed to extract: {exc}") from exc
     print("turboOCI-apply done")
     return 0
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _parser() -> argparse.ArgumentParser:

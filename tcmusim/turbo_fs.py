@@ -162,7 +162,9 @@ def _mounted(image: Path, fstype: str) -> Iterator[Path]:
     try:
         yield mountpoint
     finally:
-        subprocess.run(["umount", str(mountpoint)], capture_output=True, check=False)
+        unmounted = subprocess.run(["umount", str(mountpoint)], capture_output=True, check=False)
+        if unmounted.returncode != 0:  # never leave the loop mount behind
+            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, check=False)
 
 
 def make_fs(fstype: str, root: Path, image: Path, size: int, layer_uuid: str) -> None:

@@ -3,6 +3,7 @@ them, the layer the simulator then serves, and each way the tools fail."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -270,6 +271,12 @@ def test_s13_export_writes_a_tar_meta_that_import_alone_needs(tmp_path: Path) ->
     meta = prepare_temp(bin_dir, snap, "ext4", [])
     assert tar_meta_info(meta) == {"format": "tcmusim-tar-meta", "version": 1, "members": 7}
     assert tar_meta_info(snap.layer_tar) is None
+    gzipped = tmp_path / "layer.tar.gz"
+    gzipped.write_bytes(gzip.compress(snap.layer_tar.read_bytes()))
+    assert "objects count: 7" in must(
+        bin_dir, "turboOCI-apply", gzipped, tmp_path / "gz.meta", "--export"
+    )
+    assert tar_meta_info(tmp_path / "gz.meta") == tar_meta_info(meta)
     snap.layer_tar.unlink()
     must(bin_dir, "turboOCI-apply", *apply_args(snap, meta, "ext4"))
     layer_tar(snap.layer_tar, {})
@@ -316,6 +323,10 @@ def _break(snap: Snap, what: str, bin_dir: Path) -> list[str | Path]:
     elif what == "missing lower":
         lowers = [{"file": str(snap.root / "gone.commit")}]
         snap.config.write_text(json.dumps({**config, "lowers": lowers}))
+    elif what.startswith("remote lower"):
+        url = "" if what.endswith("repoBlobUrl") else "https://registry.invalid/v2/x/blobs"
+        remote = {"digest": "sha256:" + "0" * 64, "size": 4096}
+        snap.config.write_text(json.dumps({**config, "lowers": [remote], "repoBlobUrl": url}))
     elif what == "missing target":
         (snap.temp / "fake_target").unlink()
     elif what == "upper not made with --turboOCI":
@@ -354,6 +365,8 @@ FAILURES = {
     "bad fstype": (255, "unsupported --fstype 'xfs'"),
     "layer tarball with --import": (255, "is not a tar meta"),
     "missing lower": (255, "failed to open layer 0"),
+    "remote lower without a blob store": (255, "failed to open remote file"),
+    "remote lower without a repoBlobUrl": (255, "empty repoBlobUrl"),
     "missing target": (255, "upper target"),
     "upper not made with --turboOCI": (255, "was not made with overlaybd-create --turboOCI"),
     "no ext4 below": (255, "new extfs failed, the image holds no filesystem, not ext4"),
