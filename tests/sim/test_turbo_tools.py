@@ -196,11 +196,12 @@ def serve(
     device_id: int,
     lowers: list[dict[str, object]],
     repo_blob_url: str = "",
+    upper: dict[str, str] | None = None,
 ) -> tuple[str | None, dict[str, str]]:
-    """The fs type of the device the simulator makes of ``lowers``, and its tree."""
+    """The fs type of the device the simulator makes of ``lowers`` (and ``upper``), its tree."""
     work, attached = served
     path = work / f"dev{device_id}" / "config.v1.json"
-    config = write_config(path, lowers=lowers, repo_blob_url=repo_blob_url)
+    config = write_config(path, lowers=lowers, upper=upper, repo_blob_url=repo_blob_url)
     disk = proto.attach(device_id, config)
     attached.append(device_id)
     fstype = fs_type_of(Path(disk.device))
@@ -223,6 +224,11 @@ def test_s13_ext4_layer_without_parent_made_on_mkfs(
     fstype, files = serve(proto, served, 301, [lower])
     assert fstype == "ext4"
     assert files == {**BASE, "etc/alias": "-> os-release"}
+    # A container's writable layer on it (vsize 0: its lowers' size) starts from that tree.
+    data, index = tmp_path / "writable_data", tmp_path / "writable_index"
+    must(sim.tools_dir, "overlaybd-create", data, index, "0", "-s")
+    upper = {"index": str(index), "data": str(data)}
+    assert serve(proto, served, 304, [lower], upper=upper) == (fstype, files)
 
 
 def test_s13_ext4_layers_stack_on_a_remote_parent_image(
