@@ -175,6 +175,8 @@ def _image_config(path: str) -> ImageConfig:
             f"failed to create image file: {path} has no upper (data and index) to write into"
         )
     target = document["upper"].get("target", "")
+    if not isinstance(target, str):
+        raise Fatal(f"failed to create image file: {path}: upper.target must be a string")
     if target and not os.path.exists(target):
         raise Fatal(f"failed to create image file: upper target {target}: No such file")
     return config
