@@ -206,7 +206,13 @@ def copy_range(src: int, dst: int, length: int, src_offset: int, dst_offset: int
 
 
 def create_writable(
-    data_path: Path, index_path: Path, virtual_size: int, *, sparse: bool, parent_uuid: str = ""
+    data_path: Path,
+    index_path: Path,
+    virtual_size: int,
+    *,
+    sparse: bool,
+    parent_uuid: str = "",
+    extra: dict[str, Any] | None = None,
 ) -> Header:
     """overlaybd-create: a fresh data/index pair, both created exclusively."""
     header = Header(
@@ -216,6 +222,7 @@ def create_writable(
         uuid=new_uuid(),
         parent_uuid=parent_uuid,
         sparse=sparse,
+        extra=dict(extra or {}),
     )
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
     fd = os.open(data_path, flags, 0o644)

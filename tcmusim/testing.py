@@ -156,7 +156,7 @@ def running_simulator(
     control = ControlWriter(root / "control.json")
     control.set(**knobs)
     tools_dir = root / "tools"
-    tools.install(tools_dir)
+    tools.install(tools_dir, blob_store=root / "blobs")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
     log_path = root / "simulator.log"

@@ -1,10 +1,16 @@
-"""Stand-ins for overlaybd's ``overlaybd-create`` and ``overlaybd-commit``.
+"""Stand-ins for overlaybd's ``overlaybd-create``, ``overlaybd-commit`` and ``turboOCI-apply``.
 
 Same arguments, messages and exit statuses as the real tools (overlaybd
 ``src/tools``) where the simulator can honour them; the files they write use
 the format of :mod:`tcmusim.layerfmt`. ``install(DIR)`` writes small
 executable wrappers into ``DIR`` (what obdsnap's ``overlaybd_util_bin_dir``
 points at) that run ``python -m tcmusim.tools <tool> ...``.
+
+``overlaybd-create --turboOCI`` (alias ``--fastoci``) makes the writable layer
+of a local TurboOCI conversion (marked so in its header; ``--mkfs`` puts an
+empty ext4 in it), which only ``turboOCI-apply`` (:mod:`tcmusim.turbo_apply`)
+writes and only ``overlaybd-commit --turboOCI`` commits, as the real tools'
+separate format makes them.
 """
 
 from __future__ import annotations
@@ -17,17 +23,28 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tcmusim import layerfmt
+from tcmusim import layerfmt, turbo_apply
 from tcmusim.layerfmt import Header, Kind, LayerFormatError, Magic
+from tcmusim.turbo_apply import TURBO_OCI_KEY
+from tcmusim.turbo_fs import Fatal as _Fatal
 
-TOOLS = ("overlaybd-create", "overlaybd-commit")
+TOOLS = ("overlaybd-create", "overlaybd-commit", "turboOCI-apply")
 GIB = 1 << 30
 ALGORITHMS = ("lz4", "zstd")
 
 
-def install(directory: Path) -> list[Path]:
-    """Write executable wrappers for the tools into ``directory``."""
+def install(directory: Path, blob_store: Path | None = None) -> list[Path]:
+    """Write executable wrappers for the tools into ``directory``.
+
+    ``blob_store``: where ``turboOCI-apply`` finds lowers that only have a digest.
+    """
     directory.mkdir(parents=True, exist_ok=True)
+    store = (
+        f"{turbo_apply.BLOB_STORE_ENV}={shlex.quote(str(blob_store))}\n"
+        f"export {turbo_apply.BLOB_STORE_ENV}\n"
+        if blob_store
+        else ""
+    )
     package_root = Path(__file__).resolve().parent.parent
     python = os.path.realpath(sys.executable)
     written = []
@@ -38,15 +55,12 @@ def install(directory: Path) -> list[Path]:
             f"# {tool} stand-in: the obdsnap TCMU simulator's layer format (tcmusim).\n"
             f"PYTHONPATH={shlex.quote(str(package_root))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
             "export PYTHONPATH\n"
+            f"{store}"
             f'exec {shlex.quote(python)} -m tcmusim.tools {tool} "$@"\n'
         )
         path.chmod(0o755)
         written.append(path)
     return written
-
-
-class _Fatal(Exception):
-    """The tool gives up: message to stderr, exit status 255 (the C tools' exit(-1))."""
 
 
 def _open(path: str, flags: int, mode: int = 0o644) -> int:
@@ -62,16 +76,18 @@ def create(argv: Sequence[str]) -> int:
     )
     parser.add_argument("-u", dest="parent_uuid", default="", help="parent uuid")
     parser.add_argument("-s", dest="sparse", action="store_true", help="create sparse RW layer")
-    parser.add_argument("--fastoci", action="store_true", help="commit using fastoci format")
+    parser.add_argument(
+        "--turboOCI", "--fastoci", dest="turbo", action="store_true",
+        help="commit using turboOCI format",
+    )  # fmt: skip
     parser.add_argument("--mkfs", action="store_true", help="mkfs after create")
+    parser.add_argument("--verbose", action="store_true", help="output debug info")
     parser.add_argument("data_file")
     parser.add_argument("index_file")
     parser.add_argument("vsize", type=int, help="virtual size(GB)")
     args = parser.parse_args(argv)
     if args.vsize < 0:
         parser.error("vsize: Value must be a non-negative number")
-    if args.fastoci:
-        raise _Fatal("--fastoci is not supported by the simulator")
     virtual_size = args.vsize * GIB
     for path in (args.data_file, args.index_file):
         if os.path.lexists(path):
@@ -82,20 +98,27 @@ def create(argv: Sequence[str]) -> int:
             Path(args.index_file),
             virtual_size,
             sparse=args.sparse,
-            parent_uuid=args.parent_uuid,
+            parent_uuid="" if args.turbo else args.parent_uuid,
+            extra={TURBO_OCI_KEY: True} if args.turbo else None,
         )
     except OSError as exc:
         raise _Fatal(f"failed to open file '{exc.filename}', {exc.errno}: {exc.strerror}") from exc
     if args.mkfs:
-        done = subprocess.run(
-            ["mkfs.ext4", "-F", "-q", "-E", f"offset={layerfmt.HEADER_SIZE}", args.data_file,
-             f"{virtual_size // 1024}k"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise _Fatal(f"mkfs failed, {done.stderr.strip()}")
+        _mkfs(args.data_file, virtual_size, turbo=args.turbo)
     print("lsmt_create has created files SUCCESSFULLY")
     return 0
+
+
+def _mkfs(data_file: str, virtual_size: int, *, turbo: bool) -> None:
+    # A TurboOCI layer is rebuilt by turboOCI-apply: no journal, so a 256 GB one stays small.
+    features = ["-O", "^has_journal", "-E", f"offset={layerfmt.HEADER_SIZE},nodiscard"]
+    options = features if turbo else ["-E", f"offset={layerfmt.HEADER_SIZE}"]
+    done = subprocess.run(
+        ["mkfs.ext4", "-F", "-q", *options, data_file, f"{virtual_size // 1024}k"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise _Fatal(f"mkfs failed, {done.stderr.strip()}")
 
 
 def commit(argv: Sequence[str]) -> int:
@@ -132,8 +155,6 @@ def commit(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if not os.path.isfile(args.data_file):
         parser.error(f"data_file: File does not exist: {args.data_file}")
-    if args.turbo:
-        raise _Fatal("--turboOCI is not supported by the simulator")
     if args.seal:
         return _seal(args.data_file, args.index_file)
     if args.commit_sealed:
@@ -143,7 +164,7 @@ def commit(argv: Sequence[str]) -> int:
 
     data_fd = _open(args.data_file, os.O_RDWR)
     try:
-        data = _source_header(data_fd, args.index_file, sealed=args.commit_sealed)
+        data = _source_header(data_fd, args.index_file, sealed=args.commit_sealed, turbo=args.turbo)
         if args.force:
             Path(args.commit_file).unlink(missing_ok=True)
         algorithm, block_size = _compression(args)
@@ -158,6 +179,7 @@ def commit(argv: Sequence[str]) -> int:
                 algorithm=algorithm,
                 block_size=block_size,
                 message=args.message,
+                extra=dict(data.extra),
             )
             # Like the real tool, -t only wraps the zfile output.
             tar_name = os.path.basename(args.commit_file) if args.tar and args.zfile else None
@@ -186,7 +208,7 @@ def _seal(data_file: str, index_file: str) -> int:
     return 0
 
 
-def _source_header(data_fd: int, index_file: str, *, sealed: bool) -> Header:
+def _source_header(data_fd: int, index_file: str, *, sealed: bool, turbo: bool) -> Header:
     """What is committed: a writable data/index pair, or (``--commit_sealed``) a sealed file."""
     try:
         data = layerfmt.read_header(data_fd)
@@ -203,6 +225,12 @@ def _source_header(data_fd: int, index_file: str, *, sealed: bool) -> Header:
             raise LayerFormatError("not a writable data/index pair")
         if index.data_uuid != data.uuid:
             raise LayerFormatError("the index belongs to another data file")
+        if bool(data.extra.get(TURBO_OCI_KEY)) != turbo:
+            made = "with" if data.extra.get(TURBO_OCI_KEY) else "without"
+            raise LayerFormatError(
+                f"a layer made {made} overlaybd-create --turboOCI, committed "
+                f"{'with' if turbo else 'without'} --turboOCI"
+            )
         return data
     except LayerFormatError as exc:
         raise _Fatal(
@@ -232,7 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not arguments or arguments[0] not in TOOLS:
         print(f"usage: python -m tcmusim.tools {{{','.join(TOOLS)}}} ARGS...", file=sys.stderr)
         return 2
-    tool = create if arguments[0] == "overlaybd-create" else commit
+    tool = {
+        "overlaybd-create": create,
+        "overlaybd-commit": commit,
+        "turboOCI-apply": turbo_apply.main,
+    }[arguments[0]]
     try:
         return tool(arguments[1:])
     except _Fatal as exc:

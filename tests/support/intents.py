@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import shlex
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 from support.block import Obd
+from support.tool_faults import replaced_tool
 
 
 def open_intents(obd: Obd) -> list[tuple[int, str]]:
@@ -25,20 +25,9 @@ def plant_intent(obd: Obd, snapshot_id: int, operation: str) -> None:
         db.commit()
 
 
-@contextlib.contextmanager
-def slow_overlaybd_commit(obd: Obd, started: Path, seconds: float = 60) -> Iterator[None]:
+def slow_overlaybd_commit(
+    obd: Obd, started: Path, seconds: float = 60
+) -> contextlib.AbstractContextManager[Path]:
     """overlaybd-commit touches ``started``, then waits ``seconds`` before it does anything."""
-    tool = obd.sim.tools_dir / "overlaybd-commit"
-    real = tool.with_name("overlaybd-commit.real")
-    tool.rename(real)
-    try:
-        tool.write_text(
-            "#!/bin/sh\n"
-            f"touch {shlex.quote(str(started))}\n"
-            f"sleep {seconds}\n"
-            f'exec {shlex.quote(str(real))} "$@"\n'
-        )
-        tool.chmod(0o755)
-        yield
-    finally:
-        real.replace(tool)
+    body = f'touch {shlex.quote(str(started))}\nsleep {seconds}\nexec "$REAL" "$@"\n'
+    return replaced_tool(obd.sim.tools_dir, "overlaybd-commit", body)
