@@ -1,4 +1,8 @@
-"""Fixtures: a fresh snapshotter server and a private containerd that uses it."""
+"""Fixtures: a fresh snapshotter server and a private containerd that uses it.
+
+For the overlaybd flows: the block image, obdsnap on the simulator behind its
+own containerd (``start_stack``), a private registry and containerd's unpacker.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.server_process import ServerProcess
+from support.gobuild import build_go_program
+from support.server_process import ServerProcess, short_tmpdir
+from support.simulator import settings_on
 
+from tcmusim.testing import RunningSimulator
+
+from .blockimage import BlockImage, build_block_image
+from .blockstack import PLUGIN, Stack, StartStack
 from .containerd import PROXY_PLUGIN_NAME, PrivateContainerd, unmount_all_under
 from .ociimage import ImageInfo, build_image, find_static_busybox
+from .registry import REGISTRY_BIN, LocalRegistry
 
+UNPACK_PULL_SOURCE = Path(__file__).with_name("unpackpull")
 REQUIRED_BINARIES = ("containerd", "ctr", "runc", "containerd-shim-runc-v2")
 
 
@@ -94,3 +106,58 @@ def private_containerd(
     )
     with containerd.running():
         yield containerd
+
+
+@pytest.fixture(scope="module")
+def block_image(e2e_host: None, simulator: RunningSimulator) -> Iterator[BlockImage]:
+    """The test image; its blobs go straight into the simulator's blob store (its registry)."""
+    busybox = find_static_busybox()
+    assert busybox is not None  # e2e_host checked it
+    work = short_tmpdir()
+    try:
+        yield build_block_image(work, simulator.blob_store, busybox)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def start_stack(
+    e2e_host: None, simulator: RunningSimulator, tmp_path: Path
+) -> Iterator[StartStack]:
+    """``start_stack(rwMode="dir")``: obdsnap (boot config keys given) behind a containerd."""
+    stacks: list[Stack] = []
+
+    def start(**settings: object) -> Stack:
+        workdir = short_tmpdir()
+        config = settings_on(simulator, **{"rwMode": "overlayfs", **settings})
+        server = ServerProcess.with_config(workdir, config)
+        containerd = PrivateContainerd(
+            tmp_path / f"containerd-{len(stacks)}", {PLUGIN: server.address}
+        )
+        stack = Stack(simulator, workdir, server, containerd)
+        stacks.append(stack)
+        server.start()
+        containerd.start()
+        return stack
+
+    try:
+        yield start
+    finally:
+        simulator.control.clear()
+        problems = [problem for stack in stacks for problem in stack.tear_down()]
+        assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[LocalRegistry]:
+    if not os.access(REGISTRY_BIN, os.X_OK):
+        pytest.skip(f"the remote flow needs {REGISTRY_BIN} (apt-get install docker-registry)")
+    workdir = tmp_path / "registry"
+    workdir.mkdir()
+    with LocalRegistry(workdir) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def unpack_pull() -> Path:
+    return build_go_program(UNPACK_PULL_SOURCE, "unpackpull")

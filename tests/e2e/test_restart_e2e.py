@@ -18,7 +18,8 @@ import pytest
 from support.server_process import ServerProcess
 
 from . import ociimage
-from . import test_overlaybd_e2e as obd
+from .blockimage import TOP_FILE, BlockImage
+from .blockstack import PLUGIN, StartStack, check_local_layers, check_overlay_on_device
 from .containerd import PROXY_PLUGIN_NAME, CommandError, PrivateContainerd, list_snapshots_direct
 from .ociimage import ImageInfo
 from .test_containerd_e2e import assert_server_empty_after_gc, wait_until_ready
@@ -37,9 +38,6 @@ exec sleep 600
 """
 RESTART_TIMEOUT = 20.0
 REDIAL_TIMEOUT = 30.0
-# The overlaybd variant reuses the image and the obdsnap+containerd stack.
-block_image = obd.block_image
-start_stack = obd.start_stack
 
 
 def restart_server(server: ServerProcess, signum: int) -> None:
@@ -145,19 +143,19 @@ def test_running_container_survives_restart(
 
 
 def test_block_layer_container_survives_sigkill(
-    block_image: obd.BlockImage, start_stack: obd.StartStack, tmp_path: Path
+    block_image: BlockImage, start_stack: StartStack, tmp_path: Path
 ) -> None:
     """A rootfs overlay on the top layer's read-only loop device outlives obdsnap's SIGKILL."""
     stack = start_stack()
     containerd = stack.containerd
-    containerd.import_image(block_image.archive, obd.PLUGIN)
-    top_id = obd.check_local_layers(stack, block_image)[block_image.chain_ids[-1]]
+    containerd.import_image(block_image.archive, PLUGIN)
+    top_id = check_local_layers(stack, block_image)[block_image.chain_ids[-1]]
     log_file = tmp_path / f"{CONTAINER}.out"
     containerd.run_container(
         block_image.reference,
         CONTAINER,
         ["/bin/sh", "-c", SURVIVOR_SCRIPT],
-        snapshotter=obd.PLUGIN,
+        snapshotter=PLUGIN,
         detach=True,
         log_file=log_file,
     )
@@ -169,11 +167,11 @@ def test_block_layer_container_survives_sigkill(
 
     assert stack.assert_device(top_id, mounted="ro") == device
     assert containerd.task_statuses().get(CONTAINER) == "RUNNING"
-    top = exec_in(containerd, CONTAINER, "read-top", "cat", f"/{obd.TOP_FILE}")
+    top = exec_in(containerd, CONTAINER, "read-top", "cat", f"/{TOP_FILE}")
     assert top == "top layer"
     assert exec_in(containerd, CONTAINER, "read-written", "cat", WRITTEN_FILE) == WRITTEN_CONTENT
     root = stack.run_reader(block_image.reference, "fresh")
-    obd.check_overlay_on_device(stack, root, top_id, only_device=True)
+    check_overlay_on_device(stack, root, top_id, only_device=True)
     assert containerd.task_statuses().get(CONTAINER) == "RUNNING"
 
     stack.remove_container("fresh")
