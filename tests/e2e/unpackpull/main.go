@@ -5,34 +5,55 @@
 // "image pull" fetches everything and unpacks through Image.Unpack instead,
 // which passes no labels, so it cannot exercise a remote-snapshot flow.
 //
-//	unpackpull ADDRESS NAMESPACE SNAPSHOTTER REF
+//	unpackpull [-label KEY=VALUE]... ADDRESS NAMESPACE SNAPSHOTTER REF
 //
-// Registries are spoken to over plain HTTP. Prints "<name> <manifest digest>".
+// Each -label is added to the labels of every layer's Prepare and Commit, as
+// "ctr rpull --download-blobs" adds overlaybd's download-remote-blob. Registries are spoken to over plain HTTP. Prints "<name> <manifest digest>".
 package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/containerd/containerd"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/remotes/docker"
+	"github.com/containerd/containerd/snapshots"
 )
 
+// labelFlags collects repeated -label KEY=VALUE options.
+type labelFlags map[string]string
+
+func (l labelFlags) String() string { return fmt.Sprint(map[string]string(l)) }
+
+func (l labelFlags) Set(value string) error {
+	key, val, found := strings.Cut(value, "=")
+	if !found || key == "" {
+		return fmt.Errorf("want KEY=VALUE, got %q", value)
+	}
+	l[key] = val
+	return nil
+}
+
 func main() {
-	if len(os.Args) != 5 {
-		fmt.Fprintln(os.Stderr, "usage: unpackpull ADDRESS NAMESPACE SNAPSHOTTER REF")
+	labels := labelFlags{}
+	flag.Var(labels, "label", "KEY=VALUE added to every layer's snapshot labels (repeatable)")
+	flag.Parse()
+	if flag.NArg() != 4 {
+		fmt.Fprintln(os.Stderr, "usage: unpackpull [-label KEY=VALUE]... ADDRESS NAMESPACE SNAPSHOTTER REF")
 		os.Exit(2)
 	}
-	address, namespace, snapshotter, ref := os.Args[1], os.Args[2], os.Args[3], os.Args[4]
-	if err := pull(address, namespace, snapshotter, ref); err != nil {
+	address, namespace, snapshotter, ref := flag.Arg(0), flag.Arg(1), flag.Arg(2), flag.Arg(3)
+	if err := pull(address, namespace, snapshotter, ref, labels); err != nil {
 		fmt.Fprintln(os.Stderr, "unpackpull:", err)
 		os.Exit(1)
 	}
 }
 
-func pull(address, namespace, snapshotter, ref string) error {
+func pull(address, namespace, snapshotter, ref string, labels map[string]string) error {
 	client, err := containerd.New(address)
 	if err != nil {
 		return err
@@ -44,7 +65,7 @@ func pull(address, namespace, snapshotter, ref string) error {
 	})
 	image, err := client.Pull(ctx, ref,
 		containerd.WithPullUnpack,
-		containerd.WithPullSnapshotter(snapshotter),
+		containerd.WithPullSnapshotter(snapshotter, snapshots.WithLabels(labels)),
 		containerd.WithResolver(resolver))
 	if err != nil {
 		return err
