@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,13 +147,38 @@ def push_overlaybd_image(
     registry: LocalRegistry, image: BlockImage, repository: str, tag: str
 ) -> RemoteImage:
     """The blobs as layers whose annotations make containerd's unpacker pass remote labels."""
+    blobs = [layer.path.read_bytes() for layer in image.layers]
+    pushed = push_annotated_layers(registry, repository, tag, blobs)
+    return RemoteImage(pushed.reference, pushed.manifest_digest, pushed.config_digest, image.layers)
+
+
+def push_downloadable_image(
+    registry: LocalRegistry, image: BlockImage, repository: str, tag: str
+) -> PushedImage:
+    """The registry form of an overlaybd image: layer *k* a tar holding ``overlaybd.commit``.
+
+    Its chain IDs are the block image's (the same layer tars as in its archive).
+    """
+    with tarfile.open(image.archive) as archive:
+        blobs = [archive_blob(archive, layer.diff_id) for layer in image.layers]
+    return push_annotated_layers(registry, repository, tag, blobs)
+
+
+def archive_blob(archive: tarfile.TarFile, digest: str) -> bytes:
+    member = archive.extractfile("blobs/sha256/" + digest.removeprefix("sha256:"))
+    assert member is not None, digest
+    return member.read()
+
+
+def push_annotated_layers(
+    registry: LocalRegistry, repository: str, tag: str, blobs: list[bytes]
+) -> PushedImage:
+    """Uncompressed layers annotated with their overlaybd blob digest, size and the image ref."""
     reference = registry.reference(repository, tag)
     descriptors = []
-    for layer in image.layers:
-        digest, size = registry.push_blob(repository, layer.path.read_bytes())
-        assert (digest, size) == (layer.digest, layer.size)
+    for blob in blobs:
+        digest, size = registry.push_blob(repository, blob)
         annotations = {BLOB_DIGEST: digest, BLOB_SIZE: str(size), IMAGE_REF: reference}
         descriptors.append(layer_descriptor(MEDIA_LAYER_TAR, digest, size, annotations))
-    diff_ids = [layer.digest for layer in image.layers]
-    pushed = push_image(registry, repository, tag, descriptors, diff_ids)
-    return RemoteImage(pushed.reference, pushed.manifest_digest, pushed.config_digest, image.layers)
+    diff_ids = [descriptor["digest"] for descriptor in descriptors]
+    return push_image(registry, repository, tag, descriptors, diff_ids)

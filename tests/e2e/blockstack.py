@@ -81,6 +81,11 @@ class Stack(SnapshotFiles):
             for name, key in self.backend_keys().items()
         }
 
+    def ids_by_top_lower(self, field: str) -> dict[str, int]:
+        """Snapshot IDs of the layers with a config, by a field of their own (top) lower."""
+        configs = {i: self.config(i) for i in sorted(self.ids()) if self.config_path(i).exists()}
+        return {config["lowers"][-1][field]: i for i, config in configs.items()}
+
     # -- devices ----------------------------------------------------------------------
 
     def loop_devices(self) -> list[str]:
@@ -93,7 +98,7 @@ class Stack(SnapshotFiles):
         }
         return sorted(ours | set(self.sim.loop_devices()))
 
-    def assert_device(self, snapshot_id: int, *, mounted: str | None) -> str:
+    def assert_device(self, snapshot_id: int, *, mounted: str | None, fs_type: str = "ext4") -> str:
         """The snapshot's device is a loop device of the simulator, mounted ro/rw or not at all."""
         device = self.mark(snapshot_id)
         assert device is not None, f"snapshot {snapshot_id} has no device"
@@ -105,7 +110,7 @@ class Stack(SnapshotFiles):
             assert entry is None, f"{self.mountpoint(snapshot_id)} is mounted: {entry}"
         else:
             assert entry is not None, f"{self.mountpoint(snapshot_id)} is not mounted"
-            assert (entry.source, entry.fs_type) == (device, "ext4"), entry
+            assert (entry.source, entry.fs_type) == (device, fs_type), entry
             assert entry.options.split(",")[0] == mounted, entry
         return device
 
@@ -216,7 +221,7 @@ def check_local_layers(stack: Stack, image: BlockImage) -> dict[str, int]:
 
 
 def check_overlay_on_device(
-    stack: Stack, root: MountEntry, top_id: int, *, only_device: bool
+    stack: Stack, root: MountEntry, top_id: int, *, only_device: bool, fs_type: str = "ext4"
 ) -> int:
     """The rootfs was an overlay on the top layer's read-only device; the container's ID."""
     assert root.fs_type == "overlay", root
@@ -224,7 +229,7 @@ def check_overlay_on_device(
     assert options["lowerdir"] == str(stack.mountpoint(top_id)), options
     container_id = stack.id_of(options["upperdir"])
     assert options["workdir"] == str(stack.fs(container_id).with_name("work")), options
-    device = stack.assert_device(top_id, mounted="ro")
+    device = stack.assert_device(top_id, mounted="ro", fs_type=fs_type)
     if only_device:
         others = {i: stack.mark(i) for i in sorted(stack.ids()) if i != top_id and stack.mark(i)}
         assert others == {}, f"devices other than the top layer's: {others}"

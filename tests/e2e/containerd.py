@@ -427,6 +427,24 @@ class PrivateContainerd:
     def import_image(self, archive: Path, snapshotter: str) -> None:
         self.ctr("image", "import", "--snapshotter", snapshotter, str(archive))
 
+    def pull_unpacking(
+        self,
+        unpack_pull: Path,
+        reference: str,
+        snapshotter: str,
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
+        """Pull with containerd's own unpacker (the ``unpackpull`` binary); the manifest digest.
+
+        ``labels`` are added to every layer's snapshot labels.
+        """
+        flags = [f"-label={name}={value}" for name, value in (labels or {}).items()]
+        command = [str(unpack_pull), *flags, str(self.address), self.namespace, snapshotter]
+        pulled = run_command([*command, reference], timeout=self.command_timeout)
+        name, digest = pulled.stdout.split()
+        assert name == reference, pulled.stdout
+        return digest
+
     def remove_image(self, reference: str, sync: bool = True) -> None:
         """With sync, containerd's garbage collection runs before this returns."""
         self.ctr("image", "rm", *(["--sync"] if sync else []), reference)

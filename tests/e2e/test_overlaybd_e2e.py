@@ -52,7 +52,7 @@ from .blockstack import (
     committed_chain,
     read_from_device,
 )
-from .containerd import SnapshotRow, list_snapshots_direct, run_command
+from .containerd import SnapshotRow, list_snapshots_direct
 from .registry import LocalRegistry
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -156,11 +156,7 @@ def test_remote_block_layers_pull_run_remove(
     image = push_overlaybd_image(registry, block_image, REMOTE_REPOSITORY, REMOTE_TAG)
     stack = start_stack()
     containerd = stack.containerd
-    pulled = run_command(
-        [str(unpack_pull), str(containerd.address), containerd.namespace, PLUGIN, image.reference],
-        timeout=120,
-    )
-    assert pulled.stdout.split() == [image.reference, image.manifest_digest]
+    assert containerd.pull_unpacking(unpack_pull, image.reference, PLUGIN) == image.manifest_digest
 
     # containerd skipped every layer: nothing but the manifest and config was downloaded.
     content = containerd.content_digests()
@@ -172,7 +168,7 @@ def test_remote_block_layers_pull_run_remove(
     # Each layer was committed through the remote path, under its chain ID.
     backend = stack.backend()
     assert {name: key for name, (key, _) in backend.items()} == {c: c for c in image.chain_ids}
-    ids_by_digest = {stack.config(i)["lowers"][-1]["digest"]: i for i in sorted(stack.ids())}
+    ids_by_digest = stack.ids_by_top_lower("digest")
     repo_blob_url = f"https://{registry.host}/v2/{REMOTE_REPOSITORY}/blobs"
     lowers: list[dict[str, object]] = []
     for chain_id, layer in zip(image.chain_ids, image.layers, strict=True):
