@@ -117,14 +117,18 @@ class Stack(SnapshotFiles):
     # -- containers -------------------------------------------------------------------
 
     def run_reader(
-        self, reference: str, container_id: str, labels: Mapping[str, str] | None = None
+        self,
+        reference: str,
+        container_id: str,
+        labels: Mapping[str, str] | None = None,
+        snapshotter: str = PLUGIN,
     ) -> MountEntry:
         """Runs the reader script; checks what it saw; returns the container's root mount."""
         result = self.containerd.run_container(
             reference,
             container_id,
             ["/bin/sh", "-c", READER_SCRIPT],
-            snapshotter=PLUGIN,
+            snapshotter=snapshotter,
             snapshotter_labels=labels,
         )
         facts = parse_facts(result.stdout)

@@ -1,0 +1,219 @@
+"""TurboOCI images (DESIGN-v1 §12, §14) pulled by containerd's own unpacker and run with runc.
+
+The image: the block image's three busybox-based layer trees as gzip'd OCI
+layers, and one meta layer per layer with an erofs meta, an ext4 meta, or both.
+Both kinds of layers are in the loopback registry; the manifest lists the metas,
+annotated as the TurboOCI convertor does, and the pull adds the image ref (as
+``ctr rpull`` does). obdsnap treats each meta layer as a normal one: containerd
+downloads it, unpacks it into ``fs/`` and commits it, and obdsnap writes the
+TurboOCI config. The container's rootfs is an overlay on the top layer's device,
+which the simulator serves from the top meta with the data read from the
+original blobs (from its blob store, standing in for the registry's lazy reads).
+
+Each pull prints a ``TURBO-E2E`` line: bytes downloaded against the original
+layers' bytes, the pull time, and the time from the pull's start until the
+first container has run; a plain OCI image through containerd's overlayfs
+snapshotter gives the comparison.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support.server_process import short_tmpdir
+
+from obdsnap.labels import IMAGE_REF, TARGET_SNAPSHOT_REF
+from tcmusim.testing import RunningSimulator
+
+from .blockimage import write_layer_trees
+from .blockstack import PLUGIN, Stack, StartStack, check_overlay_on_device, committed_chain
+from .ociimage import find_static_busybox
+from .registry import LocalRegistry, PushedImage
+from .turboimage import (
+    GZIP_META,
+    Blob,
+    TurboImage,
+    build_turbo_image,
+    meta_annotations,
+    original_layers,
+    push_oci_image,
+    push_turbo_image,
+    store_copy,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+REPOSITORY = "obdsnap-e2e/turbo"
+CONTAINER = "turbo-reader"
+LOWER_KEYS = ["gzipIndex", "file", "targetDigest", "dir"]  # config.v1.json order, §3
+
+
+@dataclass(frozen=True)
+class Sources:
+    work: Path
+    trees: list[Path]
+    originals: list[Blob]
+
+
+@dataclass(frozen=True)
+class Pull:
+    seconds: float
+    downloaded: int  # bytes of blobs the registry served
+
+
+@pytest.fixture(scope="module")
+def sources(e2e_host: None, simulator: RunningSimulator) -> Iterator[Sources]:
+    """The layer trees and their gzip'd originals, also in the simulator's blob store."""
+    busybox = find_static_busybox()
+    assert busybox is not None  # e2e_host checked it
+    work = short_tmpdir()
+    try:
+        trees = write_layer_trees(work, busybox)
+        originals = original_layers(trees, work)
+        for blob in originals:
+            store_copy(blob, simulator.blob_store)
+        yield Sources(work, trees, originals)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def timed_pull(
+    stack: Stack, registry: LocalRegistry, unpack_pull: Path, image: PushedImage, snapshotter: str
+) -> Pull:
+    before = sum(registry.served_bytes().values())
+    started = time.monotonic()
+    digest = stack.containerd.pull_unpacking(
+        unpack_pull, image.reference, snapshotter, {IMAGE_REF: image.reference}
+    )
+    seconds = time.monotonic() - started
+    assert digest == image.manifest_digest
+    return Pull(seconds, sum(registry.served_bytes().values()) - before)
+
+
+def report(case: str, pull: Pull, run_seconds: float, full_bytes: int) -> None:
+    share = 100.0 * pull.downloaded / full_bytes
+    print(
+        f"\nTURBO-E2E {case}: downloaded {pull.downloaded} B of {full_bytes} B of layers "
+        f"({share:.1f} %), pull {pull.seconds:.2f} s, "
+        f"first container ran {pull.seconds + run_seconds:.2f} s after the pull started"
+    )
+
+
+def check_downloads(registry: LocalRegistry, image: TurboImage, pushed: PushedImage) -> None:
+    """Only the metas (and the config) left the registry, each once and whole."""
+    expected = {layer.meta.digest: layer.meta.size for layer in image.layers}
+    served = dict(registry.served_bytes())
+    assert served.pop(pushed.config_digest, 0) > 0, "the config was not downloaded"
+    assert served == expected, f"blobs served {served}, expected only the metas {expected}"
+
+
+def check_layers(
+    stack: Stack, image: TurboImage, pushed: PushedImage, repo_blob_url: str, fs_type: str
+) -> dict[str, int]:
+    """Each meta layer committed normally, with its labels, fs/ and TurboOCI config.
+
+    The container (key ``CONTAINER``) is running on the image meanwhile.
+    """
+    listed = {row.key: row for row in stack.containerd.list_snapshots(PLUGIN)}
+    assert listed.pop(CONTAINER).parent == image.chain_ids[-1]
+    assert listed == committed_chain(image.chain_ids), "ctr snapshot ls: not the committed chain"
+    backend = stack.backend()
+    assert backend.pop(CONTAINER)[1]["Kind"] == "Active"
+    assert set(backend) == set(image.chain_ids), sorted(backend)
+    ids = stack.ids_by_top_lower("targetDigest")
+    lowers: list[Mapping[str, str]] = []
+    for chain_id, layer in zip(image.chain_ids, image.layers, strict=True):
+        key, info = backend[chain_id]
+        assert info["Kind"] == "Committed", (key, info)
+        labels = {TARGET_SNAPSHOT_REF: chain_id, IMAGE_REF: pushed.reference}
+        assert info["Labels"] == {**labels, **meta_annotations(layer)}, info
+        fs = stack.fs(ids[layer.original.digest])
+        assert sorted(entry.name for entry in fs.iterdir()) == list(layer.meta_files)
+        lower = {
+            "gzipIndex": str(fs / GZIP_META),
+            "file": str(fs / f"{fs_type}.fs.meta"),
+            "targetDigest": layer.original.digest,
+            "dir": str(fs),
+        }
+        lowers.append(lower)
+        config = stack.config(ids[layer.original.digest])
+        assert (config["repoBlobUrl"], config["lowers"], config["upper"]) == (
+            repo_blob_url,
+            lowers,
+            {},
+        ), config
+        assert [list(entry) for entry in config["lowers"]] == [LOWER_KEYS] * len(lowers)
+    return ids
+
+
+CASES = [
+    pytest.param(("erofs",), {}, "erofs", id="erofs"),
+    pytest.param(("ext4",), {}, "ext4", id="ext4"),
+    pytest.param(("erofs", "ext4"), {}, "erofs", id="both"),
+    pytest.param(("erofs", "ext4"), {"turboFsType": ["ext4", "erofs"]}, "ext4", id="both-ext4"),
+]
+
+
+@pytest.mark.parametrize(("metas", "settings", "fs_type"), CASES)
+def test_turbo_oci_pull_run_remove(
+    metas: tuple[str, ...],
+    settings: dict[str, object],
+    fs_type: str,
+    request: pytest.FixtureRequest,
+    sources: Sources,
+    start_stack: StartStack,
+    registry: LocalRegistry,
+    unpack_pull: Path,
+    tmp_path: Path,
+) -> None:
+    case = request.node.callspec.id
+    image = build_turbo_image(sources.trees, sources.originals, metas, tmp_path)
+    pushed = push_turbo_image(registry, image, REPOSITORY, case)
+    stack = start_stack(**settings)
+
+    pull = timed_pull(stack, registry, unpack_pull, pushed, PLUGIN)
+    assert stack.loop_devices() == [], "pulling attached a device"
+    started = time.monotonic()
+    root = stack.run_reader(pushed.reference, CONTAINER)
+    report(case, pull, time.monotonic() - started, image.original_bytes)
+
+    check_downloads(registry, image, pushed)
+    repo_blob_url = f"https://{registry.host}/v2/{REPOSITORY}/blobs"
+    ids = check_layers(stack, image, pushed, repo_blob_url, fs_type)
+    top_id = ids[image.layers[-1].original.digest]
+    check_overlay_on_device(stack, root, top_id, only_device=True, fs_type=fs_type)
+    assert (stack.block(top_id) / "init-debug.log").read_text() == "success"
+
+    stack.remove_container(CONTAINER)
+    stack.containerd.remove_image(pushed.reference)
+    stack.assert_all_released()
+
+
+def test_plain_oci_through_overlayfs(
+    sources: Sources,
+    start_stack: StartStack,
+    registry: LocalRegistry,
+    unpack_pull: Path,
+) -> None:
+    """The comparison: the same layers as a plain OCI image, downloaded whole."""
+    pushed = push_oci_image(registry, sources.originals, REPOSITORY, "plain-oci")
+    stack = start_stack()
+    pull = timed_pull(stack, registry, unpack_pull, pushed, "overlayfs")
+    started = time.monotonic()
+    root = stack.run_reader(pushed.reference, "oci-reader", snapshotter="overlayfs")
+    full_bytes = sum(blob.size for blob in sources.originals)
+    report("plain-oci-overlayfs", pull, time.monotonic() - started, full_bytes)
+
+    served = registry.served_bytes()
+    assert {blob.digest: served[blob.digest] for blob in sources.originals} == {
+        blob.digest: blob.size for blob in sources.originals
+    }
+    assert root.fs_type == "overlay", root
+    assert stack.backend() == {}, "a plain overlayfs pull reached obdsnap"
+    stack.containerd.remove_container("oci-reader")
+    stack.containerd.remove_image(pushed.reference)
