@@ -26,9 +26,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tcmusim import layerfmt
+from tcmusim import layerfmt, turbo_fs
 from tcmusim.layerfmt import CommittedLayer, Header, Kind, LayerFormatError, Magic
-from tcmusim.turbo_fs import fs_type_of
 
 META_KEY = "turbo_oci"  # Header.extra of a packed meta
 _EXTENT_SIZE = 24
@@ -119,7 +118,7 @@ def write_meta(image: Path, out: Path, *, fs_type: str, uuid: str, data_map: Dat
 def read_meta(path: str) -> FsMeta:
     """Open a meta; OSError if it cannot be read, LayerFormatError if it is not a meta."""
     st = os.stat(path)
-    fs_type = fs_type_of(Path(path))
+    fs_type = turbo_fs.fs_type_of(Path(path))
     if fs_type is not None:
         uuid = layerfmt.derived_uuid("turbo-oci", os.path.realpath(path), str(st.st_ino),
                                      str(st.st_mtime_ns))  # fmt: skip

@@ -81,6 +81,14 @@ def store_blob(store: Path, write: Path) -> tuple[str, int]:
     return f"sha256:{hexdigest}", size
 
 
+def new_root(path: Path) -> Path:
+    """An empty merged tree: root-owned, at the fixed time."""
+    path.mkdir(mode=0o755)
+    os.chown(path, 0, 0)
+    os.utime(path, (EPOCH, EPOCH))
+    return path
+
+
 def build_layers(
     sources: Sequence[Path],
     store: Path,
@@ -94,10 +102,7 @@ def build_layers(
     size = size_gb << 30
     built: list[BuiltLayer] = []
     with tempfile.TemporaryDirectory(prefix="tcmusim-mkimage-", dir=work_dir) as scratch:
-        merged = Path(scratch) / "merged"
-        merged.mkdir(mode=0o755)
-        os.chown(merged, 0, 0)
-        os.utime(merged, (EPOCH, EPOCH))
+        merged = new_root(Path(scratch) / "merged")
         parent = ""
         for index, source in enumerate(sources):
             apply_layer(merged, source)
