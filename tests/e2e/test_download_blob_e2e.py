@@ -66,15 +66,14 @@ def test_download_remote_blob_pull_run_remove(
     for chain_id, layer, digest in zip(chain, block_image.layers, layer_digests, strict=True):
         key, info = backend[chain_id]
         assert info["Kind"] == "Committed", (key, info)
-        labels = info.get("Labels") or {}
-        expected = {
+        # Remote by its labels (DESIGN §3): blob digest and size, and the image ref.
+        assert info["Labels"] == {
             TARGET_SNAPSHOT_REF: chain_id,
             BLOB_DIGEST: digest,
             BLOB_SIZE: str(sizes[digest]),
             IMAGE_REF: image.reference,
             **DOWNLOAD_LABELS,
-        }
-        assert labels.items() >= expected.items(), f"{key}: {labels}"
+        }, info
         snapshot_id = ids[digest]
         # containerd unpacked the blob into fs/: the layer file is the overlaybd blob.
         assert file_digest(stack.fs(snapshot_id) / "overlaybd.commit") == layer.digest
