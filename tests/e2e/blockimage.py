@@ -40,6 +40,7 @@ WRITTEN_CONTENT = "written by the container"
 # Runs in the container (busybox sh); prints one "name=value" line per fact.
 READER_SCRIPT = f"""
 fact() {{ printf '%s=%s\\n' "$1" "$2"; }}
+fact uptime "$(cat /proc/uptime)"
 fact base "$(cat /{BASE_FILE})"
 fact middle "$(cat /{MIDDLE_FILE})"
 fact top "$(cat /{TOP_FILE})"

@@ -45,6 +45,17 @@ def option_map(options: str) -> dict[str, str]:
     return {key: value for key, _, value in (item.partition("=") for item in options.split(","))}
 
 
+@dataclass(frozen=True)
+class ReaderRun:
+    root: MountEntry  # the container's root mount
+    started: float  # the host's uptime (seconds since boot) when the reader began
+
+
+def uptime() -> float:
+    """Seconds since boot, as a container reads them from /proc/uptime."""
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
 @dataclass
 class Stack(SnapshotFiles):
     """One obdsnap on the simulator and the private containerd that uses it."""
@@ -122,7 +133,7 @@ class Stack(SnapshotFiles):
         container_id: str,
         labels: Mapping[str, str] | None = None,
         snapshotter: str = PLUGIN,
-    ) -> MountEntry:
+    ) -> ReaderRun:
         """Runs the reader script; checks what it saw; returns the container's root mount."""
         result = self.containerd.run_container(
             reference,
@@ -132,12 +143,13 @@ class Stack(SnapshotFiles):
             snapshotter_labels=labels,
         )
         facts = parse_facts(result.stdout)
+        uptime = facts.pop("uptime", "")
         root_line = facts.pop("root_mount", "")
         assert facts == EXPECTED_FACTS, f"container output:\n{result.stdout}{result.stderr}"
         assert root_line, f"no mount on / in the container's mountinfo:\n{result.stdout}"
         entry = parse_line(root_line)
         assert entry is not None, root_line
-        return entry
+        return ReaderRun(entry, float(uptime.split()[0]))
 
     def remove_container(self, container_id: str) -> None:
         """Remove a container; containerd's GC then removes its snapshot in the background."""

@@ -87,7 +87,7 @@ def test_download_remote_blob_pull_run_remove(
     assert stack.loop_devices() == [], "pulling attached a device"
 
     top_id = ids[layer_digests[-1]]
-    root = stack.run_reader(image.reference, "downloaded-reader")
+    root = stack.run_reader(image.reference, "downloaded-reader").root
     check_overlay_on_device(stack, root, top_id, only_device=True)
     assert (stack.block(top_id) / "init-debug.log").read_text() == "success"
 

@@ -68,7 +68,7 @@ def test_local_block_layers_import_run_remove(
     ids = check_local_layers(stack, block_image)
     top_id = ids[block_image.chain_ids[-1]]
 
-    root = stack.run_reader(block_image.reference, "reader")
+    root = stack.run_reader(block_image.reference, "reader").root
     container_id = check_overlay_on_device(stack, root, top_id, only_device=True)
     assert stack.backend()["reader"][1]["Kind"] == "Active"
     assert stack.mark(container_id) is None, "an overlayfs rootfs has no device of its own"
@@ -113,7 +113,7 @@ def test_writable_device_rootfs(
     ids = check_local_layers(stack, block_image)
     top_id = ids[block_image.chain_ids[-1]]
 
-    root = stack.run_reader(block_image.reference, "writer", labels)
+    root = stack.run_reader(block_image.reference, "writer", labels).root
     assert root.fs_type == "ext4", root
     assert root.source.startswith("/dev/loop"), root
     container_id = stack.device_owner(root.source)
@@ -195,7 +195,7 @@ def test_remote_block_layers_pull_run_remove(
     assert stack.loop_devices() == [], "pulling attached a device"
 
     top_id = ids_by_digest[image.layers[-1].digest]
-    root = stack.run_reader(image.reference, "remote-reader")
+    root = stack.run_reader(image.reference, "remote-reader").root
     check_overlay_on_device(stack, root, top_id, only_device=True)
     # The simulator opened the remote lowers from its blob store (its registry).
     assert (stack.block(top_id) / "init-debug.log").read_text() == "success"

@@ -170,7 +170,7 @@ def test_block_layer_container_survives_sigkill(
     top = exec_in(containerd, CONTAINER, "read-top", "cat", f"/{TOP_FILE}")
     assert top == "top layer"
     assert exec_in(containerd, CONTAINER, "read-written", "cat", WRITTEN_FILE) == WRITTEN_CONTENT
-    root = stack.run_reader(block_image.reference, "fresh")
+    root = stack.run_reader(block_image.reference, "fresh").root
     check_overlay_on_device(stack, root, top_id, only_device=True)
     assert containerd.task_statuses().get(CONTAINER) == "RUNNING"
 
