@@ -3,7 +3,6 @@ meta layers next to the original layers, served by the simulator as obdsnap conf
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
@@ -28,6 +27,7 @@ from tcmusim.mkimage.turbo import (
 from tcmusim.testing import PACKAGE_ROOT, RunningSimulator
 
 from .protocol import Protocol, write_config
+from .test_turbo_serving import open_failure
 from .test_turbo_tools import serve, served
 from .turbo_steps import layer_tar
 
@@ -220,16 +220,45 @@ def test_s12_an_older_layers_original_is_needed_for_its_files(
     shutil.move(base, base.with_name(base.name + ".hidden"))
     hidden_blobs.append(base)
     config = tmp_path / "c" / "config.v1.json"
-    result = config.parent / "result"
-    write_config(config, lowers=[top], repo_blob_url=URL, result_file=result)
-    proto.create(530, config)
-    try:
-        with pytest.raises(OSError) as caught:
-            proto.enable(530)
-        assert caught.value.errno == errno.EIO
-    finally:
-        proto.detach(530)
-    assert result.read_text() == (
+    write_config(config, lowers=[top], repo_blob_url=URL, result_file=config.parent / "result")
+    assert open_failure(proto, config, 530) == (
         f"failed:failed to open remote file {URL}/{layers[0].target_digest}: "
         "No such file or directory"
     )
+
+
+def test_s12_a_meta_opens_only_whole_and_with_its_target(
+    proto: Protocol, images: dict[bool, list[TurboBuiltLayer]], tmp_path: Path
+) -> None:
+    """§12/§24: a damaged meta, or a meta configured without targetDigest, fails the open."""
+    (lower,) = unpacked_lowers(images[False][:1], tmp_path, "ext4")
+    meta = Path(str(lower["file"]))
+    damaged = tmp_path / "damaged.fs.meta"
+    damaged.write_bytes(meta.read_bytes()[: meta.stat().st_size // 2])
+    cases = [
+        ({**lower, "file": str(damaged)},
+         f"failed:failed to create overlaybd device: {damaged}: extent table outside the file "
+         "(truncated layer?)"),
+        ({"file": str(meta), "dir": lower["dir"]},
+         f"failed:failed to create overlaybd device: {meta}: a TurboOCI fs meta, and the lower "
+         "has no targetDigest"),
+    ]  # fmt: skip
+    config = tmp_path / "c" / "config.v1.json"
+    for number, (bad, expected) in enumerate(cases):
+        write_config(config, lowers=[bad], repo_blob_url=URL, result_file=config.parent / "result")
+        assert open_failure(proto, config, 540 + number) == expected
+
+
+def test_s12_a_hard_link_reads_its_targets_data_from_an_older_original(
+    sim: RunningSimulator, proto: Protocol, served: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    """§12: a hard link made in a later layer to an older layer's file reads that file's data."""
+    base = layer_tar(tmp_path / "base.tar", {"opt/data": BIG})
+    linked = tmp_path / "linked.tar"
+    with tarfile.open(linked, "w") as tar:
+        info = tarfile.TarInfo("opt/again")
+        info.type, info.linkname = tarfile.LNKTYPE, "opt/data"
+        tar.addfile(info)
+    layers = build_turbo_layers([base, linked], sim.blob_store, size_gb=1)
+    lowers = unpacked_lowers(layers, tmp_path, "erofs")
+    assert serve(proto, served, 550, lowers, URL) == ("erofs", {"opt/data": BIG, "opt/again": BIG})
