@@ -66,13 +66,18 @@ def _fix_inode_times(root: Path, image: Path) -> None:
         raise BuildError(f"debugfs failed: {done.stderr.strip()}")
 
 
-def store_blob(store: Path, write: Path) -> tuple[str, int]:
-    """Move ``write`` into the store under its sha256; return (digest, size)."""
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file's content."""
     digest = hashlib.sha256()
-    with open(write, "rb") as f:
+    with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
-    hexdigest = digest.hexdigest()
+    return digest.hexdigest()
+
+
+def store_blob(store: Path, write: Path) -> tuple[str, int]:
+    """Move ``write`` into the store under its sha256; return (digest, size)."""
+    hexdigest = sha256_of(write)
     target = store / "sha256" / hexdigest
     target.parent.mkdir(parents=True, exist_ok=True)
     size = write.stat().st_size

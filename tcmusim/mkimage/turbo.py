@@ -24,7 +24,6 @@ unpacker does with a meta layer (it lands in the snapshot's ``fs/``).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import shutil
 import tarfile
@@ -35,7 +34,7 @@ from pathlib import Path
 
 from tcmusim import layerfmt, turbo_fs
 from tcmusim.mkimage.datamap import Origins, map_and_punch
-from tcmusim.mkimage.layers import DEFAULT_SIZE_GB, new_root, store_blob
+from tcmusim.mkimage.layers import DEFAULT_SIZE_GB, new_root, sha256_of, store_blob
 from tcmusim.mkimage.oci import tar_info, write_oci_layout
 from tcmusim.mkimage.tree import BuildError, apply_tar, tree_digest
 from tcmusim.turbo_meta import write_meta
@@ -189,21 +188,13 @@ def _store_meta_layer(meta_dir: Path, tar_path: Path, store: Path) -> TurboBuilt
         for member in sorted(meta_dir.iterdir()):
             with open(member, "rb") as f:
                 tar.addfile(tar_info(member.name, member.stat().st_size), f)
-    diff_id = "sha256:" + _sha256(tar_path)
+    diff_id = "sha256:" + sha256_of(tar_path)
     fs_metas = {p.name: p.stat().st_size for p in meta_dir.glob("*.fs.meta")}
     compressed = tar_path.with_suffix(".tar.gz")
     _gzip(tar_path, compressed)
     digest, size = store_blob(store, compressed)
     path = store / "sha256" / digest.removeprefix("sha256:")
     return TurboBuiltLayer("", digest, size, str(path), diff_id, "", 0, "", fs_metas)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def unpack_meta_layer(blob: Path, fs_dir: Path) -> list[str]:
