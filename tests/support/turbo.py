@@ -30,7 +30,8 @@ from obdsnap.labels import (
     TURBO_OCI_TARGET_DIGEST,
     TURBO_OCI_TARGET_MEDIA_TYPE,
 )
-from support.block import Obd, write_tree
+from support.block import Image, Layer, Obd, write_tree
+from tcmusim import layerfmt
 from tcmusim.mkimage import store_blob
 from tcmusim.turbo_fs import make_fs
 
@@ -164,3 +165,25 @@ async def unpack_turbo(obd: Obd, image: TurboImage, fs_types: Sequence[str]) -> 
     for index in range(len(image.layers)):
         ids.append((await unpack_turbo_layer(obd, image, index, fs_types))[1])
     return ids
+
+
+def build_erofs_image(store: Path, work: Path, ref: str, files: Mapping[str, str]) -> Image:
+    """A native EROFS overlaybd image of one layer (no fs label tells it, DESIGN-v1 §14)."""
+    tree = write_tree(work / "erofs-tree", files)
+    image = work / "erofs.img"
+    make_fs("erofs", tree, image, META_SIZE, "erofs-image")
+    with image.open("r+b") as f:
+        f.truncate(META_SIZE)
+    layer_uuid = layerfmt.derived_uuid("layer", "", "erofs-image")
+    header = layerfmt.Header(
+        magic=layerfmt.Magic.LSMT,
+        kind=layerfmt.Kind.COMMIT,
+        virtual_size=META_SIZE,
+        uuid=layer_uuid,
+    )
+    packed = work / "erofs.commit"
+    with image.open("rb") as src, packed.open("xb") as out:
+        layerfmt.pack(src.fileno(), 0, header, out.fileno(), tar_name=None)
+    digest, size = store_blob(store, packed)
+    diff_id = "sha256:" + hashlib.sha256(f"diff of {digest}".encode()).hexdigest()
+    return Image(ref, (Layer(digest, size, diff_id, store / "sha256" / digest.split(":")[1]),))

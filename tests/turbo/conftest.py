@@ -8,9 +8,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from support.block import Image
 from support.server_process import short_tmpdir
 from support.simulator import RunningSimulator
-from support.turbo import DOCKER_GZIP_TYPE, GZIP_TYPE, TAR_TYPE, TurboImage, build_turbo_image
+from support.turbo import (
+    DOCKER_GZIP_TYPE,
+    GZIP_TYPE,
+    TAR_TYPE,
+    TurboImage,
+    build_erofs_image,
+    build_turbo_image,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,21 @@ def turbo(simulator: RunningSimulator) -> Iterator[TurboImages]:
                 (TAR_TYPE, TAR_TYPE, TAR_TYPE),
                 "plain",
             ),
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+EROFS_FILES = {"erofs.txt": "from an erofs image\n", "etc/os-release": "erofs\n"}
+
+
+@pytest.fixture(scope="module")
+def erofs_image(simulator: RunningSimulator) -> Iterator[Image]:
+    """A label-less overlaybd image whose file system is EROFS."""
+    work = short_tmpdir()
+    try:
+        yield build_erofs_image(
+            simulator.blob_store, work, "docker.io/library/erofs:v1", EROFS_FILES
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
