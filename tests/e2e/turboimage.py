@@ -42,7 +42,6 @@ class Blob:
 
 @dataclass(frozen=True)
 class TurboImage:
-    fs_types: tuple[str, ...]
     layers: tuple[TurboBuiltLayer, ...]
 
     @property
@@ -91,7 +90,7 @@ def build_turbo_image(
     sources = [blob.path for blob in originals]
     layers = build_turbo_layers(sources, store, fs_types=fs_types, work_dir=work)
     assert [layer.target_digest for layer in layers] == [blob.digest for blob in originals]
-    return TurboImage(tuple(fs_types), tuple(layers))
+    return TurboImage(tuple(layers))
 
 
 def push_turbo_image(
