@@ -28,6 +28,7 @@ import pytest
 from support.server_process import short_tmpdir
 
 from obdsnap.labels import IMAGE_REF, TARGET_SNAPSHOT_REF
+from obdsnap.overlaybd.turbo_oci import EXT4_FALLBACK_FLAG
 from tcmusim.mkimage.turbo import GZIP_INDEX, meta_name, turbo_annotations
 from tcmusim.testing import RunningSimulator
 
@@ -157,18 +158,22 @@ def check_layers(
 
 
 EXT4_FIRST = {"turboFsType": ["ext4", "erofs"]}
+BOTH = ("erofs", "ext4")
 CASES = [
-    pytest.param(("erofs",), {}, "erofs", id="erofs"),
-    pytest.param(("ext4",), {}, "ext4", id="ext4"),
-    pytest.param(("erofs", "ext4"), {}, "erofs", id="both-erofs-first"),
-    pytest.param(("erofs", "ext4"), EXT4_FIRST, "ext4", id="both-ext4-first"),
+    pytest.param(("erofs",), {}, False, "erofs", id="erofs"),
+    pytest.param(("ext4",), {}, False, "ext4", id="ext4"),
+    pytest.param(BOTH, {}, False, "erofs", id="both-erofs-first"),
+    pytest.param(BOTH, EXT4_FIRST, False, "ext4", id="both-ext4-first"),
+    # The operator's emergency switch (§12 rule 5): every layer on its ext4 meta.
+    pytest.param(BOTH, {}, True, "ext4", id="both-ext4-flag"),
 ]
 
 
-@pytest.mark.parametrize(("metas", "settings", "fs_type"), CASES)
+@pytest.mark.parametrize(("metas", "settings", "ext4_flag", "fs_type"), CASES)
 def test_turbo_oci_pull_run_remove(
     metas: tuple[str, ...],
     settings: dict[str, object],
+    ext4_flag: bool,
     fs_type: str,
     request: pytest.FixtureRequest,
     sources: Sources,
@@ -181,6 +186,8 @@ def test_turbo_oci_pull_run_remove(
     image = build_turbo_image(sources.originals, metas, sources.store, tmp_path)
     pushed = push_turbo_image(registry, image, sources.originals, REPOSITORY, case)
     stack = start_stack(**settings)
+    if ext4_flag:
+        (stack.root / EXT4_FALLBACK_FLAG).touch()
 
     pull = timed_pull(stack, registry, unpack_pull, pushed, PLUGIN)
     assert stack.loop_devices() == [], "pulling attached a device"
