@@ -165,10 +165,23 @@ def push_downloadable_image(
     return push_annotated_layers(registry, repository, tag, blobs)
 
 
+def layer_tar_sizes(image: BlockImage) -> dict[str, int]:
+    """The sizes of the registry form's layers (the archive's layer tars), by digest."""
+    with tarfile.open(image.archive) as archive:
+        return {
+            layer.diff_id: archive.getmember(_blob_name(layer.diff_id)).size
+            for layer in image.layers
+        }
+
+
 def archive_blob(archive: tarfile.TarFile, digest: str) -> bytes:
-    member = archive.extractfile("blobs/sha256/" + digest.removeprefix("sha256:"))
+    member = archive.extractfile(_blob_name(digest))
     assert member is not None, digest
     return member.read()
+
+
+def _blob_name(digest: str) -> str:
+    return "blobs/sha256/" + digest.removeprefix("sha256:")
 
 
 def push_annotated_layers(

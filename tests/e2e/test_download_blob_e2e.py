@@ -25,15 +25,49 @@ from obdsnap.labels import (
     TARGET_SNAPSHOT_REF,
 )
 
-from .blockimage import BlockImage, file_digest, push_downloadable_image
-from .blockstack import PLUGIN, StartStack, check_overlay_on_device, committed_chain
-from .registry import LocalRegistry
+from .blockimage import BlockImage, file_digest, layer_tar_sizes, push_downloadable_image
+from .blockstack import PLUGIN, Stack, StartStack, check_overlay_on_device, committed_chain
+from .registry import LocalRegistry, PushedImage
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 REPOSITORY = "obdsnap-e2e/download"
 TAG = "v1"
 DOWNLOAD_LABELS = {DOWNLOAD_REMOTE_BLOB: DOWNLOAD_REMOTE_BLOB_VALUE}
+
+
+def check_downloaded_layers(
+    stack: Stack, block_image: BlockImage, image: PushedImage, repo_blob_url: str
+) -> dict[str, int]:
+    """Each layer remote by its labels, its blob unpacked into fs/; snapshot IDs by digest."""
+    chain = block_image.chain_ids
+    backend = stack.backend()
+    assert set(backend) == set(chain), sorted(backend)
+    ids = stack.ids_by_top_lower("digest")
+    sizes = layer_tar_sizes(block_image)
+    lowers: list[dict[str, object]] = []
+    for chain_id, layer in zip(chain, block_image.layers, strict=True):
+        key, info = backend[chain_id]
+        assert info["Kind"] == "Committed", (key, info)
+        # Remote by its labels (DESIGN §3): blob digest and size, and the image ref.
+        assert info["Labels"] == {
+            TARGET_SNAPSHOT_REF: chain_id,
+            BLOB_DIGEST: layer.diff_id,
+            BLOB_SIZE: str(sizes[layer.diff_id]),
+            IMAGE_REF: image.reference,
+            **DOWNLOAD_LABELS,
+        }, info
+        fs = stack.fs(ids[layer.diff_id])
+        # containerd unpacked the blob into fs/: the layer file is the overlaybd blob.
+        assert file_digest(fs / "overlaybd.commit") == layer.digest
+        lowers.append({"digest": layer.diff_id, "size": sizes[layer.diff_id], "dir": str(fs)})
+        config = stack.config(ids[layer.diff_id])
+        assert (config["repoBlobUrl"], config["lowers"], config["upper"]) == (
+            repo_blob_url,
+            lowers,
+            {},
+        ), config
+    return ids
 
 
 def test_download_remote_blob_pull_run_remove(
@@ -48,47 +82,21 @@ def test_download_remote_blob_pull_run_remove(
     pulled = containerd.pull_unpacking(unpack_pull, image.reference, PLUGIN, DOWNLOAD_LABELS)
     assert pulled == image.manifest_digest
 
-    # containerd downloaded every layer tar in full.
-    chain = block_image.chain_ids
-    layer_digests = [layer.diff_id for layer in block_image.layers]
+    # containerd downloaded every layer tar, whole.
+    sizes = layer_tar_sizes(block_image)
     served = registry.served_bytes()
-    sizes = {digest: served[digest] for digest in layer_digests}
-    assert all(size > 0 for size in sizes.values()), f"layers not downloaded: {sizes}"
-    assert set(layer_digests) <= containerd.content_digests()
+    assert {digest: served[digest] for digest in sizes} == sizes
+    assert set(sizes) <= containerd.content_digests()
     listed = {row.key: row for row in containerd.list_snapshots(PLUGIN)}
-    assert listed == committed_chain(chain), "ctr snapshot ls: not the committed chain"
-
-    backend = stack.backend()
-    assert set(backend) == set(chain), sorted(backend)
-    ids = stack.ids_by_top_lower("digest")
+    assert listed == committed_chain(block_image.chain_ids), "ctr snapshot ls: not the chain"
     repo_blob_url = f"https://{registry.host}/v2/{REPOSITORY}/blobs"
-    lowers: list[dict[str, object]] = []
-    for chain_id, layer, digest in zip(chain, block_image.layers, layer_digests, strict=True):
-        key, info = backend[chain_id]
-        assert info["Kind"] == "Committed", (key, info)
-        # Remote by its labels (DESIGN §3): blob digest and size, and the image ref.
-        assert info["Labels"] == {
-            TARGET_SNAPSHOT_REF: chain_id,
-            BLOB_DIGEST: digest,
-            BLOB_SIZE: str(sizes[digest]),
-            IMAGE_REF: image.reference,
-            **DOWNLOAD_LABELS,
-        }, info
-        snapshot_id = ids[digest]
-        # containerd unpacked the blob into fs/: the layer file is the overlaybd blob.
-        assert file_digest(stack.fs(snapshot_id) / "overlaybd.commit") == layer.digest
-        lowers.append({"digest": digest, "size": sizes[digest], "dir": str(stack.fs(snapshot_id))})
-        config = stack.config(snapshot_id)
-        assert (config["repoBlobUrl"], config["lowers"], config["upper"]) == (
-            repo_blob_url,
-            lowers,
-            {},
-        ), config
+    ids = check_downloaded_layers(stack, block_image, image, repo_blob_url)
     assert stack.loop_devices() == [], "pulling attached a device"
 
-    top_id = ids[layer_digests[-1]]
+    top_id = ids[block_image.layers[-1].diff_id]
     root = stack.run_reader(image.reference, "downloaded-reader").root
     check_overlay_on_device(stack, root, top_id, only_device=True)
+    # overlaybd opened the downloaded files: the blobs are not in the simulator's store.
     assert (stack.block(top_id) / "init-debug.log").read_text() == "success"
 
     stack.remove_container("downloaded-reader")
