@@ -21,7 +21,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,8 @@ from support.server_process import short_tmpdir
 
 from obdsnap.labels import IMAGE_REF, TARGET_SNAPSHOT_REF
 from obdsnap.overlaybd.turbo_oci import EXT4_FALLBACK_FLAG
-from tcmusim.mkimage.turbo import GZIP_INDEX, meta_name, turbo_annotations
+from tcmusim.mkimage.turbo import GZIP_INDEX, TurboBuiltLayer, meta_name, turbo_annotations
+from tcmusim.mkimage.turbo import MEDIA_TAR_GZIP as GZIP
 from tcmusim.testing import RunningSimulator
 
 from .blockimage import write_layer_trees
@@ -58,7 +59,6 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 REPOSITORY = "obdsnap-e2e/turbo"
 CONTAINER = "turbo-reader"
-LOWER_KEYS = ["gzipIndex", "file", "targetDigest", "dir"]  # config.v1.json order, §3
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,13 @@ def check_downloads(registry: LocalRegistry, image: TurboImage, pushed: PushedIm
     assert served == expected, f"blobs served {served}, expected only the metas {expected}"
 
 
+def expected_lower(fs: Path, layer: TurboBuiltLayer, fs_type: str) -> dict[str, str]:
+    """§12 rule 2, in config.v1.json's key order: no digest or size."""
+    gzip_index = {"gzipIndex": str(fs / GZIP_INDEX)} if layer.target_media_type == GZIP else {}
+    file = str(fs / meta_name(fs_type))
+    return {**gzip_index, "file": file, "targetDigest": layer.target_digest, "dir": str(fs)}
+
+
 def check_layers(
     stack: Stack, image: TurboImage, pushed: PushedImage, repo_blob_url: str, fs_type: str
 ) -> dict[str, int]:
@@ -132,7 +139,7 @@ def check_layers(
     assert backend.pop(CONTAINER)[1]["Kind"] == "Active"
     assert set(backend) == set(image.chain_ids), sorted(backend)
     ids = stack.ids_by_top_lower("targetDigest")
-    lowers: list[Mapping[str, str]] = []
+    lowers: list[dict[str, str]] = []
     for chain_id, layer in zip(image.chain_ids, image.layers, strict=True):
         key, info = backend[chain_id]
         assert info["Kind"] == "Committed", (key, info)
@@ -140,41 +147,41 @@ def check_layers(
         assert info["Labels"] == {**labels, **turbo_annotations(layer)}, info
         fs = stack.fs(ids[layer.target_digest])
         assert sorted(entry.name for entry in fs.iterdir()) == meta_files(layer)
-        lower = {
-            "gzipIndex": str(fs / GZIP_INDEX),
-            "file": str(fs / meta_name(fs_type)),
-            "targetDigest": layer.target_digest,
-            "dir": str(fs),
-        }
-        lowers.append(lower)
+        lowers.append(expected_lower(fs, layer, fs_type))
         config = stack.config(ids[layer.target_digest])
         assert (config["repoBlobUrl"], config["lowers"], config["upper"]) == (
             repo_blob_url,
             lowers,
             {},
         ), config
-        assert [list(entry) for entry in config["lowers"]] == [LOWER_KEYS] * len(lowers)
+        # The key order of config.v1.json (DESIGN-v1 §3); neither digest nor size.
+        assert [list(entry) for entry in config["lowers"]] == [list(entry) for entry in lowers]
     return ids
 
 
-EXT4_FIRST = {"turboFsType": ["ext4", "erofs"]}
+@dataclass(frozen=True)
+class Case:
+    metas: tuple[str, ...]  # the fs metas of each meta layer
+    fs_type: str  # the one obdsnap must choose
+    settings: Mapping[str, object] = field(default_factory=dict)
+    ext4_flag: bool = False  # the operator's emergency switch (§12 rule 5)
+    gzip: bool = True  # the originals are tar+gzip (else plain tar: no gzip index)
+
+
 BOTH = ("erofs", "ext4")
-CASES = [
-    pytest.param(("erofs",), {}, False, "erofs", id="erofs"),
-    pytest.param(("ext4",), {}, False, "ext4", id="ext4"),
-    pytest.param(BOTH, {}, False, "erofs", id="both-erofs-first"),
-    pytest.param(BOTH, EXT4_FIRST, False, "ext4", id="both-ext4-first"),
-    # The operator's emergency switch (§12 rule 5): every layer on its ext4 meta.
-    pytest.param(BOTH, {}, True, "ext4", id="both-ext4-flag"),
-]
+CASES = {
+    "erofs": Case(("erofs",), "erofs"),
+    "ext4": Case(("ext4",), "ext4"),
+    "both-erofs-first": Case(BOTH, "erofs"),
+    "both-ext4-first": Case(BOTH, "ext4", {"turboFsType": ["ext4", "erofs"]}),
+    "both-ext4-flag": Case(BOTH, "ext4", ext4_flag=True),
+    "erofs-tar-originals": Case(("erofs",), "erofs", gzip=False),
+}
 
 
-@pytest.mark.parametrize(("metas", "settings", "ext4_flag", "fs_type"), CASES)
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_turbo_oci_pull_run_remove(
-    metas: tuple[str, ...],
-    settings: dict[str, object],
-    ext4_flag: bool,
-    fs_type: str,
+    case: Case,
     request: pytest.FixtureRequest,
     sources: Sources,
     start_stack: StartStack,
@@ -182,23 +189,25 @@ def test_turbo_oci_pull_run_remove(
     unpack_pull: Path,
     tmp_path: Path,
 ) -> None:
-    case = request.node.callspec.id
-    image = build_turbo_image(sources.originals, metas, sources.store, tmp_path)
-    pushed = push_turbo_image(registry, image, sources.originals, REPOSITORY, case)
-    stack = start_stack(**settings)
-    if ext4_flag:
+    name = request.node.callspec.id
+    image = build_turbo_image(
+        sources.originals, case.metas, sources.store, tmp_path, gzip=case.gzip
+    )
+    pushed = push_turbo_image(registry, image, sources.store, REPOSITORY, name)
+    stack = start_stack(**case.settings)
+    if case.ext4_flag:
         (stack.root / EXT4_FALLBACK_FLAG).touch()
 
     pull = timed_pull(stack, registry, unpack_pull, pushed, PLUGIN)
     assert stack.loop_devices() == [], "pulling attached a device"
     reader = stack.run_reader(pushed.reference, CONTAINER)
-    report(case, pull, reader, image.original_bytes)
+    report(name, pull, reader, image.original_bytes)
 
     check_downloads(registry, image, pushed)
     repo_blob_url = f"https://{registry.host}/v2/{REPOSITORY}/blobs"
-    ids = check_layers(stack, image, pushed, repo_blob_url, fs_type)
+    ids = check_layers(stack, image, pushed, repo_blob_url, case.fs_type)
     top_id = ids[image.layers[-1].target_digest]
-    check_overlay_on_device(stack, reader.root, top_id, only_device=True, fs_type=fs_type)
+    check_overlay_on_device(stack, reader.root, top_id, only_device=True, fs_type=case.fs_type)
     assert (stack.block(top_id) / "init-debug.log").read_text() == "success"
 
     stack.remove_container(CONTAINER)

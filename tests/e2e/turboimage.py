@@ -84,22 +84,27 @@ def original_layers(trees: Sequence[Path], work: Path) -> list[Blob]:
 
 
 def build_turbo_image(
-    originals: Sequence[Blob], fs_types: Sequence[str], store: Path, work: Path
+    originals: Sequence[Blob], fs_types: Sequence[str], store: Path, work: Path, *, gzip: bool
 ) -> TurboImage:
-    """Originals and metas into ``store``; the meta of layer *k* describes the trees 1..k."""
+    """Originals (``tar+gzip``, or ``tar`` without ``gzip``) and metas into ``store``.
+
+    The meta of layer *k* describes the merged trees 1..k.
+    """
     sources = [blob.path for blob in originals]
-    layers = build_turbo_layers(sources, store, fs_types=fs_types, work_dir=work)
-    assert [layer.target_digest for layer in layers] == [blob.digest for blob in originals]
+    layers = build_turbo_layers(
+        sources, store, fs_types=fs_types, gzip_originals=gzip, work_dir=work
+    )
     return TurboImage(tuple(layers))
 
 
 def push_turbo_image(
-    registry: LocalRegistry, image: TurboImage, originals: Sequence[Blob], repository: str, tag: str
+    registry: LocalRegistry, image: TurboImage, store: Path, repository: str, tag: str
 ) -> PushedImage:
-    """Originals and metas into the repository; the manifest lists the metas."""
+    """Originals and metas (from ``store``) into the repository; the manifest lists the metas."""
     descriptors = []
-    for layer, original in zip(image.layers, originals, strict=True):
-        registry.push_blob(repository, original.path.read_bytes())
+    for layer in image.layers:
+        original = store / "sha256" / layer.target_digest.removeprefix("sha256:")
+        assert registry.push_blob(repository, original.read_bytes())[0] == layer.target_digest
         digest, size = registry.push_blob(repository, Path(layer.path).read_bytes())
         annotations = turbo_annotations(layer)
         descriptors.append(layer_descriptor(MEDIA_TAR_GZIP, digest, size, annotations))
