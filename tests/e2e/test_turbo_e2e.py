@@ -1,7 +1,8 @@
 """TurboOCI images (DESIGN-v1 §12, §14) pulled by containerd's own unpacker and run with runc.
 
-The image: the block image's three busybox-based layer trees as gzip'd OCI
-layers, and one meta layer per layer with an erofs meta, an ext4 meta, or both.
+The image: the block image's three busybox-based layer trees as gzip'd (or plain
+tar) OCI layers, and one meta layer per layer with an erofs meta, an ext4 meta,
+or both.
 Both kinds of layers are in the loopback registry; the manifest lists the metas,
 annotated as the TurboOCI convertor does, and the pull adds the image ref (as
 ``ctr rpull`` does). obdsnap treats each meta layer as a normal one: containerd
@@ -12,7 +13,7 @@ original blobs (from its blob store, standing in for the registry's lazy reads).
 
 Each pull prints a ``TURBO-E2E`` line: bytes downloaded against the original
 layers' bytes, the pull time, and the time from the pull's start until the
-first container has run; a plain OCI image through containerd's overlayfs
+first container's first output; a plain OCI image through containerd's overlayfs
 snapshotter gives the comparison.
 """
 
