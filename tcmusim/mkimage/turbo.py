@@ -16,6 +16,7 @@ from a registry (a ``tar+gzip`` blob, or with ``gzip_originals=False`` a plain
 ``gzip.meta``
     for a gzip original: its index (here, what overlaybd needs to know of it).
 
+ext4 meta layers are deterministic; an erofs meta holds mkfs.erofs's build time.
 Layer descriptors carry the annotations Go's convertor writes
 (:func:`turbo_annotations`); :func:`unpack_meta_layer` does what containerd's
 unpacker does with a meta layer (it lands in the snapshot's ``fs/``).

@@ -10,6 +10,7 @@ import random
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,6 +160,19 @@ def test_s12_meta_layer_members_and_annotations(
             )
             raw = original.read_bytes()
             assert raw[:2] == b"\x1f\x8b" if gz else raw[257:262] == b"ustar"
+
+
+def test_s12_ext4_meta_layers_are_deterministic(tmp_path: Path) -> None:
+    """Two builds of the same layers, seconds apart, give the same ext4 meta layers."""
+    digests = []
+    for attempt in range(2):
+        if attempt:
+            time.sleep(1.1)  # superblock times have a resolution of seconds
+        layers = sources(tmp_path / f"src{attempt}")
+        store = tmp_path / f"store{attempt}"
+        built = build_turbo_layers(layers, store, fs_types=("ext4",), size_gb=1)
+        digests.append([layer.digest for layer in built])
+    assert digests[0] == digests[1]
 
 
 def test_s12_mkimage_cli_writes_an_archive_with_the_originals(tmp_path: Path) -> None:
