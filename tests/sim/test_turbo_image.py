@@ -28,9 +28,10 @@ from tcmusim.mkimage.turbo import (
 from tcmusim.testing import PACKAGE_ROOT, RunningSimulator
 
 from .protocol import Protocol, write_config
+from .test_devices import mounted
 from .test_turbo_serving import open_failure
 from .test_turbo_tools import serve, served
-from .turbo_steps import layer_tar
+from .turbo_steps import layer_tar, must
 
 pytestmark = pytest.mark.root
 
@@ -276,3 +277,34 @@ def test_s12_a_hard_link_reads_its_targets_data_from_an_older_original(
     layers = build_turbo_layers([base, linked], sim.blob_store, size_gb=1)
     lowers = unpacked_lowers(layers, tmp_path, "erofs")
     assert serve(proto, served, 550, lowers, URL) == ("erofs", {"opt/data": BIG, "opt/again": BIG})
+
+
+def test_s12_writable_layer_on_an_ext4_turbo_image(
+    sim: RunningSimulator,
+    proto: Protocol,
+    served: tuple[Path, list[int]],
+    images: dict[bool, list[TurboBuiltLayer]],
+    tmp_path: Path,
+) -> None:
+    """§12: a container's writable layer on a TurboOCI ext4 image starts from the merged tree,
+    data included, and keeps its writes across attaches."""
+    lowers = unpacked_lowers(images[True], tmp_path, "ext4")
+    data, index = tmp_path / "writable_data", tmp_path / "writable_index"
+    must(sim.tools_dir, "overlaybd-create", data, index, "0", "-s")
+    upper = {"index": str(index), "data": str(data)}
+    config = write_config(tmp_path / "rw" / "config.v1.json", lowers=lowers, upper=upper,
+                          repo_blob_url=URL)  # fmt: skip
+    mountpoint = tmp_path / "rootfs"
+    mountpoint.mkdir()
+    disk = proto.attach(560, config)
+    served[1].append(560)
+    with mounted(disk.device, mountpoint):
+        assert (mountpoint / "usr/lib/big").read_text() == BIG
+        (mountpoint / "usr/lib/big").write_text("rewritten\n")
+        (mountpoint / "new").write_text("new\n")
+    proto.detach(560)
+    served[1].remove(560)
+    assert serve(proto, served, 561, lowers, URL, upper) == (
+        "ext4",
+        {**MERGED[2], "usr/lib/big": "rewritten\n", "new": "new\n"},
+    )
