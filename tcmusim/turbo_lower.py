@@ -93,7 +93,7 @@ def _is_gzip(blob: Path) -> bool:
 
 
 def open_turbo_lower(
-    lower: LowerConfig, repo_blob_url: str, blob_store: Path, digest_of: DigestOf
+    lower: LowerConfig, repo_blob_url: str, blob_store: Path | None, digest_of: DigestOf
 ) -> TurboLayer:
     """Open a TurboOCI lower; TurboOpenError (the result file's text) if it cannot be."""
     try:
@@ -115,7 +115,9 @@ def blob_url(repo_blob_url: str, digest: str) -> str:
     return repo_blob_url + ("" if repo_blob_url.endswith("/") else "/") + digest
 
 
-def find_blob(digest: str, repo_blob_url: str, blob_store: Path, digest_of: DigestOf) -> Path:
+def find_blob(
+    digest: str, repo_blob_url: str, blob_store: Path | None, digest_of: DigestOf
+) -> Path:
     """Where the registry blob ``digest`` is, checked against its digest."""
     if not repo_blob_url:
         raise TurboOpenError("empty repoBlobUrl")
@@ -123,7 +125,7 @@ def find_blob(digest: str, repo_blob_url: str, blob_store: Path, digest_of: Dige
     match = _DIGEST.match(digest)
     if match is None:
         raise TurboOpenError(f"failed to open remote file {url}: Unexpected response")
-    candidates = [blob_store / "sha256" / match.group(1)]
+    candidates = [blob_store / "sha256" / match.group(1)] if blob_store else []
     if repo_blob_url.startswith("file://"):
         candidates.append(Path(url.removeprefix("file://")))
     for blob in candidates:
