@@ -30,7 +30,8 @@ Fidelity notes: the type is the text before any ``;`` of ``--fstype``, and only
 ext4); ext4 needs an ext4 image below (a lower's, or ``--mkfs``'d by
 overlaybd-create or by ``--mkfs`` here); gzip'd tarballs are read, but no gzip
 index is written (``--gz_index_path`` is accepted and unused: the simulator's
-layers hold their data). Lowers are opened as overlaybd does: ``file``, else
+layers hold their data). Lowers are opened as overlaybd does: a TurboOCI lower
+(``targetDigest``) by :mod:`tcmusim.turbo_lower`, else ``file``, else
 ``dir``/overlaybd.commit or overlaybd.sealed, else ``digest`` from the blob
 store named by ``TCMUSIM_BLOB_STORE`` (set by ``tools.install``). Needs root
 (loop mounts).
