@@ -74,7 +74,7 @@ class TurboLayer:
 
 
 def _fill(blob: Path, regions: list[Region], dst: int, dst_base: int) -> None:
-    opener = gzip.open if _is_gzip(blob) else open
+    opener = gzip.open if is_gzip(blob) else open
     with opener(blob, "rb") as tar:
         for region in regions:
             tar.seek(region.tar_offset)
@@ -87,7 +87,8 @@ def _fill(blob: Path, regions: list[Region], dst: int, dst_base: int) -> None:
                 done += len(chunk)
 
 
-def _is_gzip(blob: Path) -> bool:
+def is_gzip(blob: Path) -> bool:
+    """A gzip stream (its magic), whatever the name."""
     with open(blob, "rb") as f:
         return f.read(2) == _GZIP_MAGIC
 
@@ -138,7 +139,7 @@ def find_blob(
 
 
 def _check_gzip_index(lower: LowerConfig, blob: Path, url: str) -> None:
-    gzipped = _is_gzip(blob)
+    gzipped = is_gzip(blob)
     if lower.gzip_index:
         if not os.path.isfile(lower.gzip_index):
             raise TurboOpenError(
