@@ -5,7 +5,7 @@ file's data stays in the original OCI layer blobs and is read from there when
 the layer is served. A meta is a packed layer file (:mod:`tcmusim.layerfmt`, a
 ``commit``): the fs image with its file data regions left as holes, so only the
 metadata is stored. After the extent table comes the *data map*, a JSON object
-(located by ``Header.extra["turbo_oci"]``)::
+(located by ``Header.extra["turbo_oci_meta"]``)::
 
     {"targets": ["sha256:<original blob>", ...],
      "regions": [[device offset, length, target index, offset in the target's tar], ...]}
@@ -29,7 +29,7 @@ from pathlib import Path
 from tcmusim import layerfmt, turbo_fs
 from tcmusim.layerfmt import CommittedLayer, Header, Kind, LayerFormatError, Magic
 
-META_KEY = "turbo_oci"  # Header.extra of a packed meta
+META_KEY = "turbo_oci_meta"  # Header.extra of a packed meta (not "turbo_oci": a §13 layer)
 _EXTENT_SIZE = 24
 _ALIGN = 4096
 

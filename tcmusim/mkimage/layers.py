@@ -60,6 +60,7 @@ def _fix_inode_times(root: Path, image: Path) -> None:
         input=script,
         capture_output=True,
         text=True,
+        env={**os.environ, "E2FSPROGS_FAKE_TIME": str(EPOCH)},  # its superblock write time too
         check=False,
     )
     if done.returncode != 0:

@@ -10,6 +10,7 @@ import random
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,9 +28,10 @@ from tcmusim.mkimage.turbo import (
 from tcmusim.testing import PACKAGE_ROOT, RunningSimulator
 
 from .protocol import Protocol, write_config
+from .test_devices import mounted
 from .test_turbo_serving import open_failure
 from .test_turbo_tools import serve, served
-from .turbo_steps import layer_tar
+from .turbo_steps import convert, layer_tar, must, new_snap
 
 pytestmark = pytest.mark.root
 
@@ -161,6 +163,19 @@ def test_s12_meta_layer_members_and_annotations(
             assert raw[:2] == b"\x1f\x8b" if gz else raw[257:262] == b"ustar"
 
 
+def test_s12_ext4_meta_layers_are_deterministic(tmp_path: Path) -> None:
+    """Two builds of the same layers, seconds apart, give the same ext4 meta layers."""
+    digests = []
+    for attempt in range(2):
+        if attempt:
+            time.sleep(1.1)  # superblock times have a resolution of seconds
+        layers = sources(tmp_path / f"src{attempt}")
+        store = tmp_path / f"store{attempt}"
+        built = build_turbo_layers(layers, store, fs_types=("ext4",), size_gb=1)
+        digests.append([layer.digest for layer in built])
+    assert digests[0] == digests[1]
+
+
 def test_s12_mkimage_cli_writes_an_archive_with_the_originals(tmp_path: Path) -> None:
     """§12: ``mkimage --turbo-oci`` makes an OCI archive of meta layers that ships the originals."""
     store, archive = tmp_path / "store", tmp_path / "image.tar"
@@ -262,3 +277,50 @@ def test_s12_a_hard_link_reads_its_targets_data_from_an_older_original(
     layers = build_turbo_layers([base, linked], sim.blob_store, size_gb=1)
     lowers = unpacked_lowers(layers, tmp_path, "erofs")
     assert serve(proto, served, 550, lowers, URL) == ("erofs", {"opt/data": BIG, "opt/again": BIG})
+
+
+def test_s12_writable_layer_on_an_ext4_turbo_image(
+    sim: RunningSimulator,
+    proto: Protocol,
+    served: tuple[Path, list[int]],
+    images: dict[bool, list[TurboBuiltLayer]],
+    tmp_path: Path,
+) -> None:
+    """§12: a container's writable layer on a TurboOCI ext4 image starts from the merged tree,
+    data included, and keeps its writes across attaches."""
+    lowers = unpacked_lowers(images[True], tmp_path, "ext4")
+    data, index = tmp_path / "writable_data", tmp_path / "writable_index"
+    must(sim.tools_dir, "overlaybd-create", data, index, "0", "-s")
+    upper = {"index": str(index), "data": str(data)}
+    config = write_config(tmp_path / "rw" / "config.v1.json", lowers=lowers, upper=upper,
+                          repo_blob_url=URL)  # fmt: skip
+    mountpoint = tmp_path / "rootfs"
+    mountpoint.mkdir()
+    disk = proto.attach(560, config)
+    served[1].append(560)
+    with mounted(disk.device, mountpoint):
+        assert (mountpoint / "usr/lib/big").read_text() == BIG
+        (mountpoint / "usr/lib/big").write_text("rewritten\n")
+        (mountpoint / "new").write_text("new\n")
+    proto.detach(560)
+    served[1].remove(560)
+    assert serve(proto, served, 561, lowers, URL, upper) == (
+        "ext4",
+        {**MERGED[2], "usr/lib/big": "rewritten\n", "new": "new\n"},
+    )
+
+
+def test_s13_conversion_on_a_turbo_oci_parent(
+    sim: RunningSimulator,
+    proto: Protocol,
+    served: tuple[Path, list[int]],
+    images: dict[bool, list[TurboBuiltLayer]],
+    tmp_path: Path,
+) -> None:
+    """§13 on TurboOCI lowers: turboOCI-apply reads the parent's tree as overlaybd serves it."""
+    lowers = unpacked_lowers(images[True], tmp_path, "erofs")
+    snap = new_snap(tmp_path / "local", {"srv/data": "local\n", "usr/lib/.wh.big": ""})
+    lowers.append(convert(sim.tools_dir, snap, "erofs", list(lowers), URL))
+    expected = {**MERGED[2], "srv/data": "local\n"}
+    del expected["usr/lib/big"]
+    assert serve(proto, served, 570, lowers, URL) == ("erofs", expected)
