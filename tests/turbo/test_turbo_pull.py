@@ -104,6 +104,11 @@ async def test_three_layer_pull_commits_turbo_configs_and_serves_a_rootfs(
     assert (obd.fs(obd.latest_id()) / "written.txt").read_text() == "by the container\n"
     assert await obd.mounts("container") == mounts
     obd.umount_for_real(rootfs)
+    # After a reboot, Mounts attaches the device again with the same file system.
+    obd.detach_like_reboot(ids[-1])
+    assert await obd.mounts("container") == mounts
+    entry = mount_at(obd.mountpoint(ids[-1]))
+    assert entry is not None and entry.fs_type == fs_type, entry
 
 
 async def test_unpack_prepare_writes_no_config(obd: Obd, turbo: TurboImages) -> None:
