@@ -260,3 +260,18 @@ async def test_commit_without_an_image_ref_fails_and_keeps_the_layer_active(
     assert obd.config(snapshot_id)["lowers"] == turbo_lowers(
         obd, image, [snapshot_id], "ext4.fs.meta"
     )
+
+
+async def test_docker_init_layer_mounts_a_turbo_image_with_its_metas_fs_type(
+    start_obd: StartObd, turbo: TurboImages
+) -> None:
+    """§17 with §11: moby's init layer attaches the image top with the metas' file system,
+    not ``defaultFsType`` (which would not mount it)."""
+    obd = await start_obd(runtimeType="docker", defaultFsType="xfs")
+    image = turbo.plain
+    ids = await unpack_turbo(obd, image, ("ext4",))
+    await obd.prepare("moby/1/c1-init-key", image.layers[-1].chain_id)
+    obd.assert_attached(ids[-1], mounted="ro")
+    entry = mount_at(obd.mountpoint(ids[-1]))
+    assert entry is not None and entry.fs_type == "ext4", entry
+    assert (obd.mountpoint(ids[-1]) / "three.txt").read_text() == "layer 3\n"
