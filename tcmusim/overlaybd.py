@@ -36,6 +36,7 @@ from tcmusim.knobs import DeviceKnobs
 from tcmusim.layerfmt import CommittedLayer, Kind, LayerFormatError
 from tcmusim.slowio import SlowIO
 from tcmusim.turbo_lower import TurboLayer, TurboOpenError, blob_url, find_blob, open_turbo_lower
+from tcmusim.turbo_meta import META_KEY
 
 log = logging.getLogger("tcmusim.overlaybd")
 
@@ -371,11 +372,16 @@ def _check_chain(index: int, layer: CommittedLayer, below: ServedLayer | None) -
 
 def _open_local(path: str) -> CommittedLayer:
     try:
-        return layerfmt.open_committed(path)
+        layer = layerfmt.open_committed(path)
     except OSError as exc:
         raise _Failed(f"failed to open local file {path}: {_strerror(exc)}") from exc
     except LayerFormatError as exc:
         raise _Failed(f"failed to create overlaybd device: {path}: {exc}") from exc
+    if META_KEY in layer.header.extra:
+        # Its file data is in the original blob: served without it, files would read as zeros.
+        raise _Failed(f"failed to create overlaybd device: {path}: a TurboOCI fs meta, and the "
+                      "lower has no targetDigest")  # fmt: skip
+    return layer
 
 
 def _strerror(exc: OSError) -> str:

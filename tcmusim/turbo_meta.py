@@ -5,7 +5,7 @@ file's data stays in the original OCI layer blobs and is read from there when
 the layer is served. A meta is a packed layer file (:mod:`tcmusim.layerfmt`, a
 ``commit``): the fs image with its file data regions left as holes, so only the
 metadata is stored. After the extent table comes the *data map*, a JSON object
-(located by ``Header.extra["turbo_oci"]``)::
+(located by ``Header.extra["turbo_oci_meta"]``)::
 
     {"targets": ["sha256:<original blob>", ...],
      "regions": [[device offset, length, target index, offset in the target's tar], ...]}
@@ -26,11 +26,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tcmusim import layerfmt
+from tcmusim import layerfmt, turbo_fs
 from tcmusim.layerfmt import CommittedLayer, Header, Kind, LayerFormatError, Magic
-from tcmusim.turbo_fs import fs_type_of
 
-META_KEY = "turbo_oci"  # Header.extra of a packed meta
+META_KEY = "turbo_oci_meta"  # Header.extra of a packed meta (not "turbo_oci": a §13 layer)
 _EXTENT_SIZE = 24
 _ALIGN = 4096
 
@@ -119,7 +118,7 @@ def write_meta(image: Path, out: Path, *, fs_type: str, uuid: str, data_map: Dat
 def read_meta(path: str) -> FsMeta:
     """Open a meta; OSError if it cannot be read, LayerFormatError if it is not a meta."""
     st = os.stat(path)
-    fs_type = fs_type_of(Path(path))
+    fs_type = turbo_fs.fs_type_of(Path(path))
     if fs_type is not None:
         uuid = layerfmt.derived_uuid("turbo-oci", os.path.realpath(path), str(st.st_ino),
                                      str(st.st_mtime_ns))  # fmt: skip

@@ -77,7 +77,8 @@ def test_s12_plain_fs_image_meta_serves_its_tree(
     assert serve(proto, served, device_id + 1, lowers, URL, upper) == (fs, {"srv/top": "t\n"})
 
 
-def _failure(sim: RunningSimulator, proto: Protocol, config: Path, device_id: int) -> str:
+def open_failure(proto: Protocol, config: Path, device_id: int) -> str:
+    """The result file's text after the open of ``config`` failed with EIO."""
     proto.create(device_id, config)
     try:
         with pytest.raises(OSError) as caught:
@@ -113,7 +114,7 @@ def test_s12_open_fails_without_meta_or_original(
     config = tmp_path / "c" / "config.v1.json"
     for number, (lowers, url, expected) in enumerate(cases):
         write_config(config, lowers=lowers, repo_blob_url=url, result_file=config.parent / "result")
-        assert _failure(sim, proto, config, 410 + number) == expected
+        assert open_failure(proto, config, 410 + number) == expected
     assert sim.loop_devices() == []
 
 
