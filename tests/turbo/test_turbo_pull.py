@@ -20,7 +20,16 @@ from support.block_fixtures import StartObd
 from support.mounts import mount_at, mount_options
 from support.simulator import MISSING
 from support.snapshots import expect_status
-from support.turbo import TurboImage, turbo_labels, unpack_turbo, unpack_turbo_layer, write_metas
+from support.turbo import (
+    LAYER_FILES,
+    PackedTurboImage,
+    TurboImage,
+    turbo_labels,
+    unpack_packed_turbo,
+    unpack_turbo,
+    unpack_turbo_layer,
+    write_metas,
+)
 
 from obdsnap.labels import IMAGE_REF, REMOTE
 
@@ -275,3 +284,32 @@ async def test_docker_init_layer_mounts_a_turbo_image_with_its_metas_fs_type(
     entry = mount_at(obd.mountpoint(ids[-1]))
     assert entry is not None and entry.fs_type == "ext4", entry
     assert (obd.mountpoint(ids[-1]) / "three.txt").read_text() == "layer 3\n"
+
+
+@pytest.mark.parametrize(("turbo_fs_type", "fs_type"), [(["erofs"], "erofs"), (["ext4"], "ext4")])
+async def test_an_image_whose_metas_hold_no_data_reads_it_from_the_originals(
+    start_obd: StartObd,
+    packed_turbo: PackedTurboImage,
+    tmp_path: Path,
+    turbo_fs_type: list[str],
+    fs_type: str,
+) -> None:
+    """§12: the metas as the convertor makes them; the device reads each file's data from the
+    original (gzip) blob its lower's targetDigest names, through the gzip index."""
+    obd = await start_obd(turboFsType=turbo_fs_type)
+    ids = await unpack_packed_turbo(obd, packed_turbo)
+    lowers = obd.config(ids[-1])["lowers"]
+    assert [lower["targetDigest"] for lower in lowers] == [
+        layer.target_digest for layer in packed_turbo.layers
+    ]
+    assert {Path(lower["file"]).name for lower in lowers} == {f"{fs_type}.fs.meta"}
+    rootfs = tmp_path / "rootfs"
+    await obd.mount_container("container", packed_turbo.chain_ids[-1], rootfs)
+    entry = mount_at(obd.mountpoint(ids[-1]))
+    assert entry is not None and entry.fs_type == fs_type, entry
+    expected: dict[str, str] = {}
+    for files in LAYER_FILES:
+        expected.update(files)
+    for name, content in expected.items():
+        assert (rootfs / name).read_text() == content, name
+    obd.umount_for_real(rootfs)
