@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from grpclib.const import Status
 from support.block import Obd
-from support.block_fixtures import StartObd
+from support.block_fixtures import Images, StartObd
 from support.mounts import mount_at, mount_options
 from support.simulator import MISSING
 from support.snapshots import expect_status
@@ -313,3 +313,24 @@ async def test_an_image_whose_metas_hold_no_data_reads_it_from_the_originals(
     for name, content in expected.items():
         assert (rootfs / name).read_text() == content, name
     obd.umount_for_real(rootfs)
+
+
+async def test_a_turbo_layer_on_a_baselayer_without_meta_has_no_file(
+    obd: Obd, images: Images, turbo: TurboImages
+) -> None:
+    """§12 rule 7 with §22 quirk 12: the bottom lower (a plain overlaybd layer) has no
+    ``file``, so the layer above names none either (Go names its fs/ directory)."""
+    base_chain, base_id = await obd.unpack_top(images.single)
+    image = turbo.plain
+    layer = image.layers[1]
+    labels = {**turbo_labels(image, 1), IMAGE_REF: images.single.ref}
+    key = f"extract-1 {layer.chain_id}"
+    await obd.prepare(key, base_chain, labels)
+    own = obd.latest_id()
+    write_metas(obd.fs(own), layer, ("ext4",))
+    await obd.commit(layer.chain_id, key, labels)
+    base = images.single.layers[0]
+    assert obd.config(own)["lowers"] == [
+        {"digest": base.digest, "size": base.size, "dir": str(obd.fs(base_id))},
+        {"targetDigest": layer.target_digest, "dir": str(obd.fs(own))},
+    ]
