@@ -20,7 +20,6 @@ to it. The config's fields are read by :mod:`tcmusim.imageconfig`.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from tcmusim.backing import Backing, ImageCache, ServedLayer
 from tcmusim.imageconfig import ImageConfig, LowerConfig, parse_image_config
 from tcmusim.knobs import DeviceKnobs
 from tcmusim.layerfmt import CommittedLayer, Kind, LayerFormatError
+from tcmusim.mkimage.layers import sha256_of
 from tcmusim.slowio import SlowIO
 from tcmusim.turbo_lower import TurboLayer, TurboOpenError, blob_url, find_blob, open_turbo_lower
 from tcmusim.turbo_meta import META_KEY
@@ -194,11 +194,7 @@ class Overlaybd:
         with self._verified_lock:
             known = self._verified.get(key)
         if known is None:
-            digest = hashlib.sha256()
-            with blob.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-            known = digest.hexdigest()
+            known = sha256_of(blob)
             with self._verified_lock:
                 self._verified[key] = known
         return known

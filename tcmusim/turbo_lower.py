@@ -74,7 +74,7 @@ class TurboLayer:
 
 
 def _fill(blob: Path, regions: list[Region], dst: int, dst_base: int) -> None:
-    opener = gzip.open if _is_gzip(blob) else open
+    opener = gzip.open if is_gzip(blob) else open
     with opener(blob, "rb") as tar:
         for region in regions:
             tar.seek(region.tar_offset)
@@ -87,13 +87,14 @@ def _fill(blob: Path, regions: list[Region], dst: int, dst_base: int) -> None:
                 done += len(chunk)
 
 
-def _is_gzip(blob: Path) -> bool:
+def is_gzip(blob: Path) -> bool:
+    """A gzip stream (its magic), whatever the name."""
     with open(blob, "rb") as f:
         return f.read(2) == _GZIP_MAGIC
 
 
 def open_turbo_lower(
-    lower: LowerConfig, repo_blob_url: str, blob_store: Path, digest_of: DigestOf
+    lower: LowerConfig, repo_blob_url: str, blob_store: Path | None, digest_of: DigestOf
 ) -> TurboLayer:
     """Open a TurboOCI lower; TurboOpenError (the result file's text) if it cannot be."""
     try:
@@ -115,7 +116,9 @@ def blob_url(repo_blob_url: str, digest: str) -> str:
     return repo_blob_url + ("" if repo_blob_url.endswith("/") else "/") + digest
 
 
-def find_blob(digest: str, repo_blob_url: str, blob_store: Path, digest_of: DigestOf) -> Path:
+def find_blob(
+    digest: str, repo_blob_url: str, blob_store: Path | None, digest_of: DigestOf
+) -> Path:
     """Where the registry blob ``digest`` is, checked against its digest."""
     if not repo_blob_url:
         raise TurboOpenError("empty repoBlobUrl")
@@ -123,7 +126,7 @@ def find_blob(digest: str, repo_blob_url: str, blob_store: Path, digest_of: Dige
     match = _DIGEST.match(digest)
     if match is None:
         raise TurboOpenError(f"failed to open remote file {url}: Unexpected response")
-    candidates = [blob_store / "sha256" / match.group(1)]
+    candidates = [blob_store / "sha256" / match.group(1)] if blob_store else []
     if repo_blob_url.startswith("file://"):
         candidates.append(Path(url.removeprefix("file://")))
     for blob in candidates:
@@ -136,7 +139,7 @@ def find_blob(digest: str, repo_blob_url: str, blob_store: Path, digest_of: Dige
 
 
 def _check_gzip_index(lower: LowerConfig, blob: Path, url: str) -> None:
-    gzipped = _is_gzip(blob)
+    gzipped = is_gzip(blob)
     if lower.gzip_index:
         if not os.path.isfile(lower.gzip_index):
             raise TurboOpenError(

@@ -38,6 +38,7 @@ from tcmusim.mkimage.datamap import Origins, map_and_punch
 from tcmusim.mkimage.layers import DEFAULT_SIZE_GB, new_root, sha256_of, store_blob
 from tcmusim.mkimage.oci import tar_info, write_oci_layout
 from tcmusim.mkimage.tree import BuildError, apply_tar, tree_digest
+from tcmusim.turbo_lower import is_gzip
 from tcmusim.turbo_meta import write_meta
 
 FS_TYPES = turbo_fs.FS_TYPES
@@ -52,7 +53,6 @@ BLOB_SIZE = _PREFIX + "blob-size"
 TARGET_DIGEST = _PREFIX + "turbo-oci/target-digest"
 TARGET_MEDIA_TYPE = _PREFIX + "turbo-oci/target-media-type"
 VERSION_ANNOTATION = _PREFIX + "version"
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def meta_name(fs_type: str) -> str:
@@ -97,45 +97,56 @@ def build_turbo_layers(
         raise BuildError("no layers given")
     if not fs_types or any(fs not in FS_TYPES for fs in fs_types):
         raise BuildError(f"TurboOCI fs types are {', '.join(FS_TYPES)}, not {list(fs_types)}")
+    build = _Build(store, tuple(fs_types), gzip_originals, size_gb << 30)
     built: list[TurboBuiltLayer] = []
     with tempfile.TemporaryDirectory(prefix="tcmusim-turbo-", dir=work_dir) as scratch_dir:
         scratch = Path(scratch_dir)
         merged = new_root(scratch / "merged")
         origins = Origins()
-        parent = ""
+        layer_uuid = ""
         for index, source in enumerate(sources):
             layer_dir = scratch / f"layer{index}"
             layer_dir.mkdir()
             tar = _uncompressed(source, layer_dir / "layer.tar")
-            target, target_size = _store_original(source, tar, store, gzip_originals)
             apply_tar(merged, tar)
-            origins.apply(merged, tar, target)
-            parent = layerfmt.derived_uuid("turbo-oci", parent, tree_digest(merged))
-            media_type = MEDIA_TAR_GZIP if gzip_originals else MEDIA_TAR
-            meta_dir = layer_dir / "meta"
-            meta_dir.mkdir()
-            for fs_type in fs_types:
-                _make_meta(fs_type, merged, meta_dir, size_gb << 30, parent, origins)
-            _write_markers(meta_dir, target, media_type, tar if gzip_originals else None)
-            layer = _store_meta_layer(meta_dir, layer_dir / "meta.tar", store)
-            layer.source, layer.target_digest = str(source), target
-            layer.target_size, layer.target_media_type = target_size, media_type
-            built.append(layer)
+            layer_uuid = layerfmt.derived_uuid("turbo-oci", layer_uuid, tree_digest(merged))
+            built.append(_build_layer(build, source, tar, merged, origins, layer_uuid))
     return built
+
+
+@dataclass(frozen=True)
+class _Build:
+    store: Path
+    fs_types: tuple[str, ...]
+    gzip_originals: bool
+    size: int  # of an ext4 meta's filesystem
+
+
+def _build_layer(
+    build: _Build, source: Path, tar: Path, merged: Path, origins: Origins, layer_uuid: str
+) -> TurboBuiltLayer:
+    """The original and the meta layer of ``tar``, once it is applied onto ``merged``."""
+    target, target_size = _store_original(source, tar, build.store, build.gzip_originals)
+    origins.apply(merged, tar, target)
+    media_type = MEDIA_TAR_GZIP if build.gzip_originals else MEDIA_TAR
+    meta_dir = tar.parent / "meta"
+    meta_dir.mkdir()
+    for fs_type in build.fs_types:
+        _make_meta(fs_type, merged, meta_dir, build.size, layer_uuid, origins)
+    _write_markers(meta_dir, target, media_type, tar if build.gzip_originals else None)
+    layer = _store_meta_layer(meta_dir, tar.parent / "meta.tar", build.store)
+    layer.source, layer.target_digest = str(source), target
+    layer.target_size, layer.target_media_type = target_size, media_type
+    return layer
 
 
 def _uncompressed(source: Path, out: Path) -> Path:
     if not source.is_file():
         raise BuildError(f"{source}: TurboOCI layers are built from layer tarballs")
-    opener = gzip.open if _is_gzip(source) else open
+    opener = gzip.open if is_gzip(source) else open
     with opener(source, "rb") as f, open(out, "wb") as tar:
         shutil.copyfileobj(f, tar)
     return out
-
-
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(2) == _GZIP_MAGIC
 
 
 def _store_original(source: Path, tar: Path, store: Path, gzipped: bool) -> tuple[str, int]:
@@ -143,7 +154,7 @@ def _store_original(source: Path, tar: Path, store: Path, gzipped: bool) -> tupl
     blob = tar.with_name("original")
     if not gzipped:
         shutil.copyfile(tar, blob)
-    elif _is_gzip(source):
+    elif is_gzip(source):
         shutil.copyfile(source, blob)
     else:
         _gzip(tar, blob)

@@ -31,7 +31,7 @@ from .protocol import Protocol, write_config
 from .test_devices import mounted
 from .test_turbo_serving import open_failure
 from .test_turbo_tools import serve, served
-from .turbo_steps import layer_tar, must
+from .turbo_steps import convert, layer_tar, must, new_snap
 
 pytestmark = pytest.mark.root
 
@@ -308,3 +308,19 @@ def test_s12_writable_layer_on_an_ext4_turbo_image(
         "ext4",
         {**MERGED[2], "usr/lib/big": "rewritten\n", "new": "new\n"},
     )
+
+
+def test_s13_conversion_on_a_turbo_oci_parent(
+    sim: RunningSimulator,
+    proto: Protocol,
+    served: tuple[Path, list[int]],
+    images: dict[bool, list[TurboBuiltLayer]],
+    tmp_path: Path,
+) -> None:
+    """§13 on TurboOCI lowers: turboOCI-apply reads the parent's tree as overlaybd serves it."""
+    lowers = unpacked_lowers(images[True], tmp_path, "erofs")
+    snap = new_snap(tmp_path / "local", {"srv/data": "local\n", "usr/lib/.wh.big": ""})
+    lowers.append(convert(sim.tools_dir, snap, "erofs", list(lowers), URL))
+    expected = {**MERGED[2], "srv/data": "local\n"}
+    del expected["usr/lib/big"]
+    assert serve(proto, served, 570, lowers, URL) == ("erofs", expected)

@@ -92,12 +92,17 @@ def open_failure(proto: Protocol, config: Path, device_id: int) -> str:
 def test_s12_open_fails_without_meta_or_original(
     sim: RunningSimulator, proto: Protocol, tmp_path: Path
 ) -> None:
-    """§12/§24: a missing meta, original blob or gzip index fails the open, in the result file."""
+    """§12/§24: a missing meta, original blob or gzip index, a gzipIndex that does not match the
+    original, or a blob that is not its digest's fails the open, in the result file."""
     digest = original(sim, tmp_path / "o", BASE, gz=True)
+    plain = original(sim, tmp_path / "p", BASE, gz=False)
     meta = plain_meta(tmp_path / "m", BASE, "erofs")
     good = turbo_lower(meta, digest, gz=True)
     missing = "sha256:" + "1" * 64
     gone = str(tmp_path / "gone/fs/erofs.fs.meta")
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    (registry / missing).write_text("not the blob of that digest")
     cases: list[tuple[list[dict[str, object]], str, str]] = [
         ([{**good, "file": gone}], URL,
          f"failed:failed to open local file {gone}: No such file or directory"),
@@ -110,6 +115,10 @@ def test_s12_open_fails_without_meta_or_original(
          f"failed:failed to open gzip index {tmp_path / 'gone.meta'}: No such file or directory"),
         ([{key: value for key, value in good.items() if key != "gzipIndex"}], URL,
          f"failed:failed to open remote file {URL}/{digest}: gzip blob without gzipIndex"),
+        ([{**good, "targetDigest": plain}], URL,
+         f"failed:failed to open remote file {URL}/{plain}: gzipIndex given, not gzip"),
+        ([{**good, "targetDigest": missing}], f"file://{registry}",
+         f"failed:failed to open remote file file://{registry}/{missing}: digest mismatch"),
     ]  # fmt: skip
     config = tmp_path / "c" / "config.v1.json"
     for number, (lowers, url, expected) in enumerate(cases):
