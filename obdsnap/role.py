@@ -281,7 +281,7 @@ def role_of(
         if is_acceleration_unpack(labels):
             return AccelerationUnpack(block_parent=block_parent)
         if is_remote_layer(labels):
-            return remote_unpack(labels)
+            return remote_unpack_role(labels)
         return PlainUnpack()
     trace = trace_flags(parent, labels) if parent is not None and block_parent else None
     if rw_mode.writable:
@@ -300,7 +300,7 @@ def role_of(
     return OverlayRootfs()
 
 
-def remote_unpack(labels: Mapping[str, str]) -> RemoteUnpack | DownloadUnpack | PlainUnpack:
+def remote_unpack_role(labels: Mapping[str, str]) -> RemoteUnpack | DownloadUnpack | PlainUnpack:
     """DESIGN-v1 §6 steps 2.3-2.5: downloaded when asked; a TurboOCI meta layer is unpacked
     as a plain layer (its config comes at Commit, §12); else committed at once."""
     if labels.get(L.DOWNLOAD_REMOTE_BLOB) == L.DOWNLOAD_REMOTE_BLOB_VALUE:

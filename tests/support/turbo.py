@@ -33,6 +33,12 @@ from obdsnap.labels import (
 from support.block import Image, Layer, Obd, write_tree
 from tcmusim import layerfmt
 from tcmusim.mkimage import store_blob
+from tcmusim.mkimage.turbo import (
+    TurboBuiltLayer,
+    build_turbo_layers,
+    turbo_annotations,
+    unpack_meta_layer,
+)
 from tcmusim.turbo_fs import make_fs
 
 GZIP_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -187,3 +193,51 @@ def build_erofs_image(store: Path, work: Path, ref: str, files: Mapping[str, str
     digest, size = store_blob(store, packed)
     diff_id = "sha256:" + hashlib.sha256(f"diff of {digest}".encode()).hexdigest()
     return Image(ref, (Layer(digest, size, diff_id, store / "sha256" / digest.split(":")[1]),))
+
+
+@dataclass(frozen=True)
+class PackedTurboImage:
+    """A TurboOCI image as ``tcmusim mkimage --turbo-oci`` builds it: metas without file data,
+    which the device reads from the original blobs."""
+
+    ref: str
+    layers: tuple[TurboBuiltLayer, ...]
+    chain_ids: tuple[str, ...]
+
+    def labels(self, index: int) -> dict[str, str]:
+        """What containerd unpacks meta layer ``index`` with: its annotations and the ref."""
+        return {
+            TARGET_SNAPSHOT_REF: self.chain_ids[index],
+            IMAGE_REF: self.ref,
+            **turbo_annotations(self.layers[index]),
+        }
+
+
+def build_packed_turbo_image(
+    store: Path, work: Path, ref: str, fs_types: Sequence[str]
+) -> PackedTurboImage:
+    """LAYER_FILES as a TurboOCI image with gzip originals, metas of ``fs_types``."""
+    sources = [
+        layer_tar(work / f"packed-layer{index}.tar", files)
+        for index, files in enumerate(LAYER_FILES)
+    ]
+    layers = build_turbo_layers(sources, store, fs_types=fs_types, work_dir=work)
+    chain: list[str] = []
+    for layer in layers:
+        chain.append(_chain(chain[-1], layer.diff_id) if chain else layer.diff_id)
+    return PackedTurboImage(ref, tuple(layers), tuple(chain))
+
+
+async def unpack_packed_turbo(obd: Obd, image: PackedTurboImage) -> list[int]:
+    """containerd's unpacker: each meta layer extracted into its snapshot's fs/, committed."""
+    ids = []
+    parent = ""
+    for index, layer in enumerate(image.layers):
+        key = f"extract-{index} {image.chain_ids[index]}"
+        labels = image.labels(index)
+        await obd.prepare(key, parent, labels)
+        ids.append(obd.latest_id())
+        unpack_meta_layer(Path(layer.path), obd.fs(ids[-1]))
+        await obd.commit(image.chain_ids[index], key, labels)
+        parent = image.chain_ids[index]
+    return ids

@@ -15,8 +15,10 @@ from support.turbo import (
     DOCKER_GZIP_TYPE,
     GZIP_TYPE,
     TAR_TYPE,
+    PackedTurboImage,
     TurboImage,
     build_erofs_image,
+    build_packed_turbo_image,
     build_turbo_image,
 )
 
@@ -61,6 +63,18 @@ def erofs_image(simulator: RunningSimulator) -> Iterator[Image]:
     try:
         yield build_erofs_image(
             simulator.blob_store, work, "docker.io/library/erofs:v1", EROFS_FILES
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def packed_turbo(simulator: RunningSimulator) -> Iterator[PackedTurboImage]:
+    """A TurboOCI image built by the simulator's image builder, with erofs and ext4 metas."""
+    work = short_tmpdir()
+    try:
+        yield build_packed_turbo_image(
+            simulator.blob_store, work, "docker.io/library/packed:v1", ("erofs", "ext4")
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

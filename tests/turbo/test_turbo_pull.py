@@ -16,11 +16,20 @@ from typing import Any
 import pytest
 from grpclib.const import Status
 from support.block import Obd
-from support.block_fixtures import StartObd
+from support.block_fixtures import Images, StartObd
 from support.mounts import mount_at, mount_options
 from support.simulator import MISSING
 from support.snapshots import expect_status
-from support.turbo import TurboImage, turbo_labels, unpack_turbo, unpack_turbo_layer, write_metas
+from support.turbo import (
+    LAYER_FILES,
+    PackedTurboImage,
+    TurboImage,
+    turbo_labels,
+    unpack_packed_turbo,
+    unpack_turbo,
+    unpack_turbo_layer,
+    write_metas,
+)
 
 from obdsnap.labels import IMAGE_REF, REMOTE
 
@@ -104,6 +113,11 @@ async def test_three_layer_pull_commits_turbo_configs_and_serves_a_rootfs(
     assert (obd.fs(obd.latest_id()) / "written.txt").read_text() == "by the container\n"
     assert await obd.mounts("container") == mounts
     obd.umount_for_real(rootfs)
+    # After a reboot, Mounts attaches the device again with the same file system.
+    obd.detach_like_reboot(ids[-1])
+    assert await obd.mounts("container") == mounts
+    entry = mount_at(obd.mountpoint(ids[-1]))
+    assert entry is not None and entry.fs_type == fs_type, entry
 
 
 async def test_unpack_prepare_writes_no_config(obd: Obd, turbo: TurboImages) -> None:
@@ -255,3 +269,68 @@ async def test_commit_without_an_image_ref_fails_and_keeps_the_layer_active(
     assert obd.config(snapshot_id)["lowers"] == turbo_lowers(
         obd, image, [snapshot_id], "ext4.fs.meta"
     )
+
+
+async def test_docker_init_layer_mounts_a_turbo_image_with_its_metas_fs_type(
+    start_obd: StartObd, turbo: TurboImages
+) -> None:
+    """§17 with §11: moby's init layer attaches the image top with the metas' file system,
+    not ``defaultFsType`` (which would not mount it)."""
+    obd = await start_obd(runtimeType="docker", defaultFsType="xfs")
+    image = turbo.plain
+    ids = await unpack_turbo(obd, image, ("ext4",))
+    await obd.prepare("moby/1/c1-init-key", image.layers[-1].chain_id)
+    obd.assert_attached(ids[-1], mounted="ro")
+    entry = mount_at(obd.mountpoint(ids[-1]))
+    assert entry is not None and entry.fs_type == "ext4", entry
+    assert (obd.mountpoint(ids[-1]) / "three.txt").read_text() == "layer 3\n"
+
+
+@pytest.mark.parametrize(("turbo_fs_type", "fs_type"), [(["erofs"], "erofs"), (["ext4"], "ext4")])
+async def test_an_image_whose_metas_hold_no_data_reads_it_from_the_originals(
+    start_obd: StartObd,
+    packed_turbo: PackedTurboImage,
+    tmp_path: Path,
+    turbo_fs_type: list[str],
+    fs_type: str,
+) -> None:
+    """§12: the metas as the convertor makes them; the device reads each file's data from the
+    original (gzip) blob its lower's targetDigest names, through the gzip index."""
+    obd = await start_obd(turboFsType=turbo_fs_type)
+    ids = await unpack_packed_turbo(obd, packed_turbo)
+    lowers = obd.config(ids[-1])["lowers"]
+    assert [lower["targetDigest"] for lower in lowers] == [
+        layer.target_digest for layer in packed_turbo.layers
+    ]
+    assert {Path(lower["file"]).name for lower in lowers} == {f"{fs_type}.fs.meta"}
+    rootfs = tmp_path / "rootfs"
+    await obd.mount_container("container", packed_turbo.chain_ids[-1], rootfs)
+    entry = mount_at(obd.mountpoint(ids[-1]))
+    assert entry is not None and entry.fs_type == fs_type, entry
+    expected: dict[str, str] = {}
+    for files in LAYER_FILES:
+        expected.update(files)
+    for name, content in expected.items():
+        assert (rootfs / name).read_text() == content, name
+    obd.umount_for_real(rootfs)
+
+
+async def test_a_turbo_layer_on_a_baselayer_without_meta_has_no_file(
+    obd: Obd, images: Images, turbo: TurboImages
+) -> None:
+    """§12 rule 7 with §22 quirk 12: the bottom lower (a plain overlaybd layer) has no
+    ``file``, so the layer above names none either (Go names its fs/ directory)."""
+    base_chain, base_id = await obd.unpack_top(images.single)
+    image = turbo.plain
+    layer = image.layers[1]
+    labels = {**turbo_labels(image, 1), IMAGE_REF: images.single.ref}
+    key = f"extract-1 {layer.chain_id}"
+    await obd.prepare(key, base_chain, labels)
+    own = obd.latest_id()
+    write_metas(obd.fs(own), layer, ("ext4",))
+    await obd.commit(layer.chain_id, key, labels)
+    base = images.single.layers[0]
+    assert obd.config(own)["lowers"] == [
+        {"digest": base.digest, "size": base.size, "dir": str(obd.fs(base_id))},
+        {"targetDigest": layer.target_digest, "dir": str(obd.fs(own))},
+    ]
