@@ -58,7 +58,7 @@ class StorageType(enum.Enum):
         return self in (StorageType.LOCAL_BLOCK, StorageType.REMOTE_BLOCK)
 
 
-LOCAL_LAYER_REFUSED = "local OCI layer conversion (layer.tar) is not supported yet"
+LOCAL_LAYER_REFUSED = "it holds a layer.tar that its commit did not convert (DESIGN-v1 §13)"
 
 
 # containerd's snapshots.UnpackKeyFormat is "extract-%s %s" (ctr import unpacks without
@@ -131,7 +131,7 @@ def trace_flags(parent: ParentLayer, labels: Mapping[str, str]) -> TraceFlags:
 
 @dataclass(frozen=True)
 class PlainUnpack:
-    pass
+    to_turbo_oci: bool = False  # convert2turbo-oci: a differ writes layer.tar (DESIGN-v1 §13)
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,7 @@ def role_of(
             return AccelerationUnpack(block_parent=block_parent)
         if is_remote_layer(labels):
             return RemoteUnpack(target=labels[L.TARGET_SNAPSHOT_REF])
-        return PlainUnpack()
+        return PlainUnpack(to_turbo_oci=L.CONVERT_TO_TURBO_OCI in labels)
     trace = trace_flags(parent, labels) if parent is not None and block_parent else None
     if rw_mode.writable:
         return WritableRootfs(
