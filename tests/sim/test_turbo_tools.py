@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from support.block import read_header
-from support.conversion import tree
+from support.conversion import layer_tar, tree
 from support.tool_faults import failing_tool
 
 from tcmusim import layerfmt
@@ -23,7 +23,7 @@ from tcmusim.turbo_fs import fs_type_of, tar_meta_info
 from .protocol import Protocol, write_config
 from .test_devices import mounted
 from .test_tools import run
-from .turbo_steps import Snap, apply_args, convert, layer_tar, must, new_snap, prepare_temp
+from .turbo_steps import Snap, apply_args, convert, must, new_snap, prepare_temp
 
 pytestmark = pytest.mark.root
 
