@@ -13,11 +13,12 @@ import contextlib
 from collections.abc import Mapping
 
 from obdsnap.commit_flow import CommitFlow
-from obdsnap.errors import FailedPrecondition
+from obdsnap.errors import FailedPrecondition, NotFound
+from obdsnap.locks import KeyedLocks
 from obdsnap.overlaybd.conversion import conversion_fs_type
 from obdsnap.overlaybd.device_config import DeviceConfig
 from obdsnap.overlaybd.layers import BlockLayers
-from obdsnap.storage import MetaStore, Operation, Record
+from obdsnap.storage import Kind, MetaStore, Operation, Record
 
 
 class LocalLayerCommit:
@@ -32,20 +33,29 @@ class LocalLayerCommit:
         self._layers = layers
         self._commits = commits
         self._default_fs_type = default_fs_type
+        self._converting = KeyedLocks()
 
     async def commit(
         self, active: Record, parent: Record | None, name: str, labels: Mapping[str, str]
     ) -> None:
-        """Convert, then commit the row; the caller has reserved ``name``."""
+        """Convert, then commit the row; the caller has reserved ``name``.
+
+        One conversion at a time per snapshot: a second Commit of the key waits, then
+        finds it committed (NOT_FOUND) instead of converting into the same ``temp/``.
+        """
         base = await self._base_config(active, parent)
         fs_type = conversion_fs_type(labels, self._default_fs_type)
-        await self._keep_own_config(active.id)
-        async with self._store.intent(active.id, Operation.COMMIT):
-            try:
-                await self._layers.conversion.convert(active.id, fs_type, base)
-                await self._commits.commit_record(active, parent, name, labels)
-            finally:
-                await asyncio.shield(self._settle(active, name))
+        async with self._converting.hold(active.id):
+            current = self._store.find(active.key)
+            if current is None or current.id != active.id or current.kind != Kind.ACTIVE:
+                raise NotFound(f"snapshot {active.key!r} does not exist")
+            await self._keep_own_config(active.id)
+            async with self._store.intent(active.id, Operation.COMMIT):
+                try:
+                    await self._layers.conversion.convert(active.id, fs_type, base)
+                    await self._commits.commit_record(active, parent, name, labels)
+                finally:
+                    await asyncio.shield(self._settle(active, name))
 
     async def _base_config(self, active: Record, parent: Record | None) -> DeviceConfig:
         """The layer stacks on its parent's lowers: a parent must be an overlaybd layer."""

@@ -10,6 +10,7 @@ import contextlib
 from pathlib import Path
 
 import pytest
+from grpclib import GRPCError
 from grpclib.const import Status
 from support.block import Obd
 from support.conversion import (
@@ -127,4 +128,25 @@ async def test_s13_a_conversion_cut_after_its_row_committed_is_finished(obd: Obd
     assert obd.config_path(layer.id).read_bytes() == config
     assert layer.temp.is_dir() and layer.meta.exists() and layer.commit_file.exists()
     await obd.prepare("rootfs", "layer")
+    assert await asyncio.to_thread(tree, obd.mountpoint(layer.id)) == FILES
+
+
+async def test_s13_two_commits_of_one_layer_convert_it_once(obd: Obd) -> None:
+    """The second Commit of the key waits for the first, then finds the key gone: the layer
+    the first committed keeps its file, config and temp/."""
+    layer = await unpack_layer(obd, "layer", "", FILES)
+    labels = {L.TARGET_SNAPSHOT_REF: "layer"}
+    outcomes = await asyncio.gather(
+        obd.commit("first", layer.key, labels),
+        obd.commit("second", layer.key, labels),
+        return_exceptions=True,
+    )
+    failed = [outcome for outcome in outcomes if isinstance(outcome, GRPCError)]
+    assert len(failed) == 1 and failed[0].status is Status.NOT_FOUND, outcomes
+    winner = "second" if outcomes[0] is failed[0] else "first"
+    assert (await obd.stat(winner)).kind == COMMITTED
+    await expect_status(obd.stat("first" if winner == "second" else "second"), Status.NOT_FOUND)
+    assert obd.config(layer.id)["lowers"] == [layer.lower()]
+    assert layer.temp.is_dir() and layer.meta.exists()
+    await obd.prepare("rootfs", winner)
     assert await asyncio.to_thread(tree, obd.mountpoint(layer.id)) == FILES
