@@ -23,6 +23,7 @@ from obdsnap.overlaybd.tools import ZFileConfig
 from obdsnap.overlaybd.writable import CommitRequest
 from obdsnap.role import commits_local_layer
 from obdsnap.storage import MetaStore, Operation, Record
+from obdsnap.turbo_commit import commit_turbo_oci
 
 
 class CommitFlow:
@@ -88,6 +89,9 @@ class CommitFlow:
         self, active: Record, parent: Record | None, name: str, labels: Mapping[str, str]
     ) -> None:
         """The row; a local block layer gets its config and ``localcommitpath`` first."""
+        if L.turbo_oci_target(labels) is not None:
+            await commit_turbo_oci(self._layers, self._store, active, parent, name, labels)
+            return
         local = commits_local_layer(await self._layers.storage_type(active))
         final = self._labels(active.id, labels, local=local)
         await commit_row(self._layers, self._store, active, parent, name, final, local=local)

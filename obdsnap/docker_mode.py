@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from obdsnap.device.filesystem import fs_spec
 from obdsnap.device.manager import DeviceManager, MountMode
 from obdsnap.errors import SnapshotError
+from obdsnap.overlaybd.fs_choice import DeviceFs
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.removal import UserPredicate, is_device_user, no_other_users
 from obdsnap.role import (
@@ -40,11 +40,18 @@ log = logging.getLogger(__name__)
 
 class DockerLayers:
     def __init__(
-        self, store: MetaStore, layers: BlockLayers, devices: DeviceManager, *, enabled: bool
+        self,
+        store: MetaStore,
+        layers: BlockLayers,
+        devices: DeviceManager,
+        fs: DeviceFs,
+        *,
+        enabled: bool,
     ) -> None:
         self._store = store
         self._layers = layers
         self._devices = devices
+        self._fs = fs
         self.enabled = enabled  # runtimeType "docker" with rwMode "overlayfs"
 
     async def lineage(self, parent: Record | None) -> DockerLineage | None:
@@ -73,7 +80,7 @@ class DockerLayers:
         image_top = self.image_to_attach(role, parent, new=new)
         if image_top is None:
             return
-        spec = fs_spec(image_top.info.labels)
+        spec = await self._fs.spec(image_top)
         try:
             await self._devices.attach(image_top.id, spec, mkfs=False, mode=MountMode.READ_ONLY)
         except SnapshotError as exc:

@@ -8,6 +8,7 @@ locking, so a new kind of layer is one new class here and one case there.
     PlainUnpack         containerd unpacks a plain OCI layer into ``fs/``
     AccelerationUnpack  containerd unpacks an acceleration layer (a trace) into ``fs/``
     RemoteUnpack        an overlaybd blob: committed at once, fetched lazily by the device
+    DownloadUnpack      an overlaybd blob containerd downloads into ``fs/`` (DESIGN-v1 §18)
     OverlayRootfs       a rootfs on plain parents (or none): overlay of their ``fs/``
     BlockRootfs         a rootfs or view on a block parent: overlay on (ro bind of) its device
     WritableRootfs      a rootfs with a writable device of its own (rwMode dir or dev)
@@ -50,7 +51,7 @@ class StorageType(enum.Enum):
     NORMAL = "normal"  # a plain OCI layer, served by overlayfs
     LOCAL_BLOCK = "local"  # an overlaybd layer file on this node
     REMOTE_BLOCK = "remote"  # an overlaybd blob fetched lazily from the registry
-    LOCAL_LAYER = "local layer"  # a layer.tar to convert: not servable (yet)
+    LOCAL_LAYER = "local layer"  # a layer.tar, converted to TurboOCI at Commit (DESIGN-v1 §13)
 
     @property
     def is_block(self) -> bool:
@@ -145,6 +146,11 @@ class RemoteUnpack:
 
 
 @dataclass(frozen=True)
+class DownloadUnpack:
+    pass
+
+
+@dataclass(frozen=True)
 class OverlayRootfs:
     pass
 
@@ -183,6 +189,7 @@ Role: TypeAlias = (
     PlainUnpack
     | AccelerationUnpack
     | RemoteUnpack
+    | DownloadUnpack
     | OverlayRootfs
     | BlockRootfs
     | WritableRootfs
@@ -274,7 +281,7 @@ def role_of(
         if is_acceleration_unpack(labels):
             return AccelerationUnpack(block_parent=block_parent)
         if is_remote_layer(labels):
-            return RemoteUnpack(target=labels[L.TARGET_SNAPSHOT_REF])
+            return remote_unpack_role(labels)
         return PlainUnpack(to_turbo_oci=L.CONVERT_TO_TURBO_OCI in labels)
     trace = trace_flags(parent, labels) if parent is not None and block_parent else None
     if rw_mode.writable:
@@ -293,6 +300,16 @@ def role_of(
     return OverlayRootfs()
 
 
+def remote_unpack_role(labels: Mapping[str, str]) -> RemoteUnpack | DownloadUnpack | PlainUnpack:
+    """DESIGN-v1 §6 steps 2.3-2.5: downloaded when asked; a TurboOCI meta layer is unpacked
+    as a plain layer (its config comes at Commit, §12); else committed at once."""
+    if labels.get(L.DOWNLOAD_REMOTE_BLOB) == L.DOWNLOAD_REMOTE_BLOB_VALUE:
+        return DownloadUnpack()
+    if L.turbo_oci_target(labels) is not None:
+        return PlainUnpack()
+    return RemoteUnpack(target=labels[L.TARGET_SNAPSHOT_REF])
+
+
 def committed_role(storage: StorageType, rw_mode: RwMode) -> CommittedLayer:
     """The role of a committed snapshot, from its own storage type and its kept mode."""
     return CommittedLayer(storage=storage, was_writable=rw_mode.writable)
@@ -305,7 +322,7 @@ def ready_at_create(role: Role) -> bool:
     keeping half of it.
     """
     match role:
-        case WritableRootfs() | AccelerationUnpack() | RemoteUnpack():
+        case WritableRootfs() | AccelerationUnpack() | RemoteUnpack() | DownloadUnpack():
             return False
         case _:
             return True

@@ -33,6 +33,7 @@ from obdsnap.metrics import Exporter, Metrics
 from obdsnap.mounts import overlay_has_index_param
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.tools import OverlaybdTools
+from obdsnap.overlaybd.turbo_oci import TurboOciSettings
 from obdsnap.quota import QuotaSettings
 from obdsnap.role import RwMode
 from obdsnap.runstatus import ReconcileSummary, ServingStatus, write_status
@@ -280,6 +281,9 @@ async def build_snapshotter(
         blocking,
         sparse=config.writable_layer_type == "sparse",
         insecure_registry=config.insecure_registry,
+        turbo_oci=TurboOciSettings(
+            config.turbo_fs_type, Path(config.proc_filesystems), config.modprobe_command
+        ),
     )
     backend = DEVICE_BACKENDS[config.device_backend](config)
     options = SnapshotterOptions(

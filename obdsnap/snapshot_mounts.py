@@ -21,6 +21,7 @@ from obdsnap.role import (
     CommittedLayer,
     DockerContainer,
     DockerInit,
+    DownloadUnpack,
     OverlayRootfs,
     PlainUnpack,
     RemoteUnpack,
@@ -60,7 +61,7 @@ def snapshot_mounts(
             return [bind_mount(layout.fs_dir(snapshot.id), readonly=False)]
         case PlainUnpack() | RemoteUnpack() | OverlayRootfs():
             return overlay_mounts(snapshot, layout, index_off=index_off)
-        case AccelerationUnpack():
+        case AccelerationUnpack() | DownloadUnpack():
             # containerd unpacks the layer's files into fs/ itself.
             return [Mount("bind", str(layout.fs_dir(snapshot.id)), ("rw", "bind"))]
         case BlockRootfs():

@@ -25,22 +25,22 @@ from dataclasses import dataclass
 from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner, CompletionGuard
 from obdsnap.commit_flow import CommitFlow
-from obdsnap.device.filesystem import fs_spec
 from obdsnap.device.manager import DeviceManager, MountMode
 from obdsnap.device.mounter import Mounter
 from obdsnap.docker_mode import DockerLayers
 from obdsnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from obdsnap.fsutil import disk_usage
 from obdsnap.labels import validate_key, validate_labels
 from obdsnap.layout import Layout
 from obdsnap.listing import LIST_CHUNK, info_fields, matching_chunks
 from obdsnap.local_layer_commit import LocalLayerCommit
 from obdsnap.locks import KeyedLocks
 from obdsnap.mounts import Mount
+from obdsnap.overlaybd.fs_choice import DeviceFs
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.tools import ZFileConfig, commit_zfile_config
 from obdsnap.quota import NO_QUOTA_CONFIG, QuotaSettings, check_quota_label
 from obdsnap.reconcile import CleanupReport, Reconciler, ReconcileReport
+from obdsnap.remote_unpack import commit_remote_layer
 from obdsnap.removal import DeviceRelease
 from obdsnap.role import (
     LOCAL_LAYER_REFUSED,
@@ -49,6 +49,7 @@ from obdsnap.role import (
     CommittedLayer,
     DockerContainer,
     DockerInit,
+    DownloadUnpack,
     OverlayRootfs,
     ParentLayer,
     PlainUnpack,
@@ -114,7 +115,8 @@ class Snapshotter:
         self._guard = CompletionGuard()
         self._locks = KeyedLocks()
         self._dirs = SnapshotDirs(layout, store, blocking, options.quota)
-        self._docker = DockerLayers(store, layers, devices, enabled=options.docker_mode)
+        self._fs = DeviceFs(layers, options.default_fs_type)
+        self._docker = DockerLayers(store, layers, devices, self._fs, enabled=options.docker_mode)
         self._release = DeviceRelease(layout, store, devices, mounter, blocking)
         self._reconciler = Reconciler(
             layout, store, layers, devices, mounter, blocking, self._locks, self._dirs.building
@@ -211,7 +213,11 @@ class Snapshotter:
         """What the snapshot needs before its first mounts (DESIGN §6)."""
         match role:
             case RemoteUnpack(target=target):
-                await self._commit_remote(record, parent, target)
+                await commit_remote_layer(
+                    self._layers, self._store, record, parent, target, self._undo_create
+                )
+            case DownloadUnpack():  # DESIGN-v1 §18: containerd downloads the blob into fs/
+                await self._layers.write_remote_config(record, parent)
             case AccelerationUnpack(block_parent=True) if parent is not None:
                 await self._layers.write_acceleration_config(record, parent)
             case AccelerationUnpack():
@@ -235,21 +241,10 @@ class Snapshotter:
         The snapshot's mode is kept in its row: the label is not read again.
         """
         match role:
-            case WritableRootfs() | AccelerationUnpack() | RemoteUnpack():
+            case WritableRootfs() | AccelerationUnpack() | RemoteUnpack() | DownloadUnpack():
                 return
         if L.WRITABLE in record.info.labels:
             await self._store.update(record.key, {}, [f"labels.{L.WRITABLE}"])
-
-    async def _commit_remote(self, record: Record, parent: Record | None, target: str) -> None:
-        """Commit the layer under its target at once: containerd then skips its download."""
-        await self._layers.write_remote_config(record, parent)
-        usage = await self._blocking(disk_usage, self._layout.fs_dir(record.id))
-        labels = {**record.info.labels, L.REMOTE: L.REMOTE_VALUE}
-        try:
-            await self._store.commit(record.key, target, usage, labels)
-        except AlreadyExists:
-            await self._undo_create(record)
-        raise AlreadyExists(f'target snapshot "{target}": already exists')
 
     async def _undo_create(self, record: Record) -> None:
         await self._store.remove(record.key)
@@ -284,14 +279,14 @@ class Snapshotter:
         device = None
         match role:
             case WritableRootfs(fresh_filesystem=fresh):
-                spec = fs_spec(record.info.labels)
+                spec = await self._fs.spec(record)
                 mode = MountMode.READ_WRITE if device_is_mounted(role) else MountMode.NONE
                 # A reused layer (overlay.active.path) has its filesystem already.
                 mkfs = new and fresh and (await self._layers.writable.location(record.id)).created
                 path = await self._devices.attach(record.id, spec, mkfs=mkfs, mode=mode)
                 device = AttachedDevice(path, spec.fs_type)
             case BlockRootfs() if parent is not None:
-                spec = fs_spec(parent.info.labels)
+                spec = await self._fs.spec(parent)
                 await self._devices.attach(parent.id, spec, mkfs=False, mode=MountMode.READ_ONLY)
             case DockerInit() | DockerContainer():
                 await self._docker.attach_image(role, parent, new=new)
@@ -320,10 +315,12 @@ class Snapshotter:
     ) -> None:
         """Every check before the first side effect (DESIGN-v1 §22 quirks 2 and 3)."""
         parent = self._store.find(active.parent) if active.parent else None
-        local_layer = await self._layers.storage_type(active) is StorageType.LOCAL_LAYER
+        # DESIGN-v1 §8 step 5: TurboOCI labels first, else a layer.tar is converted (§13).
+        local_layer = L.turbo_oci_target(labels) is None
+        local_layer &= await self._layers.storage_type(active) is StorageType.LOCAL_LAYER
         with self._commits.reserve(name):
             match await self._role(active, parent):
-                case _ if local_layer:  # its layer.tar is converted (DESIGN-v1 §13)
+                case _ if local_layer:
                     await self._conversions.commit(active, parent, name, labels)
                 case WritableRootfs(commits_layer_file=True):
                     await self._commits.commit_writable(active, parent, name, labels, zfile)

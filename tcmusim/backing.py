@@ -15,11 +15,29 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from tcmusim import layerfmt, loopdev
-from tcmusim.layerfmt import CommittedLayer
 
 log = logging.getLogger("tcmusim.overlaybd")
+
+
+class ServedLayer(Protocol):
+    """A lower that can be served: a committed layer, or a TurboOCI lower."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def stat(self) -> os.stat_result: ...
+
+    @property
+    def uuid(self) -> str: ...
+
+    @property
+    def virtual_size(self) -> int: ...
+
+    def unpack_into(self, dst: int, dst_base: int) -> None: ...
 
 
 @dataclass
@@ -56,7 +74,7 @@ class ImageCache:
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[Path, int, threading.Lock]] = {}
 
-    def acquire(self, layer: CommittedLayer) -> Path:
+    def acquire(self, layer: ServedLayer) -> Path:
         st = layer.stat
         identity = f"{os.path.realpath(layer.path)}:{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"
         key = hashlib.sha256(identity.encode()).hexdigest()[:24]

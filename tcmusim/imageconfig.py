@@ -11,6 +11,8 @@ class LowerConfig:
     digest: str = ""
     size: int = 0
     dir: str = ""
+    target_digest: str = ""  # TurboOCI: the original OCI layer blob
+    gzip_index: str = ""  # TurboOCI: the gzip original's index
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ def parse_image_config(document: object) -> ImageConfig:
                 digest=_string(raw, "digest", where),
                 size=size,
                 dir=_string(raw, "dir", where),
+                target_digest=_string(raw, "targetDigest", where),
+                gzip_index=_string(raw, "gzipIndex", where),
             )
         )
     upper = document.get("upper", {})

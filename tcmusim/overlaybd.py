@@ -5,12 +5,13 @@ lower when ``accelerationLayer`` is set) only carries a trace; a lower is
 opened from ``file``, else from ``dir/overlaybd.commit`` or, failing that,
 ``dir/overlaybd.sealed`` (a sealed writable layer) when present, else from the
 registry by ``digest`` (here: the blob store, ``<store>/sha256/<hex>``, checked
-against the size and digest); a lower with only a ``dir`` and nothing
+against the size and digest); a TurboOCI lower (``targetDigest``) is opened by
+:mod:`tcmusim.turbo_lower`; a lower with only a ``dir`` and nothing
 in it carries no image data. The result file gets ``success`` or
 ``failed:<reason>`` before the open returns.
 
-Serving (:mod:`tcmusim.backing`): the top data lower's image (each layer holds
-the whole merged image) is expanded into a shared sparse cache file for a
+Serving (:mod:`tcmusim.backing`): the top data lower's image (each layer, and
+each TurboOCI meta, holds the whole merged image) is expanded into a shared sparse cache file for a
 read-only device; a writable device is the upper's data file itself, filled
 from the top lower's image on its first open. Either way a loop device is bound
 to it. The config's fields are read by :mod:`tcmusim.imageconfig`.
@@ -19,29 +20,29 @@ to it. The config's fields are read by :mod:`tcmusim.imageconfig`.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from tcmusim import layerfmt, loopdev
-from tcmusim.backing import Backing, ImageCache
+from tcmusim.backing import Backing, ImageCache, ServedLayer
 from tcmusim.imageconfig import ImageConfig, LowerConfig, parse_image_config
 from tcmusim.knobs import DeviceKnobs
 from tcmusim.layerfmt import CommittedLayer, Kind, LayerFormatError
+from tcmusim.mkimage.layers import sha256_of
 from tcmusim.slowio import SlowIO
+from tcmusim.turbo_lower import TurboLayer, TurboOpenError, blob_url, find_blob, open_turbo_lower
+from tcmusim.turbo_meta import META_KEY
 
 log = logging.getLogger("tcmusim.overlaybd")
 
 COMMIT_FILE_NAME = "overlaybd.commit"
 SEALED_FILE_NAME = "overlaybd.sealed"
 HANDLER = "overlaybd"
-_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 
 
 class OpenError(Exception):
@@ -121,11 +122,12 @@ class Overlaybd:
             if accel.dir and not os.path.isdir(accel.dir):
                 raise _Failed(f"acceleration layer dir {accel.dir}: No such file or directory")
             log.info("%s: acceleration layer found at %s, ignore the last lower", device, accel.dir)
-        layers: list[CommittedLayer] = []
+        layers: list[ServedLayer] = []
         for index, lower in enumerate(lowers):
             layer = self._open_lower(device, index, lower, config.repo_blob_url)
-            if layer is not None:
+            if isinstance(layer, CommittedLayer):
                 _check_chain(index, layer, layers[-1] if layers else None)
+            if layer is not None:
                 layers.append(layer)
         top = layers[-1] if layers else None
         described = [layer.path for layer in layers]
@@ -139,7 +141,9 @@ class Overlaybd:
 
     def _open_lower(
         self, device: str, index: int, lower: LowerConfig, repo_blob_url: str
-    ) -> CommittedLayer | None:
+    ) -> ServedLayer | None:
+        if lower.target_digest:
+            return self._open_turbo(lower, repo_blob_url)
         if lower.file:
             return _open_local(lower.file)
         for name in (COMMIT_FILE_NAME, SEALED_FILE_NAME) if lower.dir else ():
@@ -157,39 +161,40 @@ class Overlaybd:
         raise _Failed(f"failed to open layer {index}: it has no file, dir or digest")
 
     def _open_remote(self, lower: LowerConfig, repo_blob_url: str) -> CommittedLayer:
-        if not repo_blob_url:
-            raise _Failed("empty repoBlobUrl")
-        url = repo_blob_url + ("" if repo_blob_url.endswith("/") else "/") + lower.digest
-        match = _DIGEST.match(lower.digest)
-        if match is None:
-            raise _Failed(f"failed to open remote file {url}: Unexpected response")
-        blob = self._blob_store / "sha256" / match.group(1)
-        try:
-            st = blob.stat()
-        except OSError as exc:
-            raise _Failed(f"failed to open remote file {url}: {_strerror(exc)}") from exc
-        if lower.size and st.st_size != lower.size:
+        blob = self._find_blob(lower.digest, repo_blob_url)
+        url = blob_url(repo_blob_url, lower.digest)
+        size = blob.stat().st_size
+        if lower.size and size != lower.size:
             raise _Failed(
-                f"failed to open remote file {url}: blob has {st.st_size} bytes, "
+                f"failed to open remote file {url}: blob has {size} bytes, "
                 f"the config says {lower.size}"
             )
-        if self._digest_of(blob, st) != match.group(1):
-            raise _Failed(f"failed to open remote file {url}: digest mismatch")
         try:
             return layerfmt.open_committed(str(blob))
         except LayerFormatError as exc:
             raise _Failed(f"failed to open remote file {url} as an overlaybd layer: {exc}") from exc
+
+    def _find_blob(self, digest: str, repo_blob_url: str) -> Path:
+        try:
+            return find_blob(digest, repo_blob_url, self._blob_store, self._blob_digest)
+        except TurboOpenError as exc:
+            raise _Failed(str(exc)) from None
+
+    def _open_turbo(self, lower: LowerConfig, repo_blob_url: str) -> TurboLayer:
+        try:
+            return open_turbo_lower(lower, repo_blob_url, self._blob_store, self._blob_digest)
+        except TurboOpenError as exc:
+            raise _Failed(str(exc)) from None
+
+    def _blob_digest(self, blob: Path) -> str:
+        return self._digest_of(blob, blob.stat())
 
     def _digest_of(self, blob: Path, st: os.stat_result) -> str:
         key = (str(blob), st.st_ino, st.st_size, st.st_mtime_ns)
         with self._verified_lock:
             known = self._verified.get(key)
         if known is None:
-            digest = hashlib.sha256()
-            with blob.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-            known = digest.hexdigest()
+            known = sha256_of(blob)
             with self._verified_lock:
                 self._verified[key] = known
         return known
@@ -200,7 +205,7 @@ class Overlaybd:
         self,
         device: str,
         config: ImageConfig,
-        top: CommittedLayer | None,
+        top: ServedLayer | None,
         described: list[str],
         knobs: DeviceKnobs,
     ) -> Backing:
@@ -335,7 +340,7 @@ class Overlaybd:
             log.error("%s: cannot write trace %s: %s", device, config.record_trace_path, exc)
 
 
-def _adopt_size(fd: int, header: layerfmt.Header, top: CommittedLayer | None, path: str) -> None:
+def _adopt_size(fd: int, header: layerfmt.Header, top: ServedLayer | None, path: str) -> None:
     """A writable layer created with vsize 0 takes its lowers' size on its first open."""
     if header.virtual_size:
         return
@@ -345,8 +350,11 @@ def _adopt_size(fd: int, header: layerfmt.Header, top: CommittedLayer | None, pa
     os.ftruncate(fd, layerfmt.HEADER_SIZE + header.virtual_size)
 
 
-def _check_chain(index: int, layer: CommittedLayer, below: CommittedLayer | None) -> None:
-    """Lowers are listed base first: each one must have been built on the one before."""
+def _check_chain(index: int, layer: CommittedLayer, below: ServedLayer | None) -> None:
+    """Lowers are listed base first: each one must have been built on the one before.
+
+    TurboOCI lowers are not chained: each one's meta holds the whole merged filesystem.
+    """
     expected = below.uuid if below else ""
     if layer.header.parent_uuid == expected:
         return
@@ -360,11 +368,16 @@ def _check_chain(index: int, layer: CommittedLayer, below: CommittedLayer | None
 
 def _open_local(path: str) -> CommittedLayer:
     try:
-        return layerfmt.open_committed(path)
+        layer = layerfmt.open_committed(path)
     except OSError as exc:
         raise _Failed(f"failed to open local file {path}: {_strerror(exc)}") from exc
     except LayerFormatError as exc:
         raise _Failed(f"failed to create overlaybd device: {path}: {exc}") from exc
+    if META_KEY in layer.header.extra:
+        # Its file data is in the original blob: served without it, files would read as zeros.
+        raise _Failed(f"failed to create overlaybd device: {path}: a TurboOCI fs meta, and the "
+                      "lower has no targetDigest")  # fmt: skip
+    return layer
 
 
 def _strerror(exc: OSError) -> str:

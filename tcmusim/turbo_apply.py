@@ -30,7 +30,8 @@ Fidelity notes: the type is the text before any ``;`` of ``--fstype``, and only
 ext4); ext4 needs an ext4 image below (a lower's, or ``--mkfs``'d by
 overlaybd-create or by ``--mkfs`` here); gzip'd tarballs are read, but no gzip
 index is written (``--gz_index_path`` is accepted and unused: the simulator's
-layers hold their data). Lowers are opened as overlaybd does: ``file``, else
+layers hold their data). Lowers are opened as overlaybd does: a TurboOCI lower
+(``targetDigest``) by :mod:`tcmusim.turbo_lower`, else ``file``, else
 ``dir``/overlaybd.commit or overlaybd.sealed, else ``digest`` from the blob
 store named by ``TCMUSIM_BLOB_STORE`` (set by ``tools.install``). Needs root
 (loop mounts).
@@ -49,8 +50,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tcmusim import layerfmt
+from tcmusim.backing import ServedLayer
 from tcmusim.imageconfig import ImageConfig, LowerConfig, parse_image_config
 from tcmusim.layerfmt import CommittedLayer, Header, Kind, LayerFormatError
+from tcmusim.mkimage.layers import sha256_of
 from tcmusim.mkimage.tree import BuildError, apply_tar
 from tcmusim.turbo_fs import (
     FS_TYPES,
@@ -60,6 +63,7 @@ from tcmusim.turbo_fs import (
     read_base_tree,
     tar_meta_info,
 )
+from tcmusim.turbo_lower import TurboLayer, TurboOpenError, open_turbo_lower
 
 TOOL = "turboOCI-apply"
 BLOB_STORE_ENV = "TCMUSIM_BLOB_STORE"
@@ -247,9 +251,12 @@ def _open_upper(data: str, index: str) -> _Upper:
     return _Upper(data, header)
 
 
-def _top_lower(config: ImageConfig) -> CommittedLayer | None:
-    top: CommittedLayer | None = None
+def _top_lower(config: ImageConfig) -> ServedLayer | None:
+    top: ServedLayer | None = None
     for index, lower in enumerate(config.lowers):
+        if lower.target_digest:
+            top = _open_turbo(lower, config.repo_blob_url)
+            continue
         layer = _open_lower(index, lower, config.repo_blob_url)
         if layer is None:
             continue
@@ -284,6 +291,15 @@ def _open_lower(index: int, lower: LowerConfig, repo_blob_url: str) -> Committed
         raise Fatal(f"failed to open layer {index}: {path}: {exc}") from exc
 
 
+def _open_turbo(lower: LowerConfig, repo_blob_url: str) -> TurboLayer:
+    """A TurboOCI lower, as overlaybd opens it (its meta holds the whole merged tree)."""
+    store = os.environ.get(BLOB_STORE_ENV, "")
+    try:
+        return open_turbo_lower(lower, repo_blob_url, Path(store) if store else None, sha256_of)
+    except TurboOpenError as exc:
+        raise Fatal(f"failed to create image file: {exc}") from exc
+
+
 def _blob_path(index: int, digest: str, repo_blob_url: str) -> str:
     store = os.environ.get(BLOB_STORE_ENV, "")
     if not repo_blob_url:
@@ -293,7 +309,7 @@ def _blob_path(index: int, digest: str, repo_blob_url: str) -> str:
     return os.path.join(store, "sha256", digest.removeprefix("sha256:"))
 
 
-def _expand_base(upper: _Upper, top: CommittedLayer | None, out: Path, size: int) -> None:
+def _expand_base(upper: _Upper, top: ServedLayer | None, out: Path, size: int) -> None:
     """The image below the layer: the upper's once written, else the top lower's."""
     fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -312,7 +328,7 @@ def _expand_base(upper: _Upper, top: CommittedLayer | None, out: Path, size: int
         os.close(fd)
 
 
-def _write_upper(upper: _Upper, image: Path, size: int, top: CommittedLayer | None) -> None:
+def _write_upper(upper: _Upper, image: Path, size: int, top: ServedLayer | None) -> None:
     """The new image becomes the upper's content, parented on the top lower."""
     fd = os.open(upper.data, os.O_RDWR)
     try:

@@ -139,7 +139,7 @@ def read_base_tree(base: Path, fstype: str, merged: Path, size: int, *, fresh: b
         if fstype == "ext4":
             raise Fatal(f"new extfs failed, the image holds {what}, not ext4")
         raise Fatal(f"failed to extract: the lowers hold {what}, not {fstype}")
-    with _mounted(base, fstype) as mountpoint:
+    with mounted_image(base, fstype) as mountpoint:
         command = ["cp", "-a", f"{mountpoint}/.", str(merged)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -148,7 +148,8 @@ def read_base_tree(base: Path, fstype: str, merged: Path, size: int, *, fresh: b
 
 
 @contextlib.contextmanager
-def _mounted(image: Path, fstype: str) -> Iterator[Path]:
+def mounted_image(image: Path, fstype: str) -> Iterator[Path]:
+    """``image`` mounted read-only through a loop device, on ``<image>.mnt``."""
     mountpoint = image.with_name(image.name + ".mnt")
     mountpoint.mkdir()
     done = subprocess.run(
@@ -158,7 +159,7 @@ def _mounted(image: Path, fstype: str) -> Iterator[Path]:
         check=False,
     )
     if done.returncode != 0:
-        raise Fatal(f"failed to mount the lowers' {fstype} image: {done.stderr.strip()}")
+        raise Fatal(f"failed to mount the {fstype} image {image}: {done.stderr.strip()}")
     try:
         yield mountpoint
     finally:

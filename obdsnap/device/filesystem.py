@@ -32,6 +32,7 @@ FILESYSTEMS: dict[str, FsDefaults] = {
     "xfs": FsDefaults(("-f", "-l", "size=4m", "-m", "crc=0"), ("nouuid", "discard")),
     "f2fs": FsDefaults(("-S", "-w", "4096"), ()),
     "ntfs": FsDefaults(("-F", "-f"), ()),
+    "erofs": FsDefaults((), ()),  # read-only: images hold it, obdsnap never makes one
 }
 
 
@@ -66,6 +67,14 @@ def fs_spec(labels: Mapping[str, str]) -> FsSpec:
         if not _OPTION.match(option):
             raise InvalidArgument(f"{L.BLOB_FS_TYPE}: option {option!r} is not allowed")
     return FsSpec(fs_type, mount_options, mkfs_options)
+
+
+def spec_for(fs_type: str) -> FsSpec:
+    """A file system with its default options (none for one obdsnap has no defaults for)."""
+    defaults = FILESYSTEMS.get(fs_type)
+    if defaults is None:
+        return FsSpec(fs_type, (), ())
+    return FsSpec(fs_type, defaults.mount_options, defaults.mkfs_options)
 
 
 async def make_filesystem(device: Path, spec: FsSpec) -> None:

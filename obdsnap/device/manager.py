@@ -17,6 +17,7 @@ from typing import Protocol
 
 from obdsnap.blocking import BlockingRunner
 from obdsnap.device.backend import AttachError, DeviceBackend
+from obdsnap.device.erofs import has_erofs_magic, refuse_writable_erofs, sniffed
 from obdsnap.device.filesystem import FsSpec
 from obdsnap.device.mounter import Mounter
 from obdsnap.errors import failure_context
@@ -147,6 +148,10 @@ class DeviceManager:
         if device is None:
             device, started = await self._new_device(snapshot_id, block)
         try:
+            writable = mode is not MountMode.READ_ONLY
+            spec = await self._filesystem(
+                snapshot_id, device, spec, fresh_fs=mkfs and fresh, writable=writable
+            )
             if mkfs and fresh:
                 await self._mounter.make_filesystem(device, spec)
             if mode is not MountMode.NONE and not await self._is_mounted(block.mountpoint):
@@ -167,6 +172,17 @@ class DeviceManager:
             self._observer.attached(time.perf_counter() - started)
             log.info("snapshot %d: device %s attached (%s)", snapshot_id, device, mode.value)
         return device
+
+    async def _filesystem(
+        self, snapshot_id: int, device: Path, spec: FsSpec, *, fresh_fs: bool, writable: bool
+    ) -> FsSpec:
+        """The chosen file system, after the EROFS sniff (DESIGN-v1 §11) unless it is made
+        now; EROFS is refused for a writable device."""
+        if not fresh_fs:
+            spec = sniffed(spec, erofs_found=await self._blocking(has_erofs_magic, device))
+        if writable:
+            refuse_writable_erofs(snapshot_id, spec)
+        return spec
 
     async def _new_device(self, snapshot_id: int, block: BlockDir) -> tuple[Path, float]:
         """Set up the device, in turn at the cap; the node, and when its turn came."""

@@ -8,7 +8,7 @@ layer is made and committed with overlaybd's tools.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from obdsnap.overlaybd.conversion import LayerConversion
 from obdsnap.overlaybd.device_config import DeviceConfig, Lower, Upper
 from obdsnap.overlaybd.storage_type import detect_storage_type
 from obdsnap.overlaybd.tools import OverlaybdTools
+from obdsnap.overlaybd.turbo_oci import DEFAULT_TURBO_OCI, TurboOciMetas, TurboOciSettings
 from obdsnap.overlaybd.writable import WritableLayers, vsize_gb
 from obdsnap.role import StorageType, TraceFlags
 from obdsnap.storage import Kind, Record, Usage
@@ -38,6 +39,7 @@ class BlockLayers:
         *,
         sparse: bool,
         insecure_registry: Callable[[str], bool] = lambda host: False,
+        turbo_oci: TurboOciSettings = DEFAULT_TURBO_OCI,
     ) -> None:
         self._insecure_registry = insecure_registry  # mirrorRegistry's http hosts (DESIGN-v1 §18)
         self._layout = layout
@@ -46,6 +48,7 @@ class BlockLayers:
         self._committed_types: dict[int, StorageType] = {}
         self.writable = WritableLayers(layout, tools, blocking, sparse=sparse)
         self.conversion = LayerConversion(layout, tools, blocking)
+        self.turbo = TurboOciMetas(layout, blocking, turbo_oci)
 
     # ------------------------------------------------------------------ paths
 
@@ -95,33 +98,37 @@ class BlockLayers:
         lower = Lower(dir=str(self._layout.fs_dir(record.id)))
         await self.write_config(record.id, config.with_lower(lower))
 
-    async def write_remote_config(self, record: Record, parent: Record | None) -> None:
+    async def write_remote_config(
+        self, record: Record, parent: Record | None, labels: Mapping[str, str] | None = None
+    ) -> None:
         """A remote layer's device config: its blob, fetched lazily into its own ``fs/``.
 
         overlaybd-tcmu keeps a downloaded blob in the lower's ``dir``; the Go
         snapshotter names the layer's ``fs/`` there, so both agree where it lives.
+        A TurboOCI layer's lower is its meta and the original blob (DESIGN-v1 §12).
+        ``labels``: those the layer is committed with, else the snapshot's.
         """
-        labels = record.info.labels
+        labels = record.info.labels if labels is None else labels
+        base = await self.config_from_parent(record.id, parent)
+        url = device_config.repo_blob_url(device_config.image_ref(labels), self._insecure_registry)
+        target = L.turbo_oci_target(labels)
+        if target is None:
+            lower = self._blob_lower(record.id, labels)
+        else:
+            lower = await self.turbo.lower(record.id, base.lowers, target)
+        lowers = await self.turbo.with_fallback((*base.lowers, lower))
+        await self.write_config(record.id, replace(base, repo_blob_url=url, lowers=lowers))
+
+    def _blob_lower(self, snapshot_id: int, labels: Mapping[str, str]) -> Lower:
         try:
             size = int(labels[L.BLOB_SIZE])
         except ValueError as exc:
             raise InvalidArgument(
                 f"{L.BLOB_SIZE} is not a number: {labels[L.BLOB_SIZE]!r}"
             ) from exc
-        config = await self.config_from_parent(record.id, parent)
-        config = replace(
-            config,
-            repo_blob_url=device_config.repo_blob_url(
-                device_config.image_ref(labels), self._insecure_registry
-            ),
-        ).with_lower(
-            Lower(
-                digest=labels[L.BLOB_DIGEST],
-                size=size,
-                dir=str(self._layout.fs_dir(record.id)),
-            )
+        return Lower(
+            digest=labels[L.BLOB_DIGEST], size=size, dir=str(self._layout.fs_dir(snapshot_id))
         )
-        await self.write_config(record.id, config)
 
     async def write_local_config(self, record: Record, parent: Record | None) -> None:
         """A committed local layer: the parent's lowers plus its own layer file in ``fs/``;

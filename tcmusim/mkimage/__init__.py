@@ -17,8 +17,13 @@ the content and a fixed ext4 uuid/hash seed make the output deterministic.
 Command line::
 
     obdsnap-sim-mkimage --store DIR [--oci-tar FILE] [--ref REF] [-z] LAYER...
+    obdsnap-sim-mkimage --store DIR --turbo-oci erofs[,ext4] [--uncompressed]
+                        [--oci-tar FILE] [--ref REF] LAYER.tar[.gz]...
 
 prints ``{"layers": [{"digest", "size", "uuid", "diff_id", ...}], ...}`` as JSON.
+With ``--turbo-oci``, a TurboOCI image (:mod:`tcmusim.mkimage.turbo`): the
+original layers and their meta layers in the store; the archive's layers are
+the meta layers, annotated as Go's convertor does, and it carries the originals.
 """
 
 from __future__ import annotations
@@ -77,20 +82,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size-gb", type=int, default=DEFAULT_SIZE_GB, help="virtual disk size")
     parser.add_argument("-z", "--zfile", action="store_true", help="ZFile magic instead of LSMT")
     parser.add_argument("--work-dir", type=Path, help="scratch space (default: the system's)")
+    parser.add_argument(
+        "--turbo-oci",
+        metavar="FS[,FS]",
+        help="a TurboOCI image: the original layers and a meta layer each, with these fs "
+        "metas (erofs, ext4)",
+    )
+    parser.add_argument(
+        "--uncompressed", action="store_true", help="TurboOCI: plain tar originals, not tar.gz"
+    )
     args = parser.parse_args(argv)
     try:
-        layers = build_layers(
-            args.layers, args.store, size_gb=args.size_gb, zfile=args.zfile, work_dir=args.work_dir
-        )
-        result: dict[str, object] = {}
-        if args.oci_tar:
-            result["manifest_digest"] = write_oci_archive(layers, args.oci_tar, args.ref)
-            result["oci_tar"] = str(args.oci_tar)
-            result["ref"] = args.ref
-        result["layers"] = [asdict(layer) for layer in layers]
+        result = _build_turbo(args) if args.turbo_oci else _build(args)
     except (BuildError, OSError, tarfile.TarError) as exc:
         print(f"obdsnap-sim-mkimage: {exc}", file=sys.stderr)
         return 1
     json.dump(result, sys.stdout, indent=2)
     print()
     return 0
+
+
+def _build(args: argparse.Namespace) -> dict[str, object]:
+    layers = build_layers(
+        args.layers, args.store, size_gb=args.size_gb, zfile=args.zfile, work_dir=args.work_dir
+    )
+    result: dict[str, object] = {}
+    if args.oci_tar:
+        result["manifest_digest"] = write_oci_archive(layers, args.oci_tar, args.ref)
+        result["oci_tar"] = str(args.oci_tar)
+        result["ref"] = args.ref
+    result["layers"] = [asdict(layer) for layer in layers]
+    return result
+
+
+def _build_turbo(args: argparse.Namespace) -> dict[str, object]:
+    # Imported here: turbo uses tcmusim.turbo_fs, which imports this package.
+    from tcmusim.mkimage import turbo
+
+    layers = turbo.build_turbo_layers(
+        args.layers,
+        args.store,
+        fs_types=args.turbo_oci.split(","),
+        gzip_originals=not args.uncompressed,
+        size_gb=args.size_gb,
+        work_dir=args.work_dir,
+    )
+    result: dict[str, object] = {}
+    if args.oci_tar:
+        digest = turbo.write_turbo_oci_archive(layers, args.oci_tar, args.ref, args.store)
+        result.update(manifest_digest=digest, oci_tar=str(args.oci_tar), ref=args.ref)
+    result["layers"] = [
+        {**asdict(layer), "annotations": turbo.turbo_annotations(layer)} for layer in layers
+    ]
+    return result

@@ -60,25 +60,39 @@ def _fix_inode_times(root: Path, image: Path) -> None:
         input=script,
         capture_output=True,
         text=True,
+        env={**os.environ, "E2FSPROGS_FAKE_TIME": str(EPOCH)},  # its superblock write time too
         check=False,
     )
     if done.returncode != 0:
         raise BuildError(f"debugfs failed: {done.stderr.strip()}")
 
 
-def store_blob(store: Path, write: Path) -> tuple[str, int]:
-    """Move ``write`` into the store under its sha256; return (digest, size)."""
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file's content."""
     digest = hashlib.sha256()
-    with open(write, "rb") as f:
+    with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
-    hexdigest = digest.hexdigest()
+    return digest.hexdigest()
+
+
+def store_blob(store: Path, write: Path) -> tuple[str, int]:
+    """Move ``write`` into the store under its sha256; return (digest, size)."""
+    hexdigest = sha256_of(write)
     target = store / "sha256" / hexdigest
     target.parent.mkdir(parents=True, exist_ok=True)
     size = write.stat().st_size
     os.chmod(write, 0o644)
     os.replace(write, target)
     return f"sha256:{hexdigest}", size
+
+
+def new_root(path: Path) -> Path:
+    """An empty merged tree: root-owned, at the fixed time."""
+    path.mkdir(mode=0o755)
+    os.chown(path, 0, 0)
+    os.utime(path, (EPOCH, EPOCH))
+    return path
 
 
 def build_layers(
@@ -94,10 +108,7 @@ def build_layers(
     size = size_gb << 30
     built: list[BuiltLayer] = []
     with tempfile.TemporaryDirectory(prefix="tcmusim-mkimage-", dir=work_dir) as scratch:
-        merged = Path(scratch) / "merged"
-        merged.mkdir(mode=0o755)
-        os.chown(merged, 0, 0)
-        os.utime(merged, (EPOCH, EPOCH))
+        merged = new_root(Path(scratch) / "merged")
         parent = ""
         for index, source in enumerate(sources):
             apply_layer(merged, source)

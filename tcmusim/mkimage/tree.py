@@ -102,6 +102,9 @@ def apply_tar(root: Path, source: Path) -> None:
             _remove(target)
             member.name = path
             tar.extract(member, root, set_attrs=True, numeric_owner=True, filter="fully_trusted")
+            if member.issym():  # tarfile leaves a symlink's own time at the time of extraction
+                mtime = int(member.mtime) * 10**9
+                os.utime(target, ns=(mtime, mtime), follow_symlinks=False)
     _restore_dir_mtimes(root, before, explicit)
 
 

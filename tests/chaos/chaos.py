@@ -51,6 +51,10 @@ ACTIVE = api.Kind(2)  # api.Kind.ACTIVE, typed as the enum
 COMMITTED = api.Kind(3)  # api.Kind.COMMITTED
 CLIENTS = 16
 CALL_TIMEOUT = 20.0
+# Every PROGRESS_EVERY-th round waits (up to CALL_TIMEOUT) for a Commit acknowledged in it
+# before the random delay starts: on a slow machine a short delay alone can cut every
+# Commit of the run, and the run then proves nothing about acknowledged commits.
+PROGRESS_EVERY = 4
 MAX_ACTIVE_PER_CLIENT = 3
 MAX_DEPTH = 4
 
@@ -577,6 +581,8 @@ async def load_and_kill(
         stub = api.SnapshotsStub(channels[-1])
         tasks.append(asyncio.create_task(keep_cleaning(stub, ledger, settings, stop)))
     try:
+        if round_no % PROGRESS_EVERY == PROGRESS_EVERY - 1:
+            await acked_once_more(ledger, "commit", CALL_TIMEOUT)
         await asyncio.sleep(rng.uniform(settings.min_delay, settings.max_delay))
         stop.set()  # no new calls; the ones in flight are cut by the kill
         await asyncio.to_thread(server.kill)  # SIGKILL to obdsnap's process group
@@ -587,6 +593,15 @@ async def load_and_kill(
     finally:
         for channel in channels:
             channel.close()
+
+
+async def acked_once_more(ledger: Ledger, operation: str, within: float) -> None:
+    """Wait until the clients get one more OK for ``operation``, for at most ``within`` s."""
+    before = ledger.acked[operation]
+    for _ in range(int(within / 0.05)):
+        if ledger.acked[operation] != before:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def keep_cleaning(

@@ -20,7 +20,7 @@ from support.conversion import (
     tree,
     unpack_layer,
 )
-from support.mounts import mount_options
+from support.mounts import mount_at, mount_options
 from support.simulator import MISSING
 from support.snapshots import expect_status
 
@@ -38,11 +38,14 @@ MERGED = {"etc/os-release": "base\n", "bin/tool": "v2\n", "srv/new": "new\n"}
 EROFS = {L.BLOB_FS_TYPE: "erofs"}
 
 
-async def rootfs_tree(obd: Obd, parent: LocalLayer) -> dict[str, str]:
-    """A container's rootfs on ``parent``: an overlay on its device, which holds this tree."""
+async def rootfs_tree(obd: Obd, parent: LocalLayer, fs_type: str = "ext4") -> dict[str, str]:
+    """A container's rootfs on ``parent``: an overlay on its device (``fs_type``), which holds
+    this tree."""
     mounts = await obd.prepare(f"rootfs-on-{parent.name}", parent.name)
     assert mount_options(mounts[0])["lowerdir"] == str(obd.mountpoint(parent.id))
     obd.assert_attached(parent.id, mounted="ro")
+    device_mount = mount_at(obd.mountpoint(parent.id))
+    assert device_mount is not None and device_mount.fs_type == fs_type
     return await asyncio.to_thread(tree, obd.mountpoint(parent.id))
 
 
@@ -126,7 +129,7 @@ async def test_s13_erofs_layers_convert_the_tarball_itself(obd: Obd, tmp_path: P
     assert not middle.meta.exists()
     assert obd.config(middle.id)["lowers"] == [base.lower(), middle.lower()]
     assert layerfmt.magic_of(middle.commit_file) is Magic.ZFILE
-    # Mounting an EROFS layer's device is DESIGN-v1 §11's (fs type of the device), not tested here.
+    assert await rootfs_tree(obd, middle, "erofs") == MERGED
 
 
 async def test_s13_the_default_fs_type_applies_without_a_label(
@@ -139,6 +142,7 @@ async def test_s13_the_default_fs_type_applies_without_a_label(
     with logged_tools(obd, tmp_path / "runs") as log:
         await layer.commit()
     assert tool_runs(log) == steps(layer, "erofs", mkfs=False)
+    assert await rootfs_tree(obd, layer, "erofs") == BASE
     other = await unpack_layer(obd, "other", "", BASE)
     with logged_tools(obd, tmp_path / "other-runs") as log:
         await other.commit({L.BLOB_FS_TYPE: "ext4"})
