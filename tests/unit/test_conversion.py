@@ -12,11 +12,15 @@ from support.inprocess import InProcess
 
 from obdsnap import labels as L
 from obdsnap.errors import StepFailed
-from obdsnap.layout import ConversionDir
+from obdsnap.layout import ConversionDir, Layout
+from obdsnap.mounts import Mount
 from obdsnap.overlaybd import device_config
 from obdsnap.overlaybd.conversion import conversion_config, conversion_fs_type, service_config
 from obdsnap.overlaybd.device_config import DeviceConfig, Lower, Upper
 from obdsnap.overlaybd.storage_type import LayerMagic, file_magic
+from obdsnap.role import ParentLayer, PlainUnpack, RwMode, StorageType, role_of
+from obdsnap.snapshot_mounts import MountedSnapshot, snapshot_mounts
+from obdsnap.storage import Kind
 
 BASE = DeviceConfig(
     repo_blob_url="https://registry.example/v2/ns/app/blobs",
@@ -135,3 +139,21 @@ async def test_undo_removes_a_config_written_since_but_not_one_kept(
     await obd.layers.conversion.undo(snapshot_id)
     assert made(obd, snapshot_id) == (["config"] if had_config else [])
     assert obd.layout.layer_tar(snapshot_id).exists()
+
+
+@pytest.mark.parametrize("parent", [None, StorageType.LOCAL_BLOCK, StorageType.NORMAL])
+def test_a_convert2turbo_oci_unpack_binds_its_fs_parent_or_not(
+    tmp_path: Path, parent: StorageType | None
+) -> None:
+    """DESIGN-v1 §6 step 7: {bind, fs/, [rw, rbind]}, where a plain unpack gets an overlay."""
+    labels = {L.TARGET_SNAPSHOT_REF: "layer", L.CONVERT_TO_TURBO_OCI: "true"}
+    parent_layer = None if parent is None else ParentLayer({}, parent)
+    role = role_of("extract-1 layer", labels, RwMode.OVERLAYFS, parent_layer)
+    assert role == PlainUnpack(to_turbo_oci=True)
+    layout = Layout(tmp_path)
+    snapshot = MountedSnapshot(2, Kind.ACTIVE, [1] if parent else [])
+    assert snapshot_mounts(role, snapshot, layout, index_off=False) == [
+        Mount("bind", str(layout.fs_dir(2)), ("rw", "rbind"))
+    ]
+    plain = role_of("extract-1 layer", {L.TARGET_SNAPSHOT_REF: "layer"}, RwMode.OVERLAYFS, None)
+    assert plain == PlainUnpack(to_turbo_oci=False)
