@@ -23,11 +23,14 @@ from support.conversion import (
 from support.mounts import mount_at, mount_options
 from support.simulator import MISSING
 from support.snapshots import expect_status
+from support.turbo import unpack_turbo
 
 from obdsnap import labels as L
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from tcmusim import layerfmt
 from tcmusim.layerfmt import Magic
+
+from .conftest import TurboImages
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
@@ -193,6 +196,23 @@ async def test_s13_configs_of_a_layer_on_a_remote_image_field_by_field(
         [*parent["lowers"], layer.lower()],
     )
     expected = {"single.txt": "single\n", **{k: v for k, v in MIDDLE.items() if ".wh." not in k}}
+    assert await rootfs_tree(obd, layer) == expected
+
+
+async def test_s13_a_layer_converted_on_a_turbo_oci_image_stacks_on_its_metas(
+    obd: Obd, turbo: TurboImages
+) -> None:
+    """DESIGN-v1 §13 step 4 with a TurboOCI parent (§12): its lowers and repoBlobUrl below."""
+    ids = await unpack_turbo(obd, turbo.plain, ("ext4",))
+    parent = obd.config(ids[-1])
+    layer = await unpack_layer(obd, "local", turbo.plain.layers[-1].chain_id, MIDDLE)
+    await layer.commit()
+    own = obd.config(layer.id)
+    assert (own["repoBlobUrl"], own["lowers"]) == (
+        parent["repoBlobUrl"],
+        [*parent["lowers"], layer.lower()],
+    )
+    expected = {**turbo.plain.files, "bin/tool": "v2\n", "srv/new": "new\n"}
     assert await rootfs_tree(obd, layer) == expected
 
 
