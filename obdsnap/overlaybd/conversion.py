@@ -83,19 +83,19 @@ class LayerConversion:
         """
         try:
             await self._run(snapshot_id, fs_type, base)
-        except (SnapshotError, OSError) as exc:
+        except SnapshotError as exc:  # failure_context makes every OSError one
             await asyncio.shield(self.undo(snapshot_id))
             error = StepFailed(f"{CONVERSION_FAILED}: {exc}")
-            if isinstance(exc, SnapshotError):
-                error.add_context(snapshot_id=snapshot_id, step=exc.step, reason=exc.reason)
+            error.add_context(snapshot_id=snapshot_id, step=exc.step, reason=exc.reason)
             raise error from exc
 
     async def _run(self, snapshot_id: int, fs_type: str, base: DeviceConfig) -> None:
         meta = await self._tar_meta(snapshot_id, fs_type)
         conversion = self._layout.conversion(snapshot_id)
         place = conversion.writable
-        with failure_context(snapshot_id=snapshot_id, step="overlaybd-create --turboOCI"):
+        with failure_context(snapshot_id=snapshot_id, step="temp/"):
             await self._blocking(_fresh_dir, conversion.path)
+        with failure_context(snapshot_id=snapshot_id, step="overlaybd-create --turboOCI"):
             mkfs = fs_type != EROFS and not base.lowers
             await self._tools.create_turbo_layer(place.data, place.index, mkfs=mkfs)
         with failure_context(snapshot_id=snapshot_id, step="conversion configs"):
