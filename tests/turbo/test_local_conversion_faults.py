@@ -20,10 +20,12 @@ from support.conversion import (
     stalled_tool,
     tree,
     unpack_layer,
+    when_run_with,
 )
 from support.intents import open_intents, plant_intent
 from support.simulator import MISSING
 from support.snapshots import expect_status, wait_until
+from support.tool_faults import replaced_tool
 
 from obdsnap import labels as L
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
@@ -77,6 +79,19 @@ async def test_s13_step7_a_failed_step_is_undone_and_the_commit_can_be_retried(
     assert message in str(error.message)
     await assert_untouched(layer)
     await assert_commits(layer, {"base": "base\n", **FILES} if parent else FILES)
+
+
+async def test_s13_step4_configs_that_cannot_be_written_are_undone(obd: Obd) -> None:
+    """An I/O error writing temp/'s configs fails the Commit as a tool's failure does."""
+    layer = await unpack_layer(obd, "layer", "", FILES)
+    # After the layer is made, a directory stands where service.json goes.
+    blocker = '"$REAL" "$@" || exit 1\nmkdir "$(dirname "$1")/service.json"\nexit 0'
+    with replaced_tool(obd.sim.tools_dir, "overlaybd-create", when_run_with("-s", blocker)):
+        error = await expect_status(layer.commit(), Status.UNKNOWN)
+    assert str(error.message).startswith("failed to construct overlaybd config: ")
+    assert "service.json" in str(error.message)
+    await assert_untouched(layer)
+    await assert_commits(layer)
 
 
 async def test_s13_an_erofs_apply_that_fails_is_undone(obd: Obd) -> None:
