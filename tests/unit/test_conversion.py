@@ -20,7 +20,7 @@ from obdsnap.overlaybd.device_config import DeviceConfig, Lower, Upper
 from obdsnap.overlaybd.storage_type import LayerMagic, file_magic
 from obdsnap.role import ParentLayer, PlainUnpack, RwMode, StorageType, role_of
 from obdsnap.snapshot_mounts import MountedSnapshot, snapshot_mounts
-from obdsnap.storage import Kind
+from obdsnap.storage import Kind, Operation
 
 BASE = DeviceConfig(
     repo_blob_url="https://registry.example/v2/ns/app/blobs",
@@ -157,3 +157,29 @@ def test_a_convert2turbo_oci_unpack_binds_its_fs_parent_or_not(
     ]
     plain = role_of("extract-1 layer", {L.TARGET_SNAPSHOT_REF: "layer"}, RwMode.OVERLAYFS, None)
     assert plain == PlainUnpack(to_turbo_oci=False)
+
+
+@pytest.mark.parametrize("own_config", [False, True])
+async def test_a_conversion_cut_after_its_config_is_rolled_back_at_start_up(
+    obd: InProcess, own_config: bool
+) -> None:
+    """A crash after the commit wrote the layer's config, before its row: start-up removes
+    the config, or puts back the one the snapshot had (kept before the intent)."""
+    await obd.snapshotter.prepare("extract-x x", "", {L.TARGET_SNAPSHOT_REF: "x"})
+    snapshot_id = obd.id_of("extract-x x")
+    layer_tar(obd.layout.layer_tar(snapshot_id), {"file": "data\n"})
+    block = obd.layout.block(snapshot_id)
+    before = DeviceConfig(lowers=(Lower(dir="/own/files"),))
+    if own_config:
+        device_config.write_config(block.config, before)
+        await obd.layers.writable.keep_config(snapshot_id)
+    await obd.open_intent(snapshot_id, Operation.COMMIT).__aenter__()
+    obd.layout.conversion(snapshot_id).path.mkdir()
+    obd.layout.commit_file(snapshot_id).write_bytes(b"the layer file")
+    device_config.write_config(block.config, BASE)
+    report = await obd.restart()
+    assert report.settled == [f"commit of snapshot {snapshot_id} rolled back"]
+    assert made(obd, snapshot_id) == (["config"] if own_config else [])
+    if own_config:
+        assert device_config.read_config(block.config) == before
+    assert not block.kept_config.exists()
