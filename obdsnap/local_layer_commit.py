@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 
+from obdsnap import labels as L
 from obdsnap.commit_flow import CommitFlow
 from obdsnap.errors import FailedPrecondition, NotFound
 from obdsnap.locks import KeyedLocks
@@ -53,7 +54,9 @@ class LocalLayerCommit:
             async with self._store.intent(active.id, Operation.COMMIT):
                 try:
                     await self._layers.conversion.convert(active.id, fs_type, base)
-                    await self._commits.commit_record(active, parent, name, labels)
+                    # §8 step 5: a local block layer is no writable layer.
+                    final = {key: value for key, value in labels.items() if key != L.WRITABLE}
+                    await self._commits.commit_record(active, parent, name, final)
                 finally:
                     await asyncio.shield(self._settle(active, name))
 

@@ -86,11 +86,12 @@ async def test_s13_a_bottom_ext4_layer_is_converted_on_mkfs_and_served(
     """DESIGN-v1 §13 steps 1-7 without a parent; §8 step 5: a local block layer."""
     layer = await unpack_layer(obd, "base", "", BASE, {"etc/alias": "os-release"})
     with logged_tools(obd, tmp_path / "runs") as log:
-        await layer.commit()
+        await layer.commit({L.WRITABLE: "dir"})
     assert tool_runs(log) == steps(layer, "ext4", mkfs=True)
     info = await obd.stat("base")
     assert info.kind == COMMITTED
     assert info.labels[L.LOCAL_COMMIT_PATH] == str(layer.commit_file)
+    assert L.WRITABLE not in info.labels and info.labels[L.CONVERT_TO_TURBO_OCI] == "true"
     assert obd.config(layer.id) == {
         "repoBlobUrl": "",
         "lowers": [layer.lower()],
