@@ -315,12 +315,11 @@ class Snapshotter:
     ) -> None:
         """Every check before the first side effect (DESIGN-v1 §22 quirks 2 and 3)."""
         parent = self._store.find(active.parent) if active.parent else None
-        # DESIGN-v1 §8 step 5: TurboOCI labels first, else a layer.tar is converted (§13).
-        local_layer = L.turbo_oci_target(labels) is None
-        local_layer &= await self._layers.storage_type(active) is StorageType.LOCAL_LAYER
+        has_tar = await self._layers.storage_type(active) is StorageType.LOCAL_LAYER
+        local_layer = has_tar and L.turbo_oci_target(labels) is None  # §8 step 5: TurboOCI first
         with self._commits.reserve(name):
             match await self._role(active, parent):
-                case _ if local_layer:
+                case _ if local_layer:  # its layer.tar is converted (DESIGN-v1 §13)
                     await self._conversions.commit(active, parent, name, labels)
                 case WritableRootfs(commits_layer_file=True):
                     await self._commits.commit_writable(active, parent, name, labels, zfile)

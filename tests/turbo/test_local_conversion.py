@@ -15,6 +15,7 @@ from support.block_fixtures import Images, StartObd
 from support.conversion import (
     LocalLayer,
     converted_layer,
+    layer_tar,
     logged_tools,
     tool_runs,
     tree,
@@ -23,7 +24,7 @@ from support.conversion import (
 from support.mounts import mount_at, mount_options
 from support.simulator import MISSING
 from support.snapshots import expect_status
-from support.turbo import unpack_turbo
+from support.turbo import turbo_labels, unpack_turbo, write_metas
 
 from obdsnap import labels as L
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
@@ -215,6 +216,23 @@ async def test_s13_a_layer_converted_on_a_turbo_oci_image_stacks_on_its_metas(
     )
     expected = {**turbo.plain.files, "bin/tool": "v2\n", "srv/new": "new\n"}
     assert await rootfs_tree(obd, layer) == expected
+
+
+async def test_s8_step5_turbo_oci_labels_win_over_a_layer_tar(
+    obd: Obd, turbo: TurboImages, tmp_path: Path
+) -> None:
+    """DESIGN-v1 §8 step 5: a meta layer's TurboOCI labels decide before a layer.tar does."""
+    image = turbo.plain
+    labels = turbo_labels(image, 0)
+    key = f"extract-0 {image.layers[0].chain_id}"
+    own = obd.own_id(await obd.prepare(key, "", labels))
+    write_metas(obd.fs(own), image.layers[0], ("ext4",))
+    layer_tar(obd.snapshot_dir(own) / "layer.tar", {"ignored": "ignored\n"})
+    with logged_tools(obd, tmp_path / "runs") as log:
+        await obd.commit(image.layers[0].chain_id, key, labels)
+    assert tool_runs(log) == []
+    lower = obd.config(own)["lowers"][-1]
+    assert lower["targetDigest"] == image.layers[0].target_digest and "targetFile" not in lower
 
 
 async def test_s8_step5_sealing_names_the_sealed_file_in_localcommitpath(
