@@ -6,6 +6,8 @@
                         fs/overlaybd.commit  a committed writable layer's layer file
                         fs/overlaybd.sealed  a writable layer committed by sealing it
                         layer.tar            an uncompressed OCI layer an external differ put
+                        layer.metadata       its tar meta, exported to convert it (DESIGN-v1 §13)
+                        temp/                the conversion's workdir (see ConversionDir)
                         work/                overlayfs workdir (active snapshots)
                         block/               the device's files (see BlockDir)
                         image_ref            the image the snapshot was made for (DESIGN-v1 §3)
@@ -41,6 +43,8 @@ _IMAGE_REF_FILE = "image_ref"
 _PARTIAL_COMMIT_FILE = ".overlaybd.commit.partial"
 _SEALED_FILE = "overlaybd.sealed"
 _LAYER_TAR = "layer.tar"
+_LAYER_METADATA = "layer.metadata"
+_CONVERSION_DIR = "temp"
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,34 @@ class BlockDir:
 
 
 @dataclass(frozen=True)
+class ConversionDir:
+    """``temp/``: where a local layer is converted to TurboOCI (DESIGN-v1 §13), left on success."""
+
+    path: Path
+
+    @property
+    def writable(self) -> WritableDir:
+        """The layer turboOCI-apply writes into, then committed into ``fs/overlaybd.commit``."""
+        return WritableDir(self.path)
+
+    @property
+    def fake_target(self) -> Path:
+        return self.path / "fake_target"
+
+    @property
+    def service_config(self) -> Path:
+        return self.path / "service.json"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.v1.json"
+
+    @property
+    def cache(self) -> Path:
+        return self.path / "cache"
+
+
+@dataclass(frozen=True)
 class Layout:
     root: Path
 
@@ -191,6 +223,13 @@ class Layout:
     def layer_tar(self, snapshot_id: int) -> Path:
         """An uncompressed OCI layer placed by an external differ: a "local layer"."""
         return self.snapshot_dir(snapshot_id) / _LAYER_TAR
+
+    def layer_metadata(self, snapshot_id: int) -> Path:
+        """The tar meta of ``layer_tar``, exported for its conversion (DESIGN-v1 §13)."""
+        return self.snapshot_dir(snapshot_id) / _LAYER_METADATA
+
+    def conversion(self, snapshot_id: int) -> ConversionDir:
+        return ConversionDir(self.snapshot_dir(snapshot_id) / _CONVERSION_DIR)
 
     def create_root(self) -> None:
         for directory in (self.root, self.snapshots):

@@ -51,7 +51,7 @@ class StorageType(enum.Enum):
     NORMAL = "normal"  # a plain OCI layer, served by overlayfs
     LOCAL_BLOCK = "local"  # an overlaybd layer file on this node
     REMOTE_BLOCK = "remote"  # an overlaybd blob fetched lazily from the registry
-    LOCAL_LAYER = "local layer"  # a layer.tar to convert: not servable (yet)
+    LOCAL_LAYER = "local layer"  # a layer.tar, converted to TurboOCI at Commit (DESIGN-v1 §13)
 
     @property
     def is_block(self) -> bool:
@@ -59,7 +59,7 @@ class StorageType(enum.Enum):
         return self in (StorageType.LOCAL_BLOCK, StorageType.REMOTE_BLOCK)
 
 
-LOCAL_LAYER_REFUSED = "local OCI layer conversion (layer.tar) is not supported yet"
+LOCAL_LAYER_REFUSED = "it holds a layer.tar that its commit did not convert (DESIGN-v1 §13)"
 
 
 # containerd's snapshots.UnpackKeyFormat is "extract-%s %s" (ctr import unpacks without
@@ -132,7 +132,7 @@ def trace_flags(parent: ParentLayer, labels: Mapping[str, str]) -> TraceFlags:
 
 @dataclass(frozen=True)
 class PlainUnpack:
-    pass
+    to_turbo_oci: bool = False  # convert2turbo-oci: a differ writes layer.tar (DESIGN-v1 §13)
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,7 @@ def role_of(
             return AccelerationUnpack(block_parent=block_parent)
         if is_remote_layer(labels):
             return remote_unpack_role(labels)
-        return PlainUnpack()
+        return PlainUnpack(to_turbo_oci=L.CONVERT_TO_TURBO_OCI in labels)
     trace = trace_flags(parent, labels) if parent is not None and block_parent else None
     if rw_mode.writable:
         return WritableRootfs(

@@ -57,6 +57,8 @@ def snapshot_mounts(
 ) -> list[Mount]:
     readonly = snapshot.kind == Kind.VIEW
     match role:
+        case PlainUnpack(to_turbo_oci=True):  # DESIGN-v1 §6 step 7: the differ writes next to fs/
+            return [bind_mount(layout.fs_dir(snapshot.id), readonly=False)]
         case PlainUnpack() | RemoteUnpack() | OverlayRootfs():
             return overlay_mounts(snapshot, layout, index_off=index_off)
         case AccelerationUnpack() | DownloadUnpack():

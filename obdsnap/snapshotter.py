@@ -32,11 +32,12 @@ from obdsnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, N
 from obdsnap.labels import validate_key, validate_labels
 from obdsnap.layout import Layout
 from obdsnap.listing import LIST_CHUNK, info_fields, matching_chunks
+from obdsnap.local_layer_commit import LocalLayerCommit
 from obdsnap.locks import KeyedLocks
 from obdsnap.mounts import Mount
 from obdsnap.overlaybd.fs_choice import DeviceFs
 from obdsnap.overlaybd.layers import BlockLayers
-from obdsnap.overlaybd.tools import ZFileConfig, parse_zfile_config
+from obdsnap.overlaybd.tools import ZFileConfig, commit_zfile_config
 from obdsnap.quota import NO_QUOTA_CONFIG, QuotaSettings, check_quota_label
 from obdsnap.reconcile import CleanupReport, Reconciler, ReconcileReport
 from obdsnap.remote_unpack import commit_remote_layer
@@ -123,6 +124,7 @@ class Snapshotter:
         self._commits = CommitFlow(
             layout, store, layers, devices, blocking, self._locks, seal=options.seal_writable
         )
+        self._conversions = LocalLayerCommit(store, layers, self._commits, options.default_fs_type)
 
     async def start(self) -> ReconcileReport:
         """Reconcile the disk and the devices with the metadata before serving."""
@@ -305,9 +307,7 @@ class Snapshotter:
             raise AlreadyExists(f"snapshot {name!r} already exists")
         if active.kind != Kind.ACTIVE:
             raise FailedPrecondition(f"snapshot {key!r} is not active")
-        zfile = ZFileConfig()  # DESIGN-v1 §8: sealing ignores zfile-config
-        if not self._options.seal_writable:
-            zfile = parse_zfile_config({**active.info.labels, **labels}.get(L.ZFILE_CONFIG, ""))
+        zfile = commit_zfile_config({**active.info.labels, **labels}, self._options.seal_writable)
         await self._guard.run(self._commit(active, name, labels, zfile))
 
     async def _commit(
@@ -315,12 +315,12 @@ class Snapshotter:
     ) -> None:
         """Every check before the first side effect (DESIGN-v1 §22 quirks 2 and 3)."""
         parent = self._store.find(active.parent) if active.parent else None
-        if await self._layers.storage_type(active) is StorageType.LOCAL_LAYER:
-            raise FailedPrecondition(
-                f"cannot commit snapshot {active.key!r}: {LOCAL_LAYER_REFUSED}"
-            )
+        has_tar = await self._layers.storage_type(active) is StorageType.LOCAL_LAYER
+        local_layer = has_tar and L.turbo_oci_target(labels) is None  # §8 step 5: TurboOCI first
         with self._commits.reserve(name):
             match await self._role(active, parent):
+                case _ if local_layer:  # its layer.tar is converted (DESIGN-v1 §13)
+                    await self._conversions.commit(active, parent, name, labels)
                 case WritableRootfs(commits_layer_file=True):
                     await self._commits.commit_writable(active, parent, name, labels, zfile)
                 case _:

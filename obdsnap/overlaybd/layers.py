@@ -18,6 +18,7 @@ from obdsnap.errors import InvalidArgument
 from obdsnap.fsutil import disk_usage
 from obdsnap.layout import Layout
 from obdsnap.overlaybd import device_config
+from obdsnap.overlaybd.conversion import LayerConversion
 from obdsnap.overlaybd.device_config import DeviceConfig, Lower, Upper
 from obdsnap.overlaybd.storage_type import detect_storage_type
 from obdsnap.overlaybd.tools import OverlaybdTools
@@ -46,6 +47,7 @@ class BlockLayers:
         self._blocking = blocking
         self._committed_types: dict[int, StorageType] = {}
         self.writable = WritableLayers(layout, tools, blocking, sparse=sparse)
+        self.conversion = LayerConversion(layout, tools, blocking)
         self.turbo = TurboOciMetas(layout, blocking, turbo_oci)
 
     # ------------------------------------------------------------------ paths
@@ -129,11 +131,14 @@ class BlockLayers:
         )
 
     async def write_local_config(self, record: Record, parent: Record | None) -> None:
-        """A committed local layer: the parent's lowers plus its own ``fs/overlaybd.commit``."""
+        """A committed local layer: the parent's lowers plus its own layer file in ``fs/``;
+        a converted one names it and the ``layer.tar`` its data is in (DESIGN-v1 §8 step 5)."""
         config = await self.config_from_parent(record.id, parent)
-        await self.write_config(
-            record.id, config.with_lower(Lower(dir=str(self._layout.fs_dir(record.id))))
-        )
+        lower = Lower(dir=str(self._layout.fs_dir(record.id)))
+        layer_tar = self._layout.layer_tar(record.id)
+        if await self._blocking(layer_tar.exists):
+            lower = Lower(file=str(self._layout.commit_file(record.id)), target_file=str(layer_tar))
+        await self.write_config(record.id, config.with_lower(lower))
 
     async def set_trace_flags(self, parent_id: int, own_id: int | None, flags: TraceFlags) -> None:
         """The role's trace flags on the parent's config (and the own one, when writable)."""
@@ -169,8 +174,11 @@ class BlockLayers:
         """After a writable commit, however it ended: finish it or roll it back.
 
         The row decides: committed, the writable layer is dropped (the layer file has
-        its data); still active, the writable layer and its config are as before.
+        its data); still active, the writable layer and its config are as before, and
+        what a conversion of its ``layer.tar`` made is gone (DESIGN-v1 §13 step 7).
         """
+        if not committed:
+            await self.conversion.undo(snapshot_id)
         try:
             await self.writable.settle(snapshot_id, committed=committed)
         except OSError as exc:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from obdsnap import labels as L
 from obdsnap.commands import run_command
 from obdsnap.errors import InvalidArgument
 
@@ -51,6 +53,11 @@ def parse_zfile_config(value: str) -> ZFileConfig:
     return ZFileConfig(algorithm, block_size)
 
 
+def commit_zfile_config(labels: Mapping[str, str], seal: bool) -> ZFileConfig:
+    """How a writable layer is compressed at Commit: sealing ignores ``zfile-config`` (§8)."""
+    return ZFileConfig() if seal else parse_zfile_config(labels.get(L.ZFILE_CONFIG, ""))
+
+
 class OverlaybdTools:
     def __init__(self, bin_dir: Path) -> None:
         self._bin_dir = bin_dir
@@ -79,3 +86,43 @@ class OverlaybdTools:
     async def seal_writable_layer(self, data: Path, index: Path) -> None:
         """``overlaybd-commit --seal``: the data file becomes a read-only layer file in place."""
         await run_command(str(self._bin_dir / "overlaybd-commit"), "--seal", str(data), str(index))
+
+    # ------------------------------------------------------------------ local TurboOCI (§13)
+
+    async def create_turbo_layer(self, data: Path, index: Path, *, mkfs: bool) -> None:
+        """The conversion's writable layer: 256 GB, sparse, ``--mkfs`` on a bottom ext4 layer."""
+        arguments = [str(data), str(index), "256", "-s", "--turboOCI"]
+        await run_command(
+            str(self._bin_dir / "overlaybd-create"), *arguments, *(["--mkfs"] if mkfs else [])
+        )
+
+    async def export_tar_meta(self, layer_tar: Path, meta: Path) -> None:
+        """``turboOCI-apply --export``: the tar meta of an uncompressed layer."""
+        await run_command(
+            str(self._bin_dir / "turboOCI-apply"), str(layer_tar), str(meta), "--export"
+        )
+
+    async def apply_turbo_layer(
+        self, meta: Path, config: Path, service: Path, fs_type: str, *, import_meta: bool
+    ) -> None:
+        """``turboOCI-apply`` the tar meta (or, for EROFS, the tarball) onto ``config``'s upper."""
+        await run_command(
+            str(self._bin_dir / "turboOCI-apply"),
+            str(meta),
+            str(config),
+            "--service_config_path",
+            str(service),
+            "--fstype",
+            fs_type,
+            *(["--import"] if import_meta else []),
+        )
+
+    async def commit_turbo_layer(self, data: Path, index: Path, out: Path) -> None:
+        await run_command(
+            str(self._bin_dir / "overlaybd-commit"),
+            str(data),
+            str(index),
+            str(out),
+            "-z",
+            "--turboOCI",
+        )

@@ -33,6 +33,8 @@ from obdsnap.genproto.containerd.types import Mount
 from obdsnap.mountinfo import mounts_under
 from tcmusim.testing import HBA, RunningSimulator
 
+from .turbo import TURBO, conversion_problem, layer_tar_of, unpack_labels, write_layer
+
 OVERLAY = "overlayfs"
 DIR = "dir"
 DIR_SEAL = "dir-seal"
@@ -42,6 +44,7 @@ VARIANT_CONFIG: dict[str, dict[str, object]] = {
     DIR: {"rwMode": "dir"},
     DIR_SEAL: {"rwMode": "dir", "writableCommit": "seal"},
     ASYNC_REMOVE: {"rwMode": "overlayfs", "asyncRemove": True},
+    TURBO: {"rwMode": "overlayfs"},
 }
 
 ACTIVE = api.Kind(2)  # api.Kind.ACTIVE, typed as the enum
@@ -86,6 +89,7 @@ class Settings:
     min_delay: float  # seconds of load between a restart and the next SIGKILL
     max_delay: float
     cleanup_interval: float = 0.0  # seconds between Cleanups during the load; 0: none
+    clients: int = CLIENTS
 
 
 @dataclass
@@ -240,8 +244,16 @@ async def list_infos(stub: api.SnapshotsStub) -> dict[str, api.Info]:
 
 class Client:
     def __init__(
-        self, index: int, rng: random.Random, ledger: Ledger, round_no: int, stop: asyncio.Event
+        self,
+        index: int,
+        rng: random.Random,
+        ledger: Ledger,
+        round_no: int,
+        stop: asyncio.Event,
+        *,
+        turbo: bool = False,
     ) -> None:
+        self.turbo = turbo  # unpacks whose layer.tar each Commit converts (DESIGN-v1 §13)
         self.index = index
         self.rng = rng
         self.ledger = ledger
@@ -293,18 +305,30 @@ class Client:
             ledger.used_as_parent.add(parent)
         ledger.pending.append(pending)
         ledger.unknown["prepare"] += 1
-        reply = await call(stub.prepare(api.PrepareSnapshotRequest(key=key, parent=parent)))
+        labels = unpack_labels(key) if self.turbo else {}
+        request = api.PrepareSnapshotRequest(key=key, parent=parent, labels=labels)
+        reply = await call(stub.prepare(request))
         ledger.pending.remove(pending)
         ledger.unknown["prepare"] -= 1
         ledger.acked["prepare"] += 1
         snap = Snap(ACTIVE, parent, self.index, depth)
         ledger.live[key] = snap
+        await self.write(snap, key, list(reply.mounts))
+
+    async def write(self, snap: Snap, key: str, mounts: list[Mount]) -> None:
+        """A file into its writable dir; in the turbo variant, the layer.tar that holds it."""
         name = f"chaos-{key}"
-        await asyncio.to_thread(write_synced, writable_dir(list(reply.mounts)), name)
+        if self.turbo:
+            await asyncio.to_thread(write_layer, mounts, name)
+        else:
+            await asyncio.to_thread(write_synced, writable_dir(mounts), name)
         snap.data = name
 
     async def commit(self, stub: api.SnapshotsStub, key: str) -> None:
         ledger = self.ledger
+        if self.turbo and ledger.live[key].data is None:  # a layer.tar for every conversion
+            reply = await call(stub.mounts(api.MountsRequest(key=key)))
+            await self.write(ledger.live[key], key, list(reply.mounts))
         snap = ledger.live.pop(key)
         name = f"{key}-committed"
         ledger.touched.add(name)
@@ -341,6 +365,7 @@ class Checker:
         self.snapshots = root / "snapshots"
         self.ledger = ledger
         self.report = report
+        self.turbo = report.settings.variant == TURBO
 
     async def check(self, phase: str) -> dict[str, api.Info]:
         """Every invariant on the quiet server; resolves pending ops into known state."""
@@ -469,14 +494,21 @@ class Checker:
             return "no row in the metadata database"
         if not (self.snapshots / str(snapshot_id) / "fs").is_dir():
             return f"snapshots/{snapshot_id}/fs is missing"
+        if self.turbo:
+            directory = self.snapshots / str(snapshot_id)
+            problem = await asyncio.to_thread(conversion_problem, directory, kind)
+            if problem is not None:
+                return problem
         if kind != ACTIVE:
             return None
         try:
             reply = await call(self.stub.mounts(api.MountsRequest(key=key)))
         except Exception as exc:
             return f"Mounts failed: {type(exc).__name__}: {exc}"
-        if data is not None and not (writable_dir(list(reply.mounts)) / data).exists():
-            return f"the fsynced file {data} is gone from its writable dir"
+        mounts = list(reply.mounts)
+        written = layer_tar_of(mounts) if self.turbo else writable_dir(mounts) / str(data)
+        if data is not None and not written.exists():
+            return f"the fsynced {written.name} is gone"
         return None
 
 
@@ -492,7 +524,12 @@ async def run_chaos(settings: Settings, sim: RunningSimulator | None) -> Report:
         server = ServerProcess(workdir)
     else:
         config = settings_on(sim, **VARIANT_CONFIG[settings.variant])
-        server = ServerProcess.with_config(workdir, config, start_timeout=30.0)
+        # The tools' scratch files (tcmusim's turboOCI-apply loop-mounts there) stay in the
+        # workdir, whose mounts are cleaned up at the end: SIGKILL leaves them behind.
+        scratch = workdir / "tmp"
+        scratch.mkdir(parents=True)
+        env = {"TMPDIR": str(scratch)}
+        server = ServerProcess.with_config(workdir, config, start_timeout=30.0, env=env)
     rng = random.Random(f"{settings.seed}-{settings.variant}")
     try:
         await asyncio.to_thread(server.start)
@@ -529,11 +566,11 @@ async def load_and_kill(
     round_no: int,
 ) -> None:
     stop = asyncio.Event()
-    channels = [Channel(path=str(server.address)) for _ in range(CLIENTS)]
+    channels = [Channel(path=str(server.address)) for _ in range(settings.clients)]
     clients = [
         Client(i, random.Random(f"{settings.seed}-{settings.variant}-{round_no}-{i}"), ledger,
-               round_no, stop)
-        for i in range(CLIENTS)
+               round_no, stop, turbo=settings.variant == TURBO)
+        for i in range(settings.clients)
     ]  # fmt: skip
     tasks = [
         asyncio.create_task(client.run(api.SnapshotsStub(channel)))

@@ -1,6 +1,6 @@
 """Chaos: obdsnap SIGKILLed at random moments under 16 concurrent clients, restarted on its root.
 
-Four variants, each one run (a module-scoped fixture) checked by one test per
+Five variants, each one run (a module-scoped fixture) checked by one test per
 invariant:
 
 - ``overlayfs``: plain overlayfs layers, no devices;
@@ -11,6 +11,9 @@ invariant:
   and moves it into ``fs/``.
 - ``asyncRemove``: ``overlayfs`` with ``asyncRemove``, and Cleanup called during
   the load: removed directories wait for a Cleanup that races the Prepares.
+- ``turbo-convert``: unpacks with ``convert2turbo-oci`` whose ``layer.tar`` every Commit
+  converts to TurboOCI (DESIGN-v1 §13), layers stacking on converted parents: kills land
+  inside the conversion's tools.
 
 Seeds are deterministic and logged (``CHAOS_SEED`` replays a run, ``CHAOS_KILLS``
 sets the number of kills); the kill moments depend on timing, so a replay drives
@@ -45,6 +48,7 @@ from .chaos import (
     log,
     run_chaos,
 )
+from .turbo import TURBO
 
 pytestmark = pytest.mark.root
 
@@ -54,6 +58,9 @@ SEED = int(os.environ.get("CHAOS_SEED", "20261130"))
 KILLS = os.environ.get("CHAOS_KILLS")
 OVERLAY_KILLS = int(KILLS or 25)
 DIR_KILLS = int(KILLS or 40)
+# A conversion runs four tools, a second or more on a busy machine: fewer clients, fewer
+# and longer rounds, so that some finish and others are cut.
+TURBO_KILLS = int(KILLS or 10)
 
 SETTINGS = {
     OVERLAY: Settings(OVERLAY, SEED, OVERLAY_KILLS, min_delay=0.05, max_delay=0.4),
@@ -69,6 +76,7 @@ SETTINGS = {
         max_delay=0.4,
         cleanup_interval=0.05,
     ),
+    TURBO: Settings(TURBO, SEED, TURBO_KILLS, min_delay=1.5, max_delay=4.5, clients=4),
 }
 
 
@@ -117,6 +125,9 @@ def violations(report: Report, category: str) -> str:
 
 DEVICES = [DIR, DIR_SEAL]
 BOTH = [OVERLAY, *DEVICES, ASYNC_REMOVE]
+# The variants whose invariants hold with the conversion variant's too.
+EVERY = [*BOTH, TURBO]
+SETTLED = [*DEVICES, TURBO]
 
 
 @pytest.mark.parametrize("chaos", BOTH, indirect=True)
@@ -126,48 +137,56 @@ def test_survived_enough_kills(chaos: Report) -> None:
     assert chaos.runtime < 300, chaos.summary()
 
 
-@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+@pytest.mark.parametrize("chaos", [TURBO], indirect=True)
+def test_survived_enough_conversion_kills(chaos: Report) -> None:
+    """Conversions acknowledged, cut by kills and retried, within the variant's time."""
+    assert chaos.kills >= 10, chaos.summary()
+    assert chaos.acked["prepare"] > 0 and chaos.acked["commit"] > 0, chaos.summary()
+    assert chaos.runtime < 120, chaos.summary()
+
+
+@pytest.mark.parametrize("chaos", EVERY, indirect=True)
 def test_acknowledged_snapshots_survive(chaos: Report) -> None:
     """Prepared/committed with OK and not removed: listed, right kind/parent, Mounts, data."""
     assert not chaos.violations.get(ACKED_PRESENT), violations(chaos, ACKED_PRESENT)
     assert chaos.acked_live_found == chaos.acked_live_expected, chaos.summary()
 
 
-@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+@pytest.mark.parametrize("chaos", EVERY, indirect=True)
 def test_acknowledged_removes_stay_gone(chaos: Report) -> None:
     assert not chaos.violations.get(REMOVED_GONE), violations(chaos, REMOVED_GONE)
 
 
-@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+@pytest.mark.parametrize("chaos", EVERY, indirect=True)
 def test_unacknowledged_ops_all_or_nothing(chaos: Report) -> None:
     """A snapshot that is listed Stats fine, has its fs/ and Mounts: nothing half made."""
     assert not chaos.violations.get(ALL_OR_NOTHING), violations(chaos, ALL_OR_NOTHING)
 
 
-@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+@pytest.mark.parametrize("chaos", EVERY, indirect=True)
 def test_cut_commit_can_be_retried(chaos: Report) -> None:
     assert not chaos.violations.get(COMMIT_RETRY), violations(chaos, COMMIT_RETRY)
 
 
-@pytest.mark.parametrize("chaos", DEVICES, indirect=True)
+@pytest.mark.parametrize("chaos", SETTLED, indirect=True)
 def test_interrupted_operations_are_settled_at_start_up(chaos: Report) -> None:
     """Kills cut attaches, detaches and commits; start-up finishes or rolls back each one."""
     assert not chaos.violations.get(INTENTS_SETTLED), violations(chaos, INTENTS_SETTLED)
     assert sum(chaos.interrupted.values()) > 0, chaos.summary()
 
 
-@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+@pytest.mark.parametrize("chaos", EVERY, indirect=True)
 def test_no_orphans_after_cleanup(chaos: Report) -> None:
     assert not chaos.violations.get(ORPHANS), violations(chaos, ORPHANS)
 
 
-@pytest.mark.parametrize("chaos", DEVICES, indirect=True)
+@pytest.mark.parametrize("chaos", SETTLED, indirect=True)
 def test_no_device_orphans_after_cleanup(chaos: Report) -> None:
     assert not chaos.violations.get(DEVICE_ORPHANS), violations(chaos, DEVICE_ORPHANS)
     assert chaos.orphans_after_cleanup == 0, chaos.summary()
 
 
-@pytest.mark.parametrize("chaos", BOTH, indirect=True)
+@pytest.mark.parametrize("chaos", EVERY, indirect=True)
 def test_nothing_left_after_removing_everything(chaos: Report) -> None:
     assert not chaos.violations.get(TEARDOWN), violations(chaos, TEARDOWN)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from support import processes
+from support.conversion import layer_tar
 
 from obdsnap import labels
 from tcmusim.mkimage.turbo import (
@@ -31,7 +32,7 @@ from .protocol import Protocol, write_config
 from .test_devices import mounted
 from .test_turbo_serving import open_failure
 from .test_turbo_tools import serve, served
-from .turbo_steps import convert, layer_tar, must, new_snap
+from .turbo_steps import convert, must, new_snap
 
 pytestmark = pytest.mark.root
 

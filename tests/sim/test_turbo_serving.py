@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support.conversion import layer_tar
 
 from tcmusim.mkimage import store_blob
 from tcmusim.testing import RunningSimulator
@@ -16,7 +17,7 @@ from tcmusim.turbo_fs import make_fs
 
 from .protocol import Protocol, write_config
 from .test_turbo_tools import BASE, serve, served
-from .turbo_steps import layer_tar, must
+from .turbo_steps import must
 
 pytestmark = pytest.mark.root
 

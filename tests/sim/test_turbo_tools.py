@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from support.block import read_header
+from support.conversion import layer_tar, tree
 from support.tool_faults import failing_tool
 
 from tcmusim import layerfmt
@@ -22,7 +23,7 @@ from tcmusim.turbo_fs import fs_type_of, tar_meta_info
 from .protocol import Protocol, write_config
 from .test_devices import mounted
 from .test_tools import run
-from .turbo_steps import Snap, apply_args, convert, layer_tar, must, new_snap, prepare_temp
+from .turbo_steps import Snap, apply_args, convert, must, new_snap, prepare_temp
 
 pytestmark = pytest.mark.root
 
@@ -35,17 +36,6 @@ MIDDLE = {
     "var/cache/y": "y\n",
 }
 TOP = {"srv/data": "top\n", "bin/.wh.tool": ""}
-
-
-def tree(root: Path) -> dict[str, str]:
-    found = {}
-    for directory, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != "lost+found"]
-        for name in filenames + [d for d in dirnames if (Path(directory) / d).is_symlink()]:
-            path = Path(directory) / name
-            relative = str(path.relative_to(root))
-            found[relative] = f"-> {os.readlink(path)}" if path.is_symlink() else path.read_text()
-    return found
 
 
 @pytest.fixture

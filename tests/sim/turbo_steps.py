@@ -4,35 +4,15 @@ turboOCI-apply and overlaybd-commit."""
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tcmusim.mkimage import EPOCH
+from support.conversion import layer_tar
 
 from .protocol import write_config
 from .test_tools import run
-
-
-def layer_tar(path: Path, files: Mapping[str, str], links: Mapping[str, str] = {}) -> Path:
-    """A layer tarball: regular files (whiteouts are empty ones) and symlinks."""
-    with tarfile.open(path, "w") as tar:
-        for name in sorted({str(Path(n).parent) for n in files} - {"."}):
-            info = tarfile.TarInfo(name)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, EPOCH
-            tar.addfile(info)
-        for name, text in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime, info.uid = len(text.encode()), 0o640, EPOCH, 7
-            tar.addfile(info, io.BytesIO(text.encode()))
-        for name, target in links.items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname, info.mtime = tarfile.SYMTYPE, target, EPOCH
-            tar.addfile(info)
-    return path
 
 
 def must(tools: Path, tool: str, *args: str | Path) -> str:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -48,15 +49,23 @@ class ServerProcess:
 
     @classmethod
     def with_config(
-        cls, workdir: Path, settings: dict[str, object], **options: float
+        cls,
+        workdir: Path,
+        settings: dict[str, object],
+        *,
+        env: Mapping[str, str] | None = None,
+        **options: float,
     ) -> ServerProcess:
-        """A server started with ``--config``: ``settings`` plus this workdir's root and socket."""
+        """A server started with ``--config``: ``settings`` plus this workdir's root and socket;
+        ``env``: variables set for it (and the tools it runs)."""
         config = {
             "root": str(workdir / "root"),
             "address": str(workdir / "obdsnap.sock"),
             **settings,
         }
-        command = f"{shlex.quote(sys.executable)} -m obdsnap serve --config {{config}}"
+        variables = [shlex.quote(f"{name}={value}") for name, value in (env or {}).items()]
+        prefix = f"env {' '.join(variables)} " if variables else ""
+        command = f"{prefix}{shlex.quote(sys.executable)} -m obdsnap serve --config {{config}}"
         return cls(workdir, command, config=json.dumps(config), **options)
 
     def start(self) -> ServerProcess:

@@ -17,8 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sim.turbo_steps import layer_tar
-
 from obdsnap.genproto.containerd.types import Mount
 from obdsnap.labels import (
     BLOB_DIGEST,
@@ -31,6 +29,7 @@ from obdsnap.labels import (
     TURBO_OCI_TARGET_MEDIA_TYPE,
 )
 from support.block import Image, Layer, Obd, write_tree
+from support.conversion import layer_tar
 from tcmusim import layerfmt
 from tcmusim.mkimage import store_blob
 from tcmusim.mkimage.turbo import (

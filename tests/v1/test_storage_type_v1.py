@@ -146,15 +146,17 @@ async def test_s4_step3_a_sealed_layer_is_served_as_a_local_block_layer(
 
 @pytest.mark.root
 @needs_simulator
-async def test_s4_step5_a_local_layer_is_refused_at_commit(obd: Obd) -> None:
-    """DESIGN-v1 §4 step 5: layer.tar makes a local layer; its conversion is not there yet."""
+async def test_s4_step5_a_local_layer_is_converted_at_commit(obd: Obd) -> None:
+    """DESIGN-v1 §4 step 5: layer.tar makes a local layer, converted at Commit (§13): a
+    tarball its tools cannot read fails the commit and leaves the snapshot as it was."""
     own = await unpack_with(obd, "tar", {TAR: b"an OCI layer tar"})
     key = "extract-tar sha256:tar"
-    error = await expect_status(obd.commit("layer", key), Status.FAILED_PRECONDITION)
-    assert LOCAL_LAYER_REFUSED in str(error.message)
+    error = await expect_status(obd.commit("layer", key), Status.UNKNOWN)
+    assert "failed to construct overlaybd config" in str(error.message)
     assert (await obd.stat(key)).kind.name == "ACTIVE"
     await expect_status(obd.stat("layer"), Status.NOT_FOUND)
     assert not obd.config_path(own).exists()
+    assert not (obd.snapshot_dir(own) / "layer.metadata").exists()
 
 
 @pytest.mark.root
