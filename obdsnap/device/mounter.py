@@ -53,7 +53,7 @@ class Mounter(Protocol):
 
 
 class HostMounter:
-    """The real thing: mkfs(8), mount(8), umount(8), blockdev(8) and /proc/self/mountinfo."""
+    """The real thing: mkfs(8), mount(2), umount2(2), blockdev(8) and /proc/self/mountinfo."""
 
     def mounted_source(self, path: Path) -> str | None:
         return mountinfo.mounted_source(path)
@@ -70,7 +70,7 @@ class HostMounter:
         await filesystem.remove_lost_and_found(device, spec)
 
     async def mount(self, device: Path, mountpoint: Path, spec: FsSpec, *, readonly: bool) -> None:
-        """mount(8), tried up to 50 times 10 ms apart; the last failure is the one raised."""
+        """mount(2) (ntfs: mount(8)), tried 50 times 10 ms apart; the last failure is raised."""
         for attempt in range(1, MOUNT_ATTEMPTS + 1):
             try:
                 await filesystem.mount_device(device, mountpoint, spec, readonly=readonly)
