@@ -7,6 +7,7 @@ mount as separate arguments, never to a shell.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -87,10 +88,20 @@ async def make_filesystem(device: Path, spec: FsSpec) -> None:
     await run_command("mkfs", "-t", spec.fs_type, *spec.mkfs_options, str(device))
 
 
-async def remove_lost_and_found(device: Path, spec: FsSpec) -> None:
-    """mkfs.ext4 makes /lost+found, but a fresh snapshot is empty (e2fsck recreates it)."""
+# mkfs.ext4 makes /lost+found, but a fresh snapshot is empty (e2fsck recreates it).
+
+
+async def remove_lost_and_found_unmounted(device: Path, spec: FsSpec) -> None:
+    """From a filesystem nothing mounts: debugfs (slow: a fresh rw mount uses the one below)."""
     if spec.fs_type == "ext4":
         await run_command("debugfs", "-w", "-R", "rmdir lost+found", str(device))
+
+
+def remove_lost_and_found(mountpoint: Path, spec: FsSpec) -> None:
+    """Blocking: from the fresh filesystem mounted read-write on ``mountpoint``."""
+    if spec.fs_type == "ext4":
+        with contextlib.suppress(FileNotFoundError):
+            (mountpoint / "lost+found").rmdir()
 
 
 async def flush_device(device: Path) -> None:

@@ -37,8 +37,9 @@ class Mounter(Protocol):
         """Blocking: whether an overlay mount names ``path`` in its options."""
         ...
 
-    async def make_filesystem(self, device: Path, spec: FsSpec) -> None:
-        """A fresh, empty filesystem on ``device``."""
+    async def make_filesystem(self, device: Path, spec: FsSpec, *, mounted_rw_next: bool) -> None:
+        """A fresh filesystem on ``device``, empty unless ``mounted_rw_next``: then the caller
+        removes ext4's lost+found through the mount (filesystem.remove_lost_and_found)."""
         ...
 
     async def mount(
@@ -64,10 +65,11 @@ class HostMounter:
     def overlay_uses(self, path: Path) -> bool:
         return mountinfo.overlay_uses(path)
 
-    async def make_filesystem(self, device: Path, spec: FsSpec) -> None:
+    async def make_filesystem(self, device: Path, spec: FsSpec, *, mounted_rw_next: bool) -> None:
         await filesystem.make_filesystem(device, spec)
-        # containerd expects a snapshot without parent to start empty.
-        await filesystem.remove_lost_and_found(device, spec)
+        if not mounted_rw_next:
+            # containerd expects a snapshot without parent to start empty.
+            await filesystem.remove_lost_and_found_unmounted(device, spec)
 
     async def mount(self, device: Path, mountpoint: Path, spec: FsSpec, *, readonly: bool) -> None:
         """mount(2) (ntfs: mount(8)), tried 50 times 10 ms apart; the last failure is raised."""

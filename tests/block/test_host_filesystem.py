@@ -1,4 +1,4 @@
-"""Device mounts through mount(2)/umount2(2) on a real loop device with ext4."""
+"""The host's filesystems on a real loop device: mount(2)/umount2(2), mkfs and lost+found."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from support.mounts import mount_at
 from support.processes import run
 
 from obdsnap.commands import CommandError
-from obdsnap.device.filesystem import FsSpec, mount_device, unmount
+from obdsnap.device.filesystem import FsSpec, mount_device, remove_lost_and_found, unmount
+from obdsnap.device.mounter import HostMounter
 
 pytestmark = pytest.mark.root
 
@@ -72,3 +73,18 @@ async def test_unmounting_what_is_not_mounted_fails(mountpoint: Path) -> None:
         await unmount(mountpoint)
     assert str(caught.value) == f"umount {mountpoint}: Invalid argument"
     assert caught.value.step == "umount"
+
+
+@pytest.mark.parametrize("mounted_rw_next", [False, True])
+async def test_a_fresh_ext4_root_is_empty_either_way(
+    ext4_device: Path, mountpoint: Path, mounted_rw_next: bool
+) -> None:
+    """Without a read-write mount to come, debugfs empties it; with one, the mount does."""
+    spec = FsSpec()
+    await HostMounter().make_filesystem(ext4_device, spec, mounted_rw_next=mounted_rw_next)
+    await mount_device(ext4_device, mountpoint, spec, readonly=False)
+    assert [p.name for p in mountpoint.iterdir()] == (["lost+found"] if mounted_rw_next else [])
+    remove_lost_and_found(mountpoint, spec)
+    assert list(mountpoint.iterdir()) == []
+    remove_lost_and_found(mountpoint, spec)  # already gone: nothing to do
+    await unmount(mountpoint)
