@@ -24,6 +24,7 @@ from obdsnap.errors import SnapshotError
 log = logging.getLogger(__name__)
 
 SPAWN_THREADS = 4
+EXIT_POLL_INTERVAL_S = 0.005
 _spawner = ThreadPoolExecutor(max_workers=SPAWN_THREADS, thread_name_prefix="spawn")
 
 
@@ -120,7 +121,13 @@ async def _exited(process: subprocess.Popen[bytes]) -> None:
     """The child's exit, awaited on a pidfd (readable once it has exited) and then reaped."""
     if process.poll() is not None:
         return
-    pidfd = os.pidfd_open(process.pid)
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except OSError:  # a kernel before 5.3: no pidfd, poll instead
+        while True:
+            if process.poll() is not None:
+                return
+            await asyncio.sleep(EXIT_POLL_INTERVAL_S)
     try:
         while process.poll() is None:
             await _readable(asyncio.get_running_loop(), pidfd)

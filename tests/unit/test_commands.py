@@ -80,3 +80,13 @@ def assert_gone(pid: int) -> None:
     """Killed and reaped: no such process (a zombie would still be there)."""
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_without_pidfds_the_exit_is_polled(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    assert await run_command("sh", "-c", "echo done") == "done\n"
+    with pytest.raises(CommandError, match=r"failed \(exit 4\)"):
+        await run_command("sh", "-c", "exit 4")
