@@ -4,7 +4,8 @@ Same arguments, messages and exit statuses as the real tools (overlaybd
 ``src/tools``) where the simulator can honour them; the files they write use
 the format of :mod:`tcmusim.layerfmt`. ``install(DIR)`` writes small
 executable wrappers into ``DIR`` (what obdsnap's ``overlaybd_util_bin_dir``
-points at) that run ``python -m tcmusim.tools <tool> ...``.
+points at) that run ``python -m tcmusim.tools <tool> ...`` (``overlaybd-create``: the
+same in Go when it can be built, :mod:`tcmusim.fastcreate`).
 
 ``overlaybd-create --turboOCI`` (alias ``--fastoci``) makes the writable layer
 of a local TurboOCI conversion (marked so in its header; ``--mkfs`` puts an
@@ -23,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tcmusim import layerfmt, turbo_apply
+from tcmusim import fastcreate, layerfmt, turbo_apply
 from tcmusim.layerfmt import Header, Kind, LayerFormatError, Magic
 from tcmusim.turbo_apply import TURBO_OCI_KEY
 from tcmusim.turbo_fs import Fatal as _Fatal
@@ -48,15 +49,20 @@ def install(directory: Path, blob_store: Path | None = None) -> list[Path]:
     package_root = Path(__file__).resolve().parent.parent
     python = os.path.realpath(sys.executable)
     written = []
+    fast_create = fastcreate.binary()
     for tool in TOOLS:
         path = directory / tool
+        run = f"exec {shlex.quote(python)} -m tcmusim.tools {tool}"
+        if tool == "overlaybd-create" and fast_create is not None:
+            fast = shlex.quote(str(fast_create))
+            run = f"{fastcreate.PYTHON_ENV}={shlex.quote(python)} exec {fast}"
         path.write_text(
             "#!/bin/sh\n"
             f"# {tool} stand-in: the obdsnap TCMU simulator's layer format (tcmusim).\n"
             f"PYTHONPATH={shlex.quote(str(package_root))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
             "export PYTHONPATH\n"
             f"{store}"
-            f'exec {shlex.quote(python)} -m tcmusim.tools {tool} "$@"\n'
+            f'{run} "$@"\n'
         )
         path.chmod(0o755)
         written.append(path)

@@ -7,15 +7,22 @@ mount as separate arguments, never to a shell.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from obdsnap import labels as L
-from obdsnap.commands import run_command
+from obdsnap.blocking import BlockingRunner
+from obdsnap.commands import CommandError, run_command
+from obdsnap.device import syscalls
 from obdsnap.errors import InvalidArgument
 
+# Mounted by a userspace helper (mount.ntfs...), which only the mount command runs.
+HELPER_MOUNTED = frozenset({"ntfs"})
+
+_blocking = BlockingRunner()
 _OPTION = re.compile(r"^[A-Za-z0-9_.,:=/+^-]+$")
 
 
@@ -81,10 +88,20 @@ async def make_filesystem(device: Path, spec: FsSpec) -> None:
     await run_command("mkfs", "-t", spec.fs_type, *spec.mkfs_options, str(device))
 
 
-async def remove_lost_and_found(device: Path, spec: FsSpec) -> None:
-    """mkfs.ext4 makes /lost+found, but a fresh snapshot is empty (e2fsck recreates it)."""
+# mkfs.ext4 makes /lost+found, but a fresh snapshot is empty (e2fsck recreates it).
+
+
+async def remove_lost_and_found_unmounted(device: Path, spec: FsSpec) -> None:
+    """From a filesystem nothing mounts: debugfs (slow: a fresh rw mount uses the one below)."""
     if spec.fs_type == "ext4":
         await run_command("debugfs", "-w", "-R", "rmdir lost+found", str(device))
+
+
+def remove_lost_and_found(mountpoint: Path, spec: FsSpec) -> None:
+    """Blocking: from the fresh filesystem mounted read-write on ``mountpoint``."""
+    if spec.fs_type == "ext4":
+        with contextlib.suppress(FileNotFoundError):
+            (mountpoint / "lost+found").rmdir()
 
 
 async def flush_device(device: Path) -> None:
@@ -93,11 +110,24 @@ async def flush_device(device: Path) -> None:
 
 
 async def mount_device(device: Path, mountpoint: Path, spec: FsSpec, *, readonly: bool) -> None:
+    """mount(2) in the executor; the mount command for a filesystem that needs a helper."""
     options = [*spec.mount_options, "ro" if readonly else "rw"]
-    await run_command(
-        "mount", "-t", spec.fs_type, "-o", ",".join(options), str(device), str(mountpoint)
-    )
+    if spec.fs_type in HELPER_MOUNTED:
+        await run_command(
+            "mount", "-t", spec.fs_type, "-o", ",".join(options), str(device), str(mountpoint)
+        )
+        return
+    try:
+        await _blocking(syscalls.mount, device, mountpoint, spec.fs_type, options)
+    except OSError as exc:
+        message = f"mount {device} {mountpoint} ({spec.fs_type}): {exc.strerror}"
+        raise CommandError(("mount",), message, str(exc.strerror)) from exc
 
 
 async def unmount(mountpoint: Path) -> None:
-    await run_command("umount", str(mountpoint))
+    """umount2(2) in the executor, without flags: what umount(8) does."""
+    try:
+        await _blocking(syscalls.umount, mountpoint)
+    except OSError as exc:
+        message = f"umount {mountpoint}: {exc.strerror}"
+        raise CommandError(("umount",), message, str(exc.strerror)) from exc

@@ -18,7 +18,7 @@ from typing import Protocol
 from obdsnap.blocking import BlockingRunner
 from obdsnap.device.backend import AttachError, DeviceBackend
 from obdsnap.device.erofs import has_erofs_magic, refuse_writable_erofs, sniffed
-from obdsnap.device.filesystem import FsSpec
+from obdsnap.device.filesystem import FsSpec, remove_lost_and_found
 from obdsnap.device.mounter import Mounter
 from obdsnap.errors import failure_context
 from obdsnap.fsutil import make_real_directory, write_file_no_follow
@@ -152,14 +152,18 @@ class DeviceManager:
             spec = await self._filesystem(
                 snapshot_id, device, spec, fresh_fs=mkfs and fresh, writable=writable
             )
+            fresh_rw = mkfs and fresh and mode is MountMode.READ_WRITE
             if mkfs and fresh:
-                await self._mounter.make_filesystem(device, spec)
+                await self._mounter.make_filesystem(device, spec, mounted_rw_next=fresh_rw)
             if mode is not MountMode.NONE and not await self._is_mounted(block.mountpoint):
                 with failure_context(step="mountpoint"):
                     await self._blocking(make_real_directory, block.mountpoint, PRIVATE_DIR_MODE)
                 await self._mounter.mount(
                     device, block.mountpoint, spec, readonly=mode is MountMode.READ_ONLY
                 )
+            if fresh_rw:
+                with failure_context(step="mkfs"):
+                    await self._blocking(remove_lost_and_found, block.mountpoint, spec)
             with failure_context(step="mark"):
                 await self._blocking(_write_mark, block.mark, device)
         except BaseException as exc:

@@ -37,8 +37,9 @@ class Mounter(Protocol):
         """Blocking: whether an overlay mount names ``path`` in its options."""
         ...
 
-    async def make_filesystem(self, device: Path, spec: FsSpec) -> None:
-        """A fresh, empty filesystem on ``device``."""
+    async def make_filesystem(self, device: Path, spec: FsSpec, *, mounted_rw_next: bool) -> None:
+        """A fresh filesystem on ``device``, empty unless ``mounted_rw_next``: then the caller
+        removes ext4's lost+found through the mount (filesystem.remove_lost_and_found)."""
         ...
 
     async def mount(
@@ -53,7 +54,7 @@ class Mounter(Protocol):
 
 
 class HostMounter:
-    """The real thing: mkfs(8), mount(8), umount(8), blockdev(8) and /proc/self/mountinfo."""
+    """The real thing: mkfs(8), mount(2), umount2(2), blockdev(8) and /proc/self/mountinfo."""
 
     def mounted_source(self, path: Path) -> str | None:
         return mountinfo.mounted_source(path)
@@ -64,13 +65,14 @@ class HostMounter:
     def overlay_uses(self, path: Path) -> bool:
         return mountinfo.overlay_uses(path)
 
-    async def make_filesystem(self, device: Path, spec: FsSpec) -> None:
+    async def make_filesystem(self, device: Path, spec: FsSpec, *, mounted_rw_next: bool) -> None:
         await filesystem.make_filesystem(device, spec)
-        # containerd expects a snapshot without parent to start empty.
-        await filesystem.remove_lost_and_found(device, spec)
+        if not mounted_rw_next:
+            # containerd expects a snapshot without parent to start empty.
+            await filesystem.remove_lost_and_found_unmounted(device, spec)
 
     async def mount(self, device: Path, mountpoint: Path, spec: FsSpec, *, readonly: bool) -> None:
-        """mount(8), tried up to 50 times 10 ms apart; the last failure is the one raised."""
+        """mount(2) (ntfs: mount(8)), tried 50 times 10 ms apart; the last failure is raised."""
         for attempt in range(1, MOUNT_ATTEMPTS + 1):
             try:
                 await filesystem.mount_device(device, mountpoint, spec, readonly=readonly)

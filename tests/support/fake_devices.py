@@ -169,7 +169,7 @@ class FakeMounter:
     def overlay_uses(self, path: Path) -> bool:
         return any(m.fs_type == "overlay" and str(path) in m.options for m in self.table)
 
-    async def make_filesystem(self, device: Path, spec: FsSpec) -> None:
+    async def make_filesystem(self, device: Path, spec: FsSpec, *, mounted_rw_next: bool) -> None:
         self._maybe_fail("mkfs", ("mkfs", "-t", spec.fs_type, str(device)))
         self._require_device(device)
         self.filesystems[device] = spec.fs_type

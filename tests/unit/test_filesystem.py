@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from obdsnap import labels as L
-from obdsnap.device import filesystem
+from obdsnap.device import filesystem, syscalls
 from obdsnap.device.filesystem import FsSpec, fs_spec, make_filesystem, mount_device
 from obdsnap.errors import InvalidArgument
 
@@ -16,7 +16,11 @@ def commands(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
         ran.append(argv)
         return ""
 
+    def mount(device: Path, mountpoint: Path, fs_type: str, options: list[str]) -> None:
+        ran.append(("mount(2)", fs_type, ",".join(options), str(device), str(mountpoint)))
+
     monkeypatch.setattr(filesystem, "run_command", record)
+    monkeypatch.setattr(syscalls, "mount", mount)
     return ran
 
 
@@ -37,21 +41,21 @@ def commands(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
                 "discard",
                 "-F",
             ],
-            ["mount", "-t", "ext4", "-o", "discard,rw"],
+            ["mount(2)", "ext4", "discard,rw"],
         ),
         (
             "xfs",
             ["mkfs", "-t", "xfs", "-f", "-l", "size=4m", "-m", "crc=0"],
-            ["mount", "-t", "xfs", "-o", "nouuid,discard,rw"],
+            ["mount(2)", "xfs", "nouuid,discard,rw"],
         ),
-        ("f2fs", ["mkfs", "-t", "f2fs", "-S", "-w", "4096"], ["mount", "-t", "f2fs", "-o", "rw"]),
+        ("f2fs", ["mkfs", "-t", "f2fs", "-S", "-w", "4096"], ["mount(2)", "f2fs", "rw"]),
         ("ntfs", ["mkfs", "-t", "ntfs", "-F", "-f"], ["mount", "-t", "ntfs", "-o", "rw"]),
         (
             "ext4;noatime,discard;-O ^has_journal -L x",
             ["mkfs", "-t", "ext4", "-O", "^has_journal", "-L", "x"],
-            ["mount", "-t", "ext4", "-o", "noatime,discard,rw"],
+            ["mount(2)", "ext4", "noatime,discard,rw"],
         ),
-        ("ext4;;-F", ["mkfs", "-t", "ext4", "-F"], ["mount", "-t", "ext4", "-o", "rw"]),
+        ("ext4;;-F", ["mkfs", "-t", "ext4", "-F"], ["mount(2)", "ext4", "rw"]),
     ],
 )
 async def test_mkfs_and_mount_arguments(
@@ -65,7 +69,7 @@ async def test_mkfs_and_mount_arguments(
 
 async def test_read_only_mount(commands: list[tuple[str, ...]]) -> None:
     await mount_device(Path("/dev/sdx"), Path("/mp"), FsSpec(), readonly=True)
-    assert commands == [("mount", "-t", "ext4", "-o", "discard,ro", "/dev/sdx", "/mp")]
+    assert commands == [("mount(2)", "ext4", "discard,ro", "/dev/sdx", "/mp")]
 
 
 @pytest.mark.parametrize(
