@@ -1,8 +1,17 @@
-"""Reading /proc/self/mountinfo: is a path mounted, and does an overlay use it."""
+"""Reading /proc/self/mountinfo: is a path mounted, and does an overlay use it.
+
+The process's own mount table is read once and kept until the kernel signals a
+change (POLLPRI on the open file): a node may have thousands of mounts, and
+reading them all costs milliseconds per question. Whether a given device is
+mounted on a path is answered from stat(2) where it can be.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import select
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +28,94 @@ class MountEntry:
     options: str = ""  # the per-mount options: ro/rw, noatime...
 
 
+_READ_CHUNK = 1 << 16
+
+
+class MountTable:
+    """The mount table of ``/proc/self/mountinfo``, read again only after the kernel's
+    mount-change signal. Safe to share between threads."""
+
+    def __init__(self, path: Path = MOUNTINFO) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._owner = -1  # the process whose table is kept: a forked child reads its own
+        self._descriptor = -1
+        self._poller = select.poll()
+        self._entries: tuple[MountEntry, ...] = ()
+
+    def entries(self) -> tuple[MountEntry, ...]:
+        """Blocking: the current mount table."""
+        with self._lock:
+            if self._owner != os.getpid():
+                self._open()
+            elif self._changed():
+                self._entries = self._read()
+            return self._entries
+
+    def _open(self) -> None:
+        # Opened before the first read: a change while reading is signalled by the next poll.
+        self._descriptor = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        self._poller = select.poll()
+        self._poller.register(self._descriptor, select.POLLPRI | select.POLLERR)
+        self._owner = os.getpid()
+        self._entries = self._read()
+
+    def _changed(self) -> bool:
+        return any(events & (select.POLLPRI | select.POLLERR) for _, events in self._poller.poll(0))
+
+    def _read(self) -> tuple[MountEntry, ...]:
+        os.lseek(self._descriptor, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(self._descriptor, _READ_CHUNK):
+            chunks.append(chunk)
+        return parse_table(b"".join(chunks).decode(errors="surrogateescape"))
+
+
+_OWN_TABLE = MountTable()
+
+
 def read_mounts(mountinfo: Path = MOUNTINFO) -> list[MountEntry]:
-    """Blocking: the current mount table."""
-    return [entry for line in mountinfo.read_text().splitlines() if (entry := parse_line(line))]
+    """Blocking: the current mount table (the process's own kept until it changes)."""
+    if mountinfo == MOUNTINFO:
+        return list(_OWN_TABLE.entries())
+    return list(parse_table(mountinfo.read_text()))
+
+
+def parse_table(text: str) -> tuple[MountEntry, ...]:
+    """The entries of a mountinfo file's text."""
+    return tuple(entry for line in text.splitlines() if (entry := parse_line(line)))
 
 
 def is_mounted(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
     """Blocking: whether something is mounted exactly on ``path``."""
+    if mountinfo == MOUNTINFO and _crosses_mount(path):
+        return True
     return mounted_source(path, mountinfo) is not None
+
+
+def device_mounted_on(device: Path, path: Path) -> bool:
+    """Blocking: whether the topmost mount exactly on ``path`` is one of ``device``'s.
+
+    From stat(2) when it decides: ``path`` is on another file system than the
+    device's, or it is the root of a mount of it. Otherwise (a device node that is
+    gone, the device mounted on the parent as well) from the mount table.
+    """
+    try:
+        on_device = os.stat(path).st_dev == os.stat(device).st_rdev
+    except OSError:
+        return mounted_source(path) == str(device)
+    if not on_device:
+        return False
+    return _crosses_mount(path) or mounted_source(path) == str(device)
+
+
+def _crosses_mount(path: Path) -> bool:
+    """Blocking: whether ``path`` is on another file system than its parent directory
+    (a mount of the same file system, e.g. a bind mount, is not seen)."""
+    try:
+        return os.stat(path).st_dev != os.stat(path.parent).st_dev
+    except OSError:
+        return False
 
 
 def mounted_source(path: Path, mountinfo: Path = MOUNTINFO) -> str | None:

@@ -109,7 +109,7 @@ class DeviceManager:
     def _marked_and_mounted(self, block: BlockDir) -> Path | None:
         """Blocking: the marked device, if it is what is mounted on the mountpoint."""
         device = _read_mark(block.mark)
-        if device is None or self._mounter.mounted_source(block.mountpoint) != str(device):
+        if device is None or not self._mounter.device_mounted_on(device, block.mountpoint):
             return None
         return device
 
@@ -244,7 +244,7 @@ class DeviceManager:
         return await self._blocking(_read_mark, self._layout.block(snapshot_id).mark)
 
     async def _is_mounted(self, path: Path) -> bool:
-        return await self._blocking(self._mounter.mounted_source, path) is not None
+        return await self._blocking(self._mounter.is_mounted, path)
 
     async def attached_ids(self) -> set[int]:
         return await self._backend.attached_ids()
