@@ -31,7 +31,7 @@ from pathlib import Path
 from obdsnap.blocking import BlockingRunner
 from obdsnap.config import NO_TENANT
 from obdsnap.device.backend import AttachError, DeviceTimeout, OpenFailed
-from obdsnap.device.change_watch import Backoff, ChangeWatch
+from obdsnap.device.change_watch import Backoff, EntryWatch, Waiter
 from obdsnap.device.tcmu_names import TcmuNames
 from obdsnap.errors import failure_context
 from obdsnap.fsutil import write_file_no_follow
@@ -88,6 +88,7 @@ class TcmuBackend:
         # open an image, and slow images must not starve the snapshotter's file work.
         self._executor = ThreadPoolExecutor(max_workers=DEVICE_THREADS, thread_name_prefix="tcmu")
         self._blocking = BlockingRunner(self._executor)
+        self._disk_watch = EntryWatch(sysfs / "class" / "scsi_device", timings.disk_backoff)
 
     @property
     def core_dir(self) -> Path:
@@ -232,27 +233,25 @@ class TcmuBackend:
                 f"that differ by a multiple of 100 share the WWN prefix {self.names.wwn_prefix}"
             )
         tpg = self._loopback / name / "tpgt_1"
-        (tpg / "lun" / "lun_0").mkdir(parents=True, exist_ok=True)
+        # mkdir of "loopback" loads tcm_loop if it is not yet; "lun" comes with tpgt_1.
+        _make_groups(self._loopback.parent, ["loopback", name, "tpgt_1", "lun/lun_0"])
         _write_attribute(tpg / "nexus", name)
-        link = self._lun_link(snapshot_id)
-        if not link.is_symlink():
-            link.symlink_to(self.target_dir(snapshot_id))
+        with contextlib.suppress(FileExistsError):
+            self._lun_link(snapshot_id).symlink_to(self.target_dir(snapshot_id))
         return (tpg / "address").read_text().strip()
 
     async def _wait_for_disk(self, address: str, result_file: Path) -> Path:
         """The disk, once it appeared and took the SCSI timeout (before any mkfs or mount).
 
-        Looked for again whenever sysfs or the result file's directory reports a
-        change, or the back-off's delay ends (sysfs reports nothing on a real node).
+        Looked for again when sysfs reports the disk's SCSI device, or the back-off's
+        delay ends (sysfs reports nothing on a real node). overlaybd's result is in
+        by then as a rule: ``enable`` returned after the image was opened.
         """
-        directories = [self._sysfs / "class" / "scsi_device", result_file.parent]
-        watch = await self._blocking(ChangeWatch.open, directories, self._timings.disk_backoff)
-        try:
-            return await self._watch_for_disk(watch, address, result_file)
-        finally:
-            watch.close()
+        await self._disk_watch.start(self._blocking)
+        with self._disk_watch.expecting(f"{address}:0") as waiter:
+            return await self._watch_for_disk(waiter, address, result_file)
 
-    async def _watch_for_disk(self, watch: ChangeWatch, address: str, result_file: Path) -> Path:
+    async def _watch_for_disk(self, waiter: Waiter, address: str, result_file: Path) -> Path:
         disks = self._disks_dir(address)
         deadline = time.monotonic() + self._timings.disk_timeout_s
         last_error = ""
@@ -271,7 +270,7 @@ class TcmuBackend:
                     f"disk of SCSI address {address} did not appear in {disks} "
                     f"within {self._timings.disk_timeout_s:.1f}s{last_error}"
                 )
-            await watch.wait(remaining)
+            await waiter.wait(remaining)
 
     def _probe_disk(self, disks: Path, result_file: Path) -> DiskProbe:
         """Blocking: the disk if it is there and took the SCSI timeout (a timeout that
@@ -343,6 +342,16 @@ def _enable_failed(target: Path, error: OSError, result: str) -> AttachError:
         message += f": {result}"
     kind = OpenFailed if result.startswith("failed") else AttachError
     return kind(message).add_context(reason=_overlaybd_reason(result) or str(error.strerror))
+
+
+def _make_groups(base: Path, steps: list[str]) -> None:
+    """Blocking: each of ``base/steps[0]``, ``base/steps[0]/steps[1]``... made unless it
+    exists, one mkdir(2) each (every call is a round trip to configfs)."""
+    path = base
+    for step in steps:
+        path /= step
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
 
 
 def _write_attribute(path: Path, value: str) -> None:
