@@ -8,6 +8,8 @@ mounted on a path is answered from stat(2) where it can be.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import os
 import re
 import select
@@ -31,6 +33,47 @@ class MountEntry:
 _READ_CHUNK = 1 << 16
 
 
+class MountSnapshot:
+    """One reading of a mount table, with indexes made on first use: at thousands of
+    mounts a scan per question costs milliseconds."""
+
+    def __init__(self, entries: tuple[MountEntry, ...]) -> None:
+        self.entries = entries
+
+    @functools.cached_property
+    def _topmost(self) -> dict[str, MountEntry]:
+        return {entry.mount_point: entry for entry in self.entries}  # a later line is on top
+
+    @functools.cached_property
+    def _by_point(self) -> list[tuple[str, int]]:
+        return sorted((entry.mount_point, index) for index, entry in enumerate(self.entries))
+
+    @functools.cached_property
+    def _overlay_options(self) -> tuple[str, ...]:
+        return tuple(entry.super_options for entry in self.entries if entry.fs_type == "overlay")
+
+    def mount_at(self, path: Path) -> MountEntry | None:
+        return self._topmost.get(str(path))
+
+    def mounts_under(self, path: Path) -> list[str]:
+        """Mount points at or below ``path``, in the table's order."""
+        top = str(path).rstrip("/")
+        # ``top`` itself, then those below: from top + "/" up to top + "0" ("0" follows "/").
+        found = sorted(
+            self._indexes_between(top, top + "\0") + self._indexes_between(top + "/", top + "0")
+        )
+        return [self.entries[index].mount_point for index in found]
+
+    def _indexes_between(self, low: str, high: str) -> list[int]:
+        start = bisect.bisect_left(self._by_point, (low, -1))
+        end = bisect.bisect_left(self._by_point, (high, -1))
+        return [index for _, index in self._by_point[start:end]]
+
+    def overlay_uses(self, path: Path) -> bool:
+        target = str(path)
+        return any(target in options for options in self._overlay_options)
+
+
 class MountTable:
     """The mount table of ``/proc/self/mountinfo``, read again only after the kernel's
     mount-change signal. Safe to share between threads."""
@@ -41,16 +84,16 @@ class MountTable:
         self._owner = -1  # the process whose table is kept: a forked child reads its own
         self._descriptor = -1
         self._poller = select.poll()
-        self._entries: tuple[MountEntry, ...] = ()
+        self._snapshot = MountSnapshot(())
 
-    def entries(self) -> tuple[MountEntry, ...]:
+    def snapshot(self) -> MountSnapshot:
         """Blocking: the current mount table."""
         with self._lock:
             if self._owner != os.getpid():
                 self._open()
             elif self._changed():
-                self._entries = self._read()
-            return self._entries
+                self._snapshot = self._read()
+            return self._snapshot
 
     def _open(self) -> None:
         # Opened before the first read: a change while reading is signalled by the next poll.
@@ -58,17 +101,17 @@ class MountTable:
         self._poller = select.poll()
         self._poller.register(self._descriptor, select.POLLPRI | select.POLLERR)
         self._owner = os.getpid()
-        self._entries = self._read()
+        self._snapshot = self._read()
 
     def _changed(self) -> bool:
         return any(events & (select.POLLPRI | select.POLLERR) for _, events in self._poller.poll(0))
 
-    def _read(self) -> tuple[MountEntry, ...]:
+    def _read(self) -> MountSnapshot:
         os.lseek(self._descriptor, 0, os.SEEK_SET)
         chunks = []
         while chunk := os.read(self._descriptor, _READ_CHUNK):
             chunks.append(chunk)
-        return parse_table(b"".join(chunks).decode(errors="surrogateescape"))
+        return MountSnapshot(parse_table(b"".join(chunks).decode(errors="surrogateescape")))
 
 
 _OWN_TABLE = MountTable()
@@ -76,9 +119,13 @@ _OWN_TABLE = MountTable()
 
 def read_mounts(mountinfo: Path = MOUNTINFO) -> list[MountEntry]:
     """Blocking: the current mount table (the process's own kept until it changes)."""
+    return list(_snapshot(mountinfo).entries)
+
+
+def _snapshot(mountinfo: Path) -> MountSnapshot:
     if mountinfo == MOUNTINFO:
-        return list(_OWN_TABLE.entries())
-    return list(parse_table(mountinfo.read_text()))
+        return _OWN_TABLE.snapshot()
+    return MountSnapshot(parse_table(mountinfo.read_text()))
 
 
 def parse_table(text: str) -> tuple[MountEntry, ...]:
@@ -126,28 +173,17 @@ def mounted_source(path: Path, mountinfo: Path = MOUNTINFO) -> str | None:
 
 def mount_at(path: Path, mountinfo: Path = MOUNTINFO) -> MountEntry | None:
     """Blocking: the topmost mount exactly on ``path``, if any."""
-    target = str(path)
-    entries = [entry for entry in read_mounts(mountinfo) if entry.mount_point == target]
-    return entries[-1] if entries else None
+    return _snapshot(mountinfo).mount_at(path)
 
 
 def mounts_under(path: Path, mountinfo: Path = MOUNTINFO) -> list[str]:
     """Blocking: mount points at or below ``path``."""
-    top = str(path).rstrip("/")
-    return [
-        entry.mount_point
-        for entry in read_mounts(mountinfo)
-        if entry.mount_point == top or entry.mount_point.startswith(top + "/")
-    ]
+    return _snapshot(mountinfo).mounts_under(path)
 
 
 def overlay_uses(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
     """Blocking: whether an overlay mount has ``path`` in its options (e.g. as a lowerdir)."""
-    target = str(path)
-    return any(
-        entry.fs_type == "overlay" and target in entry.super_options
-        for entry in read_mounts(mountinfo)
-    )
+    return _snapshot(mountinfo).overlay_uses(path)
 
 
 def parse_line(line: str) -> MountEntry | None:

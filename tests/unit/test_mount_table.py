@@ -96,10 +96,10 @@ def test_a_bind_mount_of_the_devices_file_system_is_the_device(
 def test_after_umount_the_kept_table_sees_the_change(loop_device: Path, mountpoint: Path) -> None:
     table = MountTable()
     run("mount", loop_device, mountpoint)
-    assert str(mountpoint) in [entry.mount_point for entry in table.entries()]
+    assert str(mountpoint) in [entry.mount_point for entry in table.snapshot().entries]
     assert device_mounted_on(loop_device, mountpoint)
     umount(mountpoint)
-    assert str(mountpoint) not in [entry.mount_point for entry in table.entries()]
+    assert str(mountpoint) not in [entry.mount_point for entry in table.snapshot().entries]
     assert not device_mounted_on(loop_device, mountpoint)
     assert not is_mounted(mountpoint)
     assert mounts_under(mountpoint.parent) == []
@@ -108,10 +108,10 @@ def test_after_umount_the_kept_table_sees_the_change(loop_device: Path, mountpoi
 def test_an_unchanged_table_is_not_read_again(mountpoint: Path) -> None:
     table = MountTable()
     # Other processes of the host may mount meanwhile: a few tries to catch a quiet moment.
-    assert any(table.entries() is table.entries() for _ in range(20))
-    first = table.entries()
+    assert any(table.snapshot() is table.snapshot() for _ in range(20))
+    first = table.snapshot()
     run("mount", "-t", "tmpfs", "tmpfs", mountpoint)
-    assert table.entries() is not first
+    assert table.snapshot() is not first
 
 
 def test_an_overlay_on_the_mountpoint_is_seen_until_it_goes(
