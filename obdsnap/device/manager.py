@@ -96,8 +96,11 @@ class DeviceManager:
             if done is not None:
                 return done
             async with self._journal.intent(snapshot_id, Operation.ATTACH):
-                device = await self._set_up_device(snapshot_id)
-                return await self._attach(snapshot_id, device, spec, mkfs=mkfs, mode=mode)
+                leftovers = await self._backend.has_entries(snapshot_id)
+                device = await self._existing_device(snapshot_id) if leftovers else None
+                return await self._attach(
+                    snapshot_id, device, spec, mkfs=mkfs, mode=mode, leftovers=leftovers
+                )
 
     async def _finished_attach(self, snapshot_id: int, mode: MountMode) -> Path | None:
         """The device, if its attach is done: marked, and mounted where a mount is wanted."""
@@ -109,7 +112,7 @@ class DeviceManager:
     def _marked_and_mounted(self, block: BlockDir) -> Path | None:
         """Blocking: the marked device, if it is what is mounted on the mountpoint."""
         device = _read_mark(block.mark)
-        if device is None or self._mounter.mounted_source(block.mountpoint) != str(device):
+        if device is None or not self._mounter.device_mounted_on(device, block.mountpoint):
             return None
         return device
 
@@ -125,6 +128,11 @@ class DeviceManager:
         """The node of the snapshot's device if it is set up; refuses another image's."""
         if not await self._backend.has_entries(snapshot_id):
             return None
+        return await self._existing_device(snapshot_id)
+
+    async def _existing_device(self, snapshot_id: int) -> Path | None:
+        """The node of the device whose configfs entries exist, if it is set up all the way;
+        refuses another image's."""
         if not await self.may_own(snapshot_id):
             raise AttachError(
                 f"{self._backend.describe(snapshot_id)} is set up for another image "
@@ -136,11 +144,19 @@ class DeviceManager:
         return await self._backend.find_device(snapshot_id)
 
     async def _attach(
-        self, snapshot_id: int, device: Path | None, spec: FsSpec, *, mkfs: bool, mode: MountMode
+        self,
+        snapshot_id: int,
+        device: Path | None,
+        spec: FsSpec,
+        *,
+        mkfs: bool,
+        mode: MountMode,
+        leftovers: bool,
     ) -> Path:
-        """On from where ``device`` (set up, or None) left off: set up, mkfs, mount, mark."""
+        """On from where ``device`` (set up, or None) left off: set up, mkfs, mount, mark.
+        ``leftovers``: configfs entries of the snapshot exist."""
         block = self._layout.block(snapshot_id)
-        if device is None and await self._backend.has_entries(snapshot_id):
+        if device is None and leftovers:
             # A set-up or tear-down that died half-way: start over.
             await self._backend.detach(snapshot_id)
         fresh = device is None
@@ -248,7 +264,7 @@ class DeviceManager:
         return await self._blocking(_read_mark, self._layout.block(snapshot_id).mark)
 
     async def _is_mounted(self, path: Path) -> bool:
-        return await self._blocking(self._mounter.mounted_source, path) is not None
+        return await self._blocking(self._mounter.is_mounted, path)
 
     async def attached_ids(self) -> set[int]:
         return await self._backend.attached_ids()

@@ -29,6 +29,14 @@ class Mounter(Protocol):
         """Blocking: the source of what is mounted on ``path`` (the topmost mount), if any."""
         ...
 
+    def is_mounted(self, path: Path) -> bool:
+        """Blocking: whether something is mounted exactly on ``path``."""
+        ...
+
+    def device_mounted_on(self, device: Path, path: Path) -> bool:
+        """Blocking: whether the topmost mount on ``path`` is ``device``'s."""
+        ...
+
     def mounts_under(self, path: Path) -> list[str]:
         """Blocking: mount points at or below ``path``."""
         ...
@@ -58,6 +66,12 @@ class HostMounter:
 
     def mounted_source(self, path: Path) -> str | None:
         return mountinfo.mounted_source(path)
+
+    def is_mounted(self, path: Path) -> bool:
+        return mountinfo.is_mounted(path)
+
+    def device_mounted_on(self, device: Path, path: Path) -> bool:
+        return mountinfo.device_mounted_on(device, path)
 
     def mounts_under(self, path: Path) -> list[str]:
         return mountinfo.mounts_under(path)

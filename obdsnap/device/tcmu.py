@@ -5,8 +5,8 @@ the snapshot's ``config.v1.json`` (the HBA and the loopback WWN are the
 tenant's, tcmu_names.py); overlaybd-tcmu opens the image when the
 target is enabled and reports in the result file. A tcm_loop LUN then turns the
 target into a SCSI disk that shows up in sysfs. Every blocking step runs in the
-backend's own executor; the result file is read with aiofiles on that executor,
-after a failed enable and while waiting for the disk, so every failed open
+backend's own executor; the result file is read there after a failed enable and
+whenever the wait for the disk wakes (change_watch.py), so every failed open
 carries overlaybd's reason.
 
 A device's owner token is its ``dev_config``: a device set up by the Go
@@ -25,14 +25,13 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import aiofiles
 
 from obdsnap.blocking import BlockingRunner
 from obdsnap.config import NO_TENANT
 from obdsnap.device.backend import AttachError, DeviceTimeout, OpenFailed
+from obdsnap.device.change_watch import Backoff, EntryWatch, Waiter
 from obdsnap.device.tcmu_names import TcmuNames
 from obdsnap.errors import failure_context
 from obdsnap.fsutil import write_file_no_follow
@@ -54,8 +53,19 @@ _INFO_CONFIG = re.compile(r"Config: (\S+)")
 class TcmuTimings:
     enable_retry_interval_s: float = 0.05
     enable_attempts: int = 100  # EAGAIN: the kernel is still busy with another target
-    disk_poll_interval_s: float = 0.01
+    disk_backoff: Backoff = field(
+        default_factory=Backoff
+    )  # between looks for the disk where no change is reported
     disk_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class DiskProbe:
+    """One look for the disk: its node, or overlaybd's result so far."""
+
+    device: Path | None
+    result: str = ""
+    timeout_error: str = ""  # why the disk that is there could not take the SCSI timeout
 
 
 class TcmuBackend:
@@ -78,6 +88,7 @@ class TcmuBackend:
         # open an image, and slow images must not starve the snapshotter's file work.
         self._executor = ThreadPoolExecutor(max_workers=DEVICE_THREADS, thread_name_prefix="tcmu")
         self._blocking = BlockingRunner(self._executor)
+        self._disk_watch = EntryWatch(sysfs / "class" / "scsi_device", timings.disk_backoff)
 
     @property
     def core_dir(self) -> Path:
@@ -211,11 +222,7 @@ class TcmuBackend:
 
     async def _read_result(self, result_file: Path) -> str:
         """overlaybd's result file, stripped; "" if it is missing."""
-        try:
-            async with aiofiles.open(result_file, errors="replace", executor=self._executor) as f:
-                return (await f.read()).strip()
-        except FileNotFoundError:
-            return ""
+        return await self._blocking(read_result, result_file)
 
     def _create_lun(self, snapshot_id: int) -> str:
         name = self.names.wwn(snapshot_id)
@@ -226,43 +233,58 @@ class TcmuBackend:
                 f"that differ by a multiple of 100 share the WWN prefix {self.names.wwn_prefix}"
             )
         tpg = self._loopback / name / "tpgt_1"
-        (tpg / "lun" / "lun_0").mkdir(parents=True, exist_ok=True)
+        # mkdir of "loopback" loads tcm_loop if it is not yet; "lun" comes with tpgt_1.
+        _make_groups(self._loopback.parent, ["loopback", name, "tpgt_1", "lun/lun_0"])
         _write_attribute(tpg / "nexus", name)
-        link = self._lun_link(snapshot_id)
-        if not link.is_symlink():
-            link.symlink_to(self.target_dir(snapshot_id))
+        with contextlib.suppress(FileExistsError):
+            self._lun_link(snapshot_id).symlink_to(self.target_dir(snapshot_id))
         return (tpg / "address").read_text().strip()
 
     async def _wait_for_disk(self, address: str, result_file: Path) -> Path:
         """The disk, once it appeared and took the SCSI timeout (before any mkfs or mount).
 
-        A timeout that cannot be written yet counts as not there yet.
+        Looked for again when sysfs reports the disk's SCSI device, or the back-off's
+        delay ends (sysfs reports nothing on a real node). overlaybd's result is in
+        by then as a rule: ``enable`` returned after the image was opened.
         """
+        await self._disk_watch.start(self._blocking)
+        with self._disk_watch.expecting(f"{address}:0") as waiter:
+            return await self._watch_for_disk(waiter, address, result_file)
+
+    async def _watch_for_disk(self, waiter: Waiter, address: str, result_file: Path) -> Path:
         disks = self._disks_dir(address)
         deadline = time.monotonic() + self._timings.disk_timeout_s
         last_error = ""
         while True:
-            names = await self._blocking(_list_dir, disks)
-            if names:
-                disk = sorted(names)[0]
-                try:
-                    await self._blocking(
-                        _write_attribute, self._timeout_file(disk), COMMAND_TIMEOUT
-                    )
-                    return Path("/dev") / disk
-                except OSError as exc:
-                    last_error = f"; its SCSI timeout could not be set: {exc.strerror}"
-            text = await self._read_result(result_file)
-            if text.startswith("failed"):
-                raise OpenFailed(f"overlaybd could not open the image: {text}").add_context(
-                    reason=_overlaybd_reason(text)
+            probe = await self._blocking(self._probe_disk, disks, result_file)
+            if probe.device is not None:
+                return probe.device
+            last_error = probe.timeout_error or last_error
+            if probe.result.startswith("failed"):
+                raise OpenFailed(f"overlaybd could not open the image: {probe.result}").add_context(
+                    reason=_overlaybd_reason(probe.result)
                 )
-            if time.monotonic() > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining < 0:
                 raise DeviceTimeout(
                     f"disk of SCSI address {address} did not appear in {disks} "
                     f"within {self._timings.disk_timeout_s:.1f}s{last_error}"
                 )
-            await asyncio.sleep(self._timings.disk_poll_interval_s)
+            await waiter.wait(remaining)
+
+    def _probe_disk(self, disks: Path, result_file: Path) -> DiskProbe:
+        """Blocking: the disk if it is there and took the SCSI timeout (a timeout that
+        cannot be written yet counts as not there yet); else the result file."""
+        names = _list_dir(disks)
+        error = ""
+        if names:
+            disk = sorted(names)[0]
+            try:
+                _write_attribute(self._timeout_file(disk), COMMAND_TIMEOUT)
+                return DiskProbe(Path("/dev") / disk)
+            except OSError as exc:
+                error = f"; its SCSI timeout could not be set: {exc.strerror}"
+        return DiskProbe(None, read_result(result_file), error)
 
     def _timeout_file(self, disk: str) -> Path:
         return self._sysfs / "block" / disk / "device" / "timeout"
@@ -320,6 +342,16 @@ def _enable_failed(target: Path, error: OSError, result: str) -> AttachError:
         message += f": {result}"
     kind = OpenFailed if result.startswith("failed") else AttachError
     return kind(message).add_context(reason=_overlaybd_reason(result) or str(error.strerror))
+
+
+def _make_groups(base: Path, steps: list[str]) -> None:
+    """Blocking: each of ``base/steps[0]``, ``base/steps[0]/steps[1]``... made unless it
+    exists, one mkdir(2) each (every call is a round trip to configfs)."""
+    path = base
+    for step in steps:
+        path /= step
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
 
 
 def _write_attribute(path: Path, value: str) -> None:

@@ -163,6 +163,9 @@ class FakeMounter:
         found = [mount.source for mount in self.table if mount.target == path]
         return found[-1] if found else None
 
+    def device_mounted_on(self, device: Path, path: Path) -> bool:
+        return self.mounted_source(path) == str(device)
+
     def mounts_under(self, path: Path) -> list[str]:
         return [str(m.target) for m in self.table if m.target == path or path in m.target.parents]
 

@@ -89,3 +89,15 @@ def test_parse_line_unescapes_and_refuses_a_line_without_separator() -> None:
     assert entry is not None
     assert (entry.mount_point, entry.options) == ("/a\\b c", "rw,noatime")
     assert parse_line("40 22 0:40 / /a rw") is None
+
+
+def test_mounts_under_keeps_the_tables_order_and_stacked_mounts(tmp_path: Path) -> None:
+    points = ["/a/b/z", "/a/b", "/a/b-x", "/a/bc", "/a/b/z", "/a/b/y", "/", "/a/b/"]
+    table = tmp_path / "mountinfo"
+    table.write_text(
+        "".join(f"{n} 1 0:{n} / {point} rw - tmpfs tmpfs rw\n" for n, point in enumerate(points))
+    )
+    assert mounts_under(Path("/a/b"), table) == ["/a/b/z", "/a/b", "/a/b/z", "/a/b/y", "/a/b/"]
+    assert mounts_under(Path("/"), table) == points
+    assert mounts_under(Path("/a/b/z"), table) == ["/a/b/z", "/a/b/z"]
+    assert mounts_under(Path("/a/c"), table) == []
