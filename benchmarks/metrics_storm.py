@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A storm of container starts as obdsnap's metrics show it, scraped every ~100 ms.
 
-On the TCMU simulator (image opens take ``--open-latency`` seconds), with
+On the TCMU simulator (node.py; image opens take ``--open-latency`` seconds), with
 obdsnap's default caps unless told otherwise, what containerd and kubelet do
 when ``--containers`` pods land on a node at once:
 
@@ -39,17 +39,22 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from concurrent_start import (
-    Blob,
-    Server,
-    build_blob,
-    percentile,
-    remove_all,
-    scratch_dir,
-)
 from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Status
+from node import (
+    BLOB_DIGEST,
+    BLOB_SIZE,
+    IMAGE_REF_LABEL,
+    SNAPSHOT_REF,
+    Blob,
+    Server,
+    build_blob,
+    remove_all,
+    scratch_dir,
+)
+from report import percentile
+from storm import start_container
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -62,10 +67,6 @@ from obdsnap.genproto.containerd.services.snapshots import v1 as api  # noqa: E4
 from tcmusim.testing import RunningSimulator, missing_requirements, running_simulator  # noqa: E402
 
 IMAGE_REF = "docker.io/library/storm:1"
-SNAPSHOT_REF = "containerd.io/snapshot.ref"
-BLOB_DIGEST = "containerd.io/snapshot/overlaybd/blob-digest"
-BLOB_SIZE = "containerd.io/snapshot/overlaybd/blob-size"
-IMAGE_REF_LABEL = "containerd.io/snapshot/image-ref"
 DEFAULTS = BootConfig()
 QUEUES = ("requests_waiting", "requests_in_flight", "device_ops_waiting", "device_ops_in_flight")
 
@@ -157,18 +158,6 @@ async def pull_images(stub: api.SnapshotsStub, blob: Blob, count: int) -> list[s
     return chain_ids
 
 
-async def start_container(stub: api.SnapshotsStub, key: str, image: str) -> tuple[float, bool]:
-    """Prepare the container's rootfs and ask for its mounts; seconds taken, success."""
-    started = time.monotonic()
-    try:
-        await stub.prepare(api.PrepareSnapshotRequest(key=key, parent=image))
-        await stub.mounts(api.MountsRequest(key=key))
-    except GRPCError as exc:
-        print(f"{key}: {exc.status.name}: {exc.message}", file=sys.stderr)
-        return time.monotonic() - started, False
-    return time.monotonic() - started, True
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -204,7 +193,7 @@ async def storm(
             pulled = time.monotonic()
             outcomes = await asyncio.gather(
                 *(
-                    start_container(stub, f"container-{index}", images[index % len(images)])
+                    start_container(stub, f"container-{index}", images[index % len(images)], {})
                     for index in range(arguments.containers)
                 )
             )
