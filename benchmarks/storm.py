@@ -34,10 +34,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cpu import CpuTimes, cpu_times, per_device_ms
 from grpclib import GRPCError
 from grpclib.client import Channel
 from node import WRITABLE, Blob, Server, build_blob, make_images, remove_all, scratch_dir
+from proc import CpuTimes, cpu_times, per_device_ms
 from report import bar_chart, latency_ms, spread, write_json
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from cpu import TICKS, CpuTimes, parse_stat, per_device_ms
+from proc import TICKS, CpuTimes, parse_stat, per_device_ms
 from report import latency_ms, percentile, ratio, spread
 
 

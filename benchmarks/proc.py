@@ -1,4 +1,4 @@
-"""CPU time of a process and of its waited-for children, from /proc/<pid>/stat.
+"""Figures of a process from /proc: its memory, its CPU time and its children's.
 
 ``children`` (cutime + cstime) is what the kernel adds to a process when it
 reaps a child: the rusage of the tools obdsnap spawns, once each has exited
@@ -50,3 +50,16 @@ def per_device_ms(obdsnap: CpuTimes, simulator: CpuTimes, devices: int) -> dict[
             ("total", total),
         )
     }
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process, in KiB."""
+    values: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                values[name] = int(rest.split()[0])  # "12345 kB"
+    if len(values) != 2:
+        raise RuntimeError(f"no VmRSS/VmHWM in /proc/{pid}/status (a zombie?)")
+    return values
