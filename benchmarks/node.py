@@ -28,7 +28,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))  # this checkout's obdsnap and tcmusim, wherever we are run from
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api  # noqa: E402
-from tcmusim.testing import RunningSimulator  # noqa: E402
+from tcmusim.testing import RunningSimulator, missing_requirements  # noqa: E402
 
 IMAGE_REF = "docker.io/library/bench:1"
 SNAPSHOT_REF = "containerd.io/snapshot.ref"
@@ -119,16 +119,24 @@ def build_blob(sim: RunningSimulator, work: Path) -> Blob:
     return Blob(str(entry["digest"]), int(entry["size"]))
 
 
-async def make_images(stub: api.SnapshotsStub, blob: Blob, count: int) -> list[str]:
-    """``count`` remote overlaybd images (one layer each), unpacked the way containerd does."""
-    names = []
+async def pull_images(
+    stub: api.SnapshotsStub, blob: Blob, count: int, image_ref: str = IMAGE_REF
+) -> list[str]:
+    """``count`` remote overlaybd images of one layer each, pulled as containerd's unpacker
+    does: a Stat of the layer (NOT_FOUND), then its Prepare (ALREADY_EXISTS: it is remote)."""
+    chain_ids = []
     for index in range(count):
         chain_id = f"sha256:{index:064x}"
+        try:
+            await stub.stat(api.StatSnapshotRequest(key=chain_id))
+        except GRPCError as exc:
+            if exc.status != Status.NOT_FOUND:
+                raise
         labels = {
             SNAPSHOT_REF: chain_id,
             BLOB_DIGEST: blob.digest,
             BLOB_SIZE: str(blob.size),
-            IMAGE_REF_LABEL: IMAGE_REF,
+            IMAGE_REF_LABEL: image_ref,
         }
         request = api.PrepareSnapshotRequest(key=f"extract-{index} {chain_id}", labels=labels)
         try:
@@ -138,8 +146,8 @@ async def make_images(stub: api.SnapshotsStub, blob: Blob, count: int) -> list[s
                 raise
         else:
             raise RuntimeError("a remote layer Prepare did not answer ALREADY_EXISTS")
-        names.append(chain_id)
-    return names
+        chain_ids.append(chain_id)
+    return chain_ids
 
 
 async def remove_all(stub: api.SnapshotsStub) -> None:
@@ -163,3 +171,11 @@ def scratch_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def cannot_run(tool: str) -> bool:
+    """Whether the simulator cannot run here (not root, no /dev/fuse...), saying why."""
+    missing = missing_requirements()
+    if missing is not None:
+        print(f"{tool}: {missing}", file=sys.stderr)
+    return missing is not None

@@ -69,6 +69,12 @@ def write_json(path: Path, document: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
+def publish(out: Path, name: str, document: Mapping[str, Any]) -> None:
+    """The document as ``out``/``name``.json and on stdout."""
+    write_json(out / f"{name}.json", document)
+    print(json.dumps(document, indent=2))
+
+
 def bar_chart(
     path: Path,
     title: str,

@@ -32,7 +32,7 @@ from typing import Any
 from grpclib.client import Channel
 from populate import Plan, fill_root
 from proc import proc_status
-from report import bar_chart, write_json
+from report import bar_chart, publish
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]  # obdsnap, test helpers
@@ -138,9 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     document: dict[str, Any] = {"sizes": rows, "targets": target_checks(rows)}
     document["charts"] = charts(arguments.out, rows)
-    write_json(arguments.out / "scale.json", document)
-    json.dump(document, sys.stdout, indent=2)
-    print()
+    publish(arguments.out, "scale", document)
     return 0 if all(row["listed"] == row["snapshots"] for row in rows) else 1
 
 

@@ -36,12 +36,21 @@ from typing import Any
 
 from grpclib import GRPCError
 from grpclib.client import Channel
-from node import WRITABLE, Blob, Server, build_blob, make_images, remove_all, scratch_dir
+from node import (
+    WRITABLE,
+    Blob,
+    Server,
+    build_blob,
+    cannot_run,
+    pull_images,
+    remove_all,
+    scratch_dir,
+)
 from proc import CpuTimes, cpu_times, per_device_ms
-from report import bar_chart, latency_ms, spread, write_json
+from report import bar_chart, latency_ms, publish, spread
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
-from tcmusim.testing import RunningSimulator, missing_requirements, running_simulator
+from tcmusim.testing import RunningSimulator, running_simulator
 
 # Runs beside the storm until the event is set; returns its own figures.
 Load = Callable[[api.SnapshotsStub, asyncio.Event], Coroutine[Any, Any, dict[str, Any]]]
@@ -111,7 +120,7 @@ async def storm_on(
     parents = [""] * storm.concurrency
     labels = {WRITABLE: "dir"} if storm.mode == "dir" else {}
     if storm.mode == "overlayfs":
-        parents = await make_images(stub, blob, storm.concurrency)
+        parents = await pull_images(stub, blob, storm.concurrency)
     stop = asyncio.Event()
     before = cpu_pair(server, sim)
     load = asyncio.create_task(storm.load(stub, stop)) if storm.load else None
@@ -259,32 +268,44 @@ async def run_storms(storms: Sequence[Storm], rounds: int, open_latency: float) 
     return results
 
 
-def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+def k_values(text: str) -> list[int]:
+    return [int(value) for value in text.split(",")]
+
+
+def add_storm_arguments(
+    parser: argparse.ArgumentParser, concurrency: str, mode: str
+) -> argparse.ArgumentParser:
+    """The options of a storm, shared with usage_load.py."""
     parser.add_argument(
-        "--concurrency",
-        type=lambda text: [int(value) for value in text.split(",")],
-        default=[1, 16, 100, 300],
-        help="comma-separated K values (default 1,16,100,300)",
+        "--concurrency", type=k_values, default=k_values(concurrency), help=f"K ({concurrency})"
     )
+    parser.add_argument("--mode", choices=["overlayfs", "dir", "both"], default=mode)
     parser.add_argument(
         "--open-latency", type=float, default=0.1, help="seconds an image open takes (0.1)"
     )
-    parser.add_argument("--mode", choices=["overlayfs", "dir", "both"], default="both")
-    parser.add_argument("--rounds", type=int, default=1, help="measurements per K (1)")
     parser.add_argument("--out", type=Path, default=Path(".build/bench"), help="results dir")
+    return parser
+
+
+def modes(argument: str) -> list[str]:
+    return ["overlayfs", "dir"] if argument == "both" else [argument]
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    add_storm_arguments(parser, "1,16,100,300", "both")
+    parser.add_argument("--rounds", type=int, default=1, help="measurements per K (1)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    missing = missing_requirements()
-    if missing is not None:
-        print(f"storm: {missing}", file=sys.stderr)
+    if cannot_run("storm"):
         return 2
-    modes = ["overlayfs", "dir"] if arguments.mode == "both" else [arguments.mode]
     storms = [
-        Storm(mode, k, arguments.open_latency) for mode in modes for k in arguments.concurrency
+        Storm(mode, k, arguments.open_latency)
+        for mode in modes(arguments.mode)
+        for k in arguments.concurrency
     ]
     results = asyncio.run(run_storms(storms, arguments.rounds, arguments.open_latency))
     summary = summarize(results)
@@ -295,9 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": [asdict(result) for result in results],
     }
     document["charts"] = charts(arguments.out, summary)
-    write_json(arguments.out / "storm.json", document)
-    json.dump(document, sys.stdout, indent=2)
-    print()
+    publish(arguments.out, "storm", document)
     return 0 if all(result.errors == 0 for result in results) else 1
 
 

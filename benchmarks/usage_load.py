@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -31,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from grpclib import GRPCError
+from node import cannot_run
 from populate import Plan, fill_root
-from report import bar_chart, latency_ms, ratio, write_json
-from storm import Load, Populate, Result, Storm, run_storms
+from report import bar_chart, latency_ms, publish, ratio
+from storm import Load, Populate, Result, Storm, add_storm_arguments, modes, run_storms
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
-from tcmusim.testing import missing_requirements
 
 P99_UNDER_LOAD = 2.0  # target: storm p99 under the load over its p99 without
 
@@ -135,31 +134,20 @@ def chart(out: Path, pairs: Sequence[dict[str, Any]]) -> str:
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    add_storm_arguments(parser, "100", "overlayfs")
     parser.add_argument("--snapshots", type=int, default=5000, help="store size (5000)")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between passes")
-    parser.add_argument(
-        "--concurrency",
-        type=lambda text: [int(value) for value in text.split(",")],
-        default=[100],
-        help="comma-separated K values (default 100)",
-    )
-    parser.add_argument("--mode", choices=["overlayfs", "dir", "both"], default="overlayfs")
-    parser.add_argument("--open-latency", type=float, default=0.1)
-    parser.add_argument("--out", type=Path, default=Path(".build/bench"), help="results dir")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    missing = missing_requirements()
-    if missing is not None:
-        print(f"usage_load: {missing}", file=sys.stderr)
+    if cannot_run("usage_load"):
         return 2
-    modes = ["overlayfs", "dir"] if arguments.mode == "both" else [arguments.mode]
     fill, load = populate(arguments.snapshots), cri_load(arguments.interval)
     storms = [
         Storm(mode, k, arguments.open_latency, fill, quiet_or_loaded)
-        for mode in modes
+        for mode in modes(arguments.mode)
         for k in arguments.concurrency
         for quiet_or_loaded in (pass_after_storm, load)
     ]
@@ -172,9 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": [asdict(result) for result in results],
     }
     document["chart"] = chart(arguments.out, pairs)
-    write_json(arguments.out / "usage_load.json", document)
-    json.dump(document, sys.stdout, indent=2)
-    print()
+    publish(arguments.out, "usage_load", document)
     return 0 if all(result.errors == 0 for result in results) else 1
 
 
