@@ -35,6 +35,7 @@ from pathlib import Path
 from grpclib.client import Channel
 from populate import Plan
 from proc import proc_status
+from report import publish, ratio
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -266,14 +267,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--tmpdir", type=Path, help="where the servers' roots go (default $TMPDIR)")
     add("--obdsnap-cmd", default=OBDSNAP_CMD, help="obdsnap's command ({root}, {address})")
     add("--reference-cmd", help="the reference's command (default: benchmarks/reference)")
+    add("--out", type=Path, help="also write memory.json here")
     args = parser.parse_args(argv)
     if args.snapshots < 2 or args.depth < 1 or args.labels < 0 or args.concurrency < 1:
         parser.error("need --snapshots >= 2, --depth >= 1, --labels >= 0, --concurrency >= 1")
     return args
-
-
-def ratio(a: int, b: int) -> float | None:
-    return round(a / b, 2) if b else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -303,8 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         },
     }
-    json.dump(report, sys.stdout, indent=2)
-    print()
+    if args.out is not None:
+        publish(args.out, "memory", report)
+    else:
+        print(json.dumps(report, indent=2))
     return 0
 
 

@@ -106,3 +106,80 @@ def bar_chart(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
+
+
+def checks_in(out: Path) -> list[dict[str, Any]]:
+    """The target checks of every result document in ``out``."""
+    found: list[dict[str, Any]] = []
+    for path in sorted(out.glob("*.json")):
+        document = json.loads(path.read_text())
+        found += [{"file": path.name, **check} for check in document.get("targets", [])]
+        found += [
+            {
+                "file": path.name,
+                "name": f"storm p99 under load {row['mode']} K={row['concurrency']} (x quiet)",
+                "value": row["p99_ratio"],
+                "target": 2.0,
+                "met": row["met"],
+            }
+            for row in document.get("pairs", [])
+        ]
+    return found
+
+
+def storm_lines(document: Mapping[str, Any]) -> list[str]:
+    return [
+        f"storm {row['mode']:<9} K={row['concurrency']:<4} {row['storm_s']['median']:.3f} s"
+        f"  p50/p99 {row['p50_ms']}/{row['p99_ms']} ms  CPU/device"
+        f" {row['cpu_ms_per_device']} ms  Remove {row['remove_containers_s']}"
+        f" + {row['remove_images_s']} s"
+        for row in document["summary"]
+    ]
+
+
+def scale_lines(document: Mapping[str, Any]) -> list[str]:
+    return [
+        f"scale N={row['snapshots']:<7} serving {row['serving_s']} s  List {row['list_s']} s"
+        f"  RSS {row['rss_mib']} MiB (peak {row['hwm_mib']})"
+        for row in document["sizes"]
+    ]
+
+
+def memory_lines(document: Mapping[str, Any]) -> list[str]:
+    servers = {name: figures["rss_kib"] // 1024 for name, figures in document["servers"].items()}
+    ratios = document["ratio_obdsnap_to_reference"]
+    return [
+        f"memory N={document['store']['snapshots']} RSS MiB {servers}, obdsnap/reference:"
+        f" RSS {ratios['rss']}, growth {ratios['rss_growth']}"
+    ]
+
+
+def headline(out: Path) -> list[str]:
+    """The figures of each result document in ``out`` that has them, a line each."""
+    lines: list[str] = []
+    for name, lines_of in (
+        ("storm", storm_lines),
+        ("scale", scale_lines),
+        ("memory", memory_lines),
+    ):
+        path = out / f"{name}.json"
+        if path.exists():
+            lines += lines_of(json.loads(path.read_text()))
+    return lines
+
+
+def main(argv: Sequence[str]) -> int:
+    """Prints the headline figures and target checks found in a results directory."""
+    out = Path(argv[0]) if argv else Path(".build/bench")
+    print("\n".join(headline(out)))
+    for check in checks_in(out):
+        verdict = "met" if check["met"] else "NOT met"
+        print(f"{check['name']:<48} {check['value']:>9} (target {check['target']}) {verdict}")
+    print(f"charts: {' '.join(str(path) for path in sorted(out.glob('*.png')))}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
