@@ -96,8 +96,8 @@ bench-quick: deps $(STAMP)/bench
 	@rm -rf $(BENCH_OUT) && mkdir -p $(BENCH_OUT)
 	$(BENCH_RUN)/storm.py --concurrency 1,8 --out $(BENCH_OUT) >/dev/null
 	$(BENCH_RUN)/usage_load.py --snapshots 1000 --concurrency 8 --interval 2 --out $(BENCH_OUT) >/dev/null
-	$(BENCH_RUN)/scale.py --snapshots 2000,10000 --out $(BENCH_OUT) >/dev/null
-	$(BENCH_RUN)/memory.py --snapshots 2000 --out $(BENCH_OUT) >/dev/null
+	$(BENCH_RUN)/scale.py --snapshots 10000 --out $(BENCH_OUT) >/dev/null
+	$(BENCH_RUN)/memory.py --snapshots 1000 --out $(BENCH_OUT) >/dev/null
 	@$(BENCH_RUN)/report.py $(BENCH_OUT)
 
 bench: deps $(STAMP)/bench
