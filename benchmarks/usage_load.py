@@ -128,7 +128,7 @@ def chart(out: Path, pairs: Sequence[dict[str, Any]]) -> str:
         "p99 quiet": [float(row["p99_quiet_ms"]) for row in pairs],
         "p99 under Walk+Usage": [float(row["p99_loaded_ms"]) for row in pairs],
     }
-    bar_chart(path, "container start p99 under the CRI's stats load", "ms", groups, series)
+    bar_chart(path, "storm p99 under the CRI stats load", "ms", groups, series)
     return str(path)
 
 
