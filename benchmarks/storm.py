@@ -276,6 +276,12 @@ async def run_storms(storms: Sequence[Storm], rounds: int, open_latency: float) 
     return results
 
 
+def finish(out: Path, name: str, document: dict[str, Any], results: Sequence[Result]) -> int:
+    """Publishes the document with every run; the exit status: 1 if a container failed."""
+    publish(out, name, {**document, "runs": [asdict(result) for result in results]})
+    return 0 if all(result.errors == 0 for result in results) else 1
+
+
 def k_values(text: str) -> list[int]:
     return [int(value) for value in text.split(",")]
 
@@ -321,11 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "open_latency_s": arguments.open_latency,
         "summary": summary,
         "targets": target_checks(summary),
-        "runs": [asdict(result) for result in results],
+        "charts": charts(arguments.out, summary),
     }
-    document["charts"] = charts(arguments.out, summary)
-    publish(arguments.out, "storm", document)
-    return 0 if all(result.errors == 0 for result in results) else 1
+    return finish(arguments.out, "storm", document, results)
 
 
 if __name__ == "__main__":

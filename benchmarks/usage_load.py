@@ -25,15 +25,24 @@ import contextlib
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from grpclib import GRPCError
 from node import cannot_run
 from populate import Plan, fill_root
-from report import bar_chart, latency_ms, publish, ratio
-from storm import Load, Populate, Result, Storm, add_storm_arguments, modes, run_storms
+from report import bar_chart, latency_ms, ratio
+from storm import (
+    Load,
+    Populate,
+    Result,
+    Storm,
+    add_storm_arguments,
+    finish,
+    modes,
+    run_storms,
+)
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
@@ -153,15 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     results = asyncio.run(run_storms(storms, 1, arguments.open_latency))
     pairs = [pair(quiet, loaded) for quiet, loaded in zip(results[::2], results[1::2], strict=True)]
-    document: dict[str, Any] = {
+    document = {
         "snapshots": arguments.snapshots,
         "interval_s": arguments.interval,
         "pairs": pairs,
-        "runs": [asdict(result) for result in results],
+        "chart": chart(arguments.out, pairs),
     }
-    document["chart"] = chart(arguments.out, pairs)
-    publish(arguments.out, "usage_load", document)
-    return 0 if all(result.errors == 0 for result in results) else 1
+    return finish(arguments.out, "usage_load", document, results)
 
 
 if __name__ == "__main__":
