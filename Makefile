@@ -89,7 +89,7 @@ proto: py-deps
 	$(PYTHON) -m grpc_tools.protoc -I proto --python_betterproto_out=obdsnap/genproto $(PROTO_FILES)
 
 # Benchmarks (benchmarks/README.md): JSON + PNG in $(BENCH_OUT), then the figures and
-# targets. Root, /dev/fuse and loop devices for the storms; Go for the reference (memory.py).
+# targets. Root, /dev/fuse and loop devices for the storms; Go for the reference (scale.py).
 BENCH_OUT ?= $(BUILD_DIR)/bench
 BENCH_RUN = $(PYTHON) benchmarks
 bench-quick: deps $(STAMP)/bench
@@ -97,7 +97,6 @@ bench-quick: deps $(STAMP)/bench
 	$(BENCH_RUN)/storm.py --concurrency 1,8 --out $(BENCH_OUT) >/dev/null
 	$(BENCH_RUN)/usage_load.py --snapshots 1000 --concurrency 8 --interval 2 --out $(BENCH_OUT) >/dev/null
 	$(BENCH_RUN)/scale.py --snapshots 10000 --out $(BENCH_OUT) >/dev/null
-	$(BENCH_RUN)/memory.py --snapshots 1000 --out $(BENCH_OUT) >/dev/null
 	@$(BENCH_RUN)/report.py $(BENCH_OUT)
 
 bench: deps $(STAMP)/bench
@@ -105,7 +104,6 @@ bench: deps $(STAMP)/bench
 	$(BENCH_RUN)/storm.py --concurrency 1,16,100,300 --out $(BENCH_OUT) >/dev/null
 	$(BENCH_RUN)/usage_load.py --snapshots 5000 --concurrency 100 --mode both --out $(BENCH_OUT) >/dev/null
 	$(BENCH_RUN)/scale.py --snapshots 10000,100000 --out $(BENCH_OUT) >/dev/null
-	$(BENCH_RUN)/memory.py --snapshots 10000 --out $(BENCH_OUT) >/dev/null
 	@$(BENCH_RUN)/report.py $(BENCH_OUT)
 
 clean:

@@ -4,7 +4,9 @@ Building 100,000 snapshots through the API (Prepare + Commit, about a
 millisecond each) takes minutes; ``fill_root`` writes the same records into
 a new root's metadata.db with ``write_new_store`` (one SQLite transaction, as
 the import of a Go root does) and makes each snapshot's directory as Prepare
-would, so obdsnap starts on it as on a root it built itself.
+would, so obdsnap starts on it as on a root it built itself. ``fill_go_root``
+writes the same plan with containerd's own MetaStore (the tests' gometa
+program), for the reference to serve.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # this checkout's obdsnap, wherever we are run from
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]  # obdsnap, test helpers
+
+from migration.gohelpers import (  # noqa: E402
+    GoOps,
+    dump_snapshots,
+    go_dump,
+    make_snapshot_dirs,
+    write_go_metadata,
+)
 
 from obdsnap.layout import Layout  # noqa: E402
 from obdsnap.storage import Info, Kind, Record  # noqa: E402
@@ -89,3 +99,19 @@ def fill_root(root: Path, plan: Plan) -> int:
         directory = layout.snapshot_dir(record.id)
         layout.build_new_snapshot_dir(directory, active=record.kind == Kind.ACTIVE, parent_id=None)
     return len(made)
+
+
+def fill_go_root(root: Path, plan: Plan) -> int:
+    """Blocking: a Go snapshotter's root holding the plan; the number of snapshots."""
+    ops = GoOps()
+    for chain in plan.chains:
+        for depth, name in enumerate(chain):
+            ops.layer(name, chain[depth - 1] if depth else "", plan.label_set(name))
+    for index in range(plan.active):
+        key, parent = plan.container(index)
+        ops.prepare(key, parent, plan.label_set(key))
+    (root / "snapshots").mkdir(parents=True)
+    write_go_metadata(root / "metadata.db", ops)
+    found = dump_snapshots(go_dump(root / "metadata.db"))
+    make_snapshot_dirs(root, {int(item["id"]): item["kind"] for item in found.values()})
+    return len(found)

@@ -142,6 +142,7 @@ def scale_lines(document: Mapping[str, Any]) -> list[str]:
     return [
         f"scale N={row['snapshots']:<7} serving {row['serving_s']} s  List {row['list_s']} s"
         f"  RSS {row['rss_mib']} MiB (peak {row['hwm_mib']})"
+        + (f"; obdsnap/reference {row['ratio_to_reference']}" if "reference" in row else "")
         for row in document["sizes"]
     ]
 

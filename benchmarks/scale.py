@@ -11,6 +11,11 @@ snapshot), then obdsnap starts on it. Measured:
 - ``list_s``: a List (Walk) of the whole store, as containerd's GC does;
 - ``rss_mib`` once serving and after the List, ``hwm_mib`` (peak RSS).
 
+Unless ``--no-reference``, the reference (containerd's overlayfs snapshotter,
+benchmarks/reference) is measured the same way on a Go root of the same
+snapshots written by containerd's MetaStore, and ``ratio_to_reference`` gives
+obdsnap/reference for each figure.
+
 JSON on stdout and in ``--out``/scale.json, chart scale.png.
 
     python3 benchmarks/scale.py [--snapshots 10000,100000] [--out .build/bench]
@@ -30,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from grpclib.client import Channel
-from populate import Plan, fill_root
+from memory import build_reference
+from populate import Plan, fill_go_root, fill_root
 from proc import proc_status
-from report import bar_chart, publish
+from report import bar_chart, publish, ratio
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]  # obdsnap, test helpers
@@ -67,32 +73,53 @@ def mib(kib: int) -> float:
     return round(kib / 1024, 1)
 
 
-def measure(size: int, workdir: Path) -> dict[str, Any]:
-    server = ServerProcess(workdir, start_timeout=600)
+def measure(size: int, workdir: Path, reference: str | None = None) -> dict[str, Any]:
+    """obdsnap on a store of ``size`` (or, given its command, the reference on a Go root)."""
+    server = ServerProcess(workdir, reference, start_timeout=600)
+    fill = fill_go_root if reference else fill_root
     started = time.monotonic()
-    stored = fill_root(server.root, Plan.for_total(size))
-    fill = time.monotonic() - started
+    stored = fill(server.root, Plan.for_total(size))
+    filled = time.monotonic() - started
     started = time.monotonic()
     server.start()
     serving = time.monotonic() - started
     try:
-        status = json.loads((server.root / "status.json").read_text())
+        status_file = server.root / "status.json"
+        status = json.loads(status_file.read_text()) if status_file.exists() else None
         serving_rss = proc_status(server.pid)["VmRSS"]
         listed, list_seconds = asyncio.run(list_all(server.address))
         memory = proc_status(server.pid)
     finally:
         server.stop()
     return {
-        "snapshots": stored,
+        "snapshots": size,
+        "stored": stored,
         "listed": listed,
-        "fill_s": round(fill, 2),
+        "fill_s": round(filled, 2),
         "serving_s": round(serving, 3),
-        "reconcile_s": status["reconcile"]["seconds"],
+        "reconcile_s": status["reconcile"]["seconds"] if status else None,
         "list_s": round(list_seconds, 3),
         "serving_rss_mib": mib(serving_rss),
         "rss_mib": mib(memory["VmRSS"]),
         "hwm_mib": mib(memory["VmHWM"]),
     }
+
+
+def with_reference(row: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """The row with the reference's figures and the ratios obdsnap/reference."""
+    figures = ("serving_s", "list_s", "rss_mib", "hwm_mib")
+    return {
+        **row,
+        "reference": theirs,
+        "ratio_to_reference": {name: ratio(row[name], theirs[name]) for name in figures},
+    }
+
+
+def one_size(size: int, scratch: Path, reference: str | None) -> dict[str, Any]:
+    row = measure(size, scratch / f"obdsnap-{size}")
+    if reference is None:
+        return row
+    return with_reference(row, measure(size, scratch / f"reference-{size}", reference))
 
 
 def target_checks(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -110,10 +137,17 @@ def target_checks(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def charts(out: Path, rows: Sequence[dict[str, Any]]) -> list[str]:
     groups = [f"N={row['snapshots']}" for row in rows]
-    seconds = {name: [float(row[name]) for row in rows] for name in ("reconcile_s", "list_s")}
-    memory = {name: [float(row[name]) for row in rows] for name in ("rss_mib", "hwm_mib")}
-    bar_chart(out / "scale-time.png", "start-up reconcile and List", "seconds", groups, seconds)
-    bar_chart(out / "scale-rss.png", "resident memory", "MiB", groups, memory)
+
+    def series(name: str) -> dict[str, list[float]]:
+        figures = {f"obdsnap {name}": [float(row[name]) for row in rows]}
+        if all("reference" in row for row in rows):
+            figures[f"reference {name}"] = [float(row["reference"][name]) for row in rows]
+        return figures
+
+    bar_chart(out / "scale-time.png", "start-up and List", "seconds", groups,
+              {**series("serving_s"), **series("list_s")})  # fmt: skip
+    bar_chart(out / "scale-rss.png", "resident memory after a List", "MiB", groups,
+              series("rss_mib"))  # fmt: skip
     return [str(out / "scale-time.png"), str(out / "scale-rss.png")]
 
 
@@ -125,6 +159,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[10_000, 100_000],
         help="comma-separated store sizes (default 10000,100000)",
     )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="obdsnap alone, not the reference beside it"
+    )
     parser.add_argument("--out", type=Path, default=Path(".build/bench"), help="results dir")
     return parser.parse_args(argv)
 
@@ -133,13 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     scratch = Path(tempfile.mkdtemp(prefix="obd-scale-", dir="/tmp"))
     try:
-        rows = [measure(size, scratch / f"n{size}") for size in arguments.snapshots]
+        reference = None if arguments.no_reference else build_reference()
+        rows = [one_size(size, scratch, reference) for size in arguments.snapshots]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     document: dict[str, Any] = {"sizes": rows, "targets": target_checks(rows)}
     document["charts"] = charts(arguments.out, rows)
     publish(arguments.out, "scale", document)
-    return 0 if all(row["listed"] == row["snapshots"] for row in rows) else 1
+    return 0 if all(row["listed"] == row["stored"] for row in rows) else 1
 
 
 if __name__ == "__main__":
