@@ -90,6 +90,16 @@ class Result:
     load: dict[str, Any] | None
 
 
+@dataclass(frozen=True)
+class During:
+    """What a storm measured while it ran."""
+
+    outcomes: list[tuple[float, bool]]  # per container: seconds, success
+    seconds: float
+    cpu_ms_per_device: dict[str, float | None]
+    load: dict[str, Any] | None
+
+
 async def start_container(
     stub: api.SnapshotsStub, key: str, parent: str, labels: dict[str, str]
 ) -> tuple[float, bool]:
@@ -116,7 +126,7 @@ def cpu_pair(server: Server, sim: RunningSimulator) -> tuple[CpuTimes, CpuTimes]
 
 async def storm_on(
     stub: api.SnapshotsStub, storm: Storm, server: Server, sim: RunningSimulator, blob: Blob
-) -> tuple[list[tuple[float, bool]], float, dict[str, float | None], dict[str, Any] | None]:
+) -> During:
     parents = [""] * storm.concurrency
     labels = {WRITABLE: "dir"} if storm.mode == "dir" else {}
     if storm.mode == "overlayfs":
@@ -136,7 +146,7 @@ async def storm_on(
     stop.set()
     load_figures = await load if load else None
     cpu = per_device_ms(after[0] - before[0], after[1] - before[1], storm.concurrency)
-    return outcomes, seconds, cpu, load_figures
+    return During(outcomes, seconds, cpu, load_figures)
 
 
 async def run_one(
@@ -151,7 +161,7 @@ async def run_one(
         channel = Channel(path=str(server.address))
         stub = api.SnapshotsStub(channel)
         try:
-            outcomes, seconds, cpu, load = await storm_on(stub, storm, server, sim, blob)
+            during = await storm_on(stub, storm, server, sim, blob)
             containers = [f"container-{index}" for index in range(storm.concurrency)]
             remove_containers = await timed_removes(stub, containers)
             images = [f"sha256:{index:064x}" for index in range(storm.concurrency)]
@@ -168,13 +178,13 @@ async def run_one(
         mode=storm.mode,
         concurrency=storm.concurrency,
         round=round_number,
-        storm_s=round(seconds, 3),
-        latency=latency_ms([latency for latency, _ in outcomes]),
-        errors=sum(1 for _, ok in outcomes if not ok),
-        cpu_ms_per_device=cpu,
+        storm_s=round(during.seconds, 3),
+        latency=latency_ms([latency for latency, _ in during.outcomes]),
+        errors=sum(1 for _, ok in during.outcomes if not ok),
+        cpu_ms_per_device=during.cpu_ms_per_device,
         remove_containers_s=round(remove_containers, 3),
         remove_images_s=round(remove_images, 3),
-        load=load,
+        load=during.load,
     )
 
 
