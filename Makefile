@@ -7,6 +7,7 @@
 #   make install install on this node: /opt/obdsnap, /usr/local/bin/obdsnap, units, config
 #   make deb     build .build/deb/obdsnap_<version>_<arch>.deb (same layout, Debian paths)
 #   make image   build .build/image/obdsnap-<version>.oci.tar (localhost/obdsnap:<version>)
+#   make bench-quick  small benchmarks (under 2 min), JSON + PNG in .build/bench; make bench: full
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -19,6 +20,7 @@ PROTO_FILES := $(shell find proto -name '*.proto')
 STAMP := .deps
 
 .PHONY: run test lint proto deps apt-deps py-deps unit-test integration-test clean install deb image
+.PHONY: bench bench-quick
 
 # Install layout. `make deb` stages the same layout with Debian's paths.
 DESTDIR ?=
@@ -47,6 +49,12 @@ $(STAMP)/apt: Makefile
 $(STAMP)/py: pyproject.toml
 	@mkdir -p $(STAMP)
 	$(PIP) install -q --disable-pip-version-check -e '.[test,dev]'
+	@command -v pyenv >/dev/null && pyenv rehash || true
+	@touch $@
+
+# The benchmarks' extra (matplotlib, for the charts): only the bench targets install it.
+$(STAMP)/bench: pyproject.toml $(STAMP)/py
+	$(PIP) install -q --disable-pip-version-check -e '.[bench]'
 	@command -v pyenv >/dev/null && pyenv rehash || true
 	@touch $@
 
@@ -79,6 +87,24 @@ lint: py-deps
 proto: py-deps
 	rm -rf obdsnap/genproto && mkdir -p obdsnap/genproto
 	$(PYTHON) -m grpc_tools.protoc -I proto --python_betterproto_out=obdsnap/genproto $(PROTO_FILES)
+
+# Benchmarks (benchmarks/README.md): JSON + PNG in $(BENCH_OUT), then the figures and
+# targets. Root, /dev/fuse and loop devices for the storms; Go for the reference (scale.py).
+BENCH_OUT ?= $(BUILD_DIR)/bench
+BENCH_RUN = $(PYTHON) benchmarks
+bench-quick: deps $(STAMP)/bench
+	@rm -rf $(BENCH_OUT) && mkdir -p $(BENCH_OUT)
+	$(BENCH_RUN)/storm.py --concurrency 1,8 --out $(BENCH_OUT) >/dev/null
+	$(BENCH_RUN)/usage_load.py --snapshots 1000 --concurrency 8 --interval 2 --out $(BENCH_OUT) >/dev/null
+	$(BENCH_RUN)/scale.py --snapshots 10000 --out $(BENCH_OUT) >/dev/null
+	@$(BENCH_RUN)/report.py $(BENCH_OUT)
+
+bench: deps $(STAMP)/bench
+	@rm -rf $(BENCH_OUT) && mkdir -p $(BENCH_OUT)
+	$(BENCH_RUN)/storm.py --concurrency 1,16,100,300 --out $(BENCH_OUT) >/dev/null
+	$(BENCH_RUN)/usage_load.py --snapshots 5000 --concurrency 100 --mode both --out $(BENCH_OUT) >/dev/null
+	$(BENCH_RUN)/scale.py --snapshots 10000,100000 --out $(BENCH_OUT) >/dev/null
+	@$(BENCH_RUN)/report.py $(BENCH_OUT)
 
 clean:
 	rm -rf $(STAMP) $(RUN_DIR) .pytest_cache .mypy_cache

@@ -42,19 +42,10 @@ from migration.gohelpers import (  # noqa: E402
     many_ops,
     write_go_metadata,
 )
+from proc import proc_status  # noqa: E402
 from support.server_process import ServerProcess  # noqa: E402
 
 IMPORT_LINE = re.compile(r"imported the Go snapshotter's metadata .*\((\d+\.\d+)s\)")
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of a process, in KiB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            fields[name] = int(value.split()[0])
-    return fields
 
 
 def write_go_root(template: Path, snapshots: int) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import shlex
@@ -34,6 +33,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from grpclib.client import Channel
+from populate import Plan
+from proc import proc_status
+from report import publish, ratio
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -47,36 +49,6 @@ OBDSNAP_CMD = (
 # containerd sends the proxy plugin's name and the namespace with every call.
 SNAPSHOTTER = "obdsnap"
 METADATA = {"containerd-namespace": "bench"}
-LABEL_PREFIX = "containerd.io/snapshot/bench."
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The store: ``committed`` layers in chains of up to ``depth``, ``active``
-    snapshots spread over them, ``labels`` labels on every snapshot."""
-
-    committed: int
-    active: int
-    depth: int
-    labels: int
-
-    @classmethod
-    def for_total(cls, total: int, depth: int, labels: int) -> Plan:
-        committed = max(1, total // 2)
-        return cls(
-            committed=committed, active=max(1, total - committed), depth=depth, labels=labels
-        )
-
-    @property
-    def chains(self) -> list[list[str]]:
-        names = [f"layer-{i:06d}" for i in range(self.committed)]
-        return [names[i : i + self.depth] for i in range(0, len(names), self.depth)]
-
-    def label_set(self, key: str) -> dict[str, str]:
-        # Digest-sized values, like the image and layer references containerd
-        # and its clients put on snapshots.
-        digest = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-        return {f"{LABEL_PREFIX}{n}": f"{digest}-{n}" for n in range(self.labels)}
 
 
 @dataclass
@@ -91,19 +63,6 @@ class Figures:
     build_s: float = 0.0
     read_s: float = 0.0
     snapshots: int = 0
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of a process, in KiB."""
-    values: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            name, _, rest = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                values[name] = int(rest.split()[0])  # "12345 kB"
-    if len(values) != 2:
-        raise RuntimeError(f"no VmRSS/VmHWM in /proc/{pid}/status (a zombie?)")
-    return values
 
 
 class Server:
@@ -219,8 +178,7 @@ async def build_store(
             return run
 
         def container(index: int) -> Callable[[], Awaitable[None]]:
-            chain = chains[index % len(chains)]
-            key, parent = f"container-{index:06d}", chain[-1]
+            key, parent = plan.container(index)
 
             async def run() -> None:
                 await client.prepare(
@@ -309,14 +267,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--tmpdir", type=Path, help="where the servers' roots go (default $TMPDIR)")
     add("--obdsnap-cmd", default=OBDSNAP_CMD, help="obdsnap's command ({root}, {address})")
     add("--reference-cmd", help="the reference's command (default: benchmarks/reference)")
+    add("--out", type=Path, help="also write memory.json here")
     args = parser.parse_args(argv)
     if args.snapshots < 2 or args.depth < 1 or args.labels < 0 or args.concurrency < 1:
         parser.error("need --snapshots >= 2, --depth >= 1, --labels >= 0, --concurrency >= 1")
     return args
-
-
-def ratio(a: int, b: int) -> float | None:
-    return round(a / b, 2) if b else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -346,8 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         },
     }
-    json.dump(report, sys.stdout, indent=2)
-    print()
+    if args.out is not None:
+        publish(args.out, "memory", report)
+    else:
+        print(json.dumps(report, indent=2))
     return 0
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A storm of container starts as obdsnap's metrics show it, scraped every ~100 ms.
 
-On the TCMU simulator (image opens take ``--open-latency`` seconds), with
+On the TCMU simulator (node.py; image opens take ``--open-latency`` seconds), with
 obdsnap's default caps unless told otherwise, what containerd and kubelet do
 when ``--containers`` pods land on a node at once:
 
@@ -39,17 +39,18 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from concurrent_start import (
+from grpclib.client import Channel
+from node import (
     Blob,
     Server,
     build_blob,
-    percentile,
+    cannot_run,
+    pull_images,
     remove_all,
     scratch_dir,
 )
-from grpclib import GRPCError
-from grpclib.client import Channel
-from grpclib.const import Status
+from report import percentile
+from storm import start_container
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -59,13 +60,9 @@ from support.scrape import Exposition, fetch  # noqa: E402
 
 from obdsnap.config import BootConfig  # noqa: E402
 from obdsnap.genproto.containerd.services.snapshots import v1 as api  # noqa: E402
-from tcmusim.testing import RunningSimulator, missing_requirements, running_simulator  # noqa: E402
+from tcmusim.testing import RunningSimulator, running_simulator  # noqa: E402
 
 IMAGE_REF = "docker.io/library/storm:1"
-SNAPSHOT_REF = "containerd.io/snapshot.ref"
-BLOB_DIGEST = "containerd.io/snapshot/overlaybd/blob-digest"
-BLOB_SIZE = "containerd.io/snapshot/overlaybd/blob-size"
-IMAGE_REF_LABEL = "containerd.io/snapshot/image-ref"
 DEFAULTS = BootConfig()
 QUEUES = ("requests_waiting", "requests_in_flight", "device_ops_waiting", "device_ops_in_flight")
 
@@ -129,46 +126,6 @@ async def scrape_loop(url: str, interval: float, peaks: Peaks, stop: asyncio.Eve
             await asyncio.wait_for(stop.wait(), interval)
 
 
-async def pull_images(stub: api.SnapshotsStub, blob: Blob, count: int) -> list[str]:
-    """What containerd's unpacker does per overlaybd image: Stat, then the remote Prepare."""
-    chain_ids = []
-    for index in range(count):
-        chain_id = f"sha256:{index:064x}"
-        try:
-            await stub.stat(api.StatSnapshotRequest(key=chain_id))
-        except GRPCError as exc:
-            if exc.status != Status.NOT_FOUND:
-                raise
-        labels = {
-            SNAPSHOT_REF: chain_id,
-            BLOB_DIGEST: blob.digest,
-            BLOB_SIZE: str(blob.size),
-            IMAGE_REF_LABEL: IMAGE_REF,
-        }
-        request = api.PrepareSnapshotRequest(key=f"extract-{index} {chain_id}", labels=labels)
-        try:
-            await stub.prepare(request)
-        except GRPCError as exc:
-            if exc.status != Status.ALREADY_EXISTS:
-                raise
-        else:
-            raise RuntimeError("a remote layer Prepare did not answer ALREADY_EXISTS")
-        chain_ids.append(chain_id)
-    return chain_ids
-
-
-async def start_container(stub: api.SnapshotsStub, key: str, image: str) -> tuple[float, bool]:
-    """Prepare the container's rootfs and ask for its mounts; seconds taken, success."""
-    started = time.monotonic()
-    try:
-        await stub.prepare(api.PrepareSnapshotRequest(key=key, parent=image))
-        await stub.mounts(api.MountsRequest(key=key))
-    except GRPCError as exc:
-        print(f"{key}: {exc.status.name}: {exc.message}", file=sys.stderr)
-        return time.monotonic() - started, False
-    return time.monotonic() - started, True
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -200,11 +157,11 @@ async def storm(
         scraping = asyncio.create_task(scrape_loop(url, arguments.interval, peaks, stop))
         try:
             started = time.monotonic()
-            images = await pull_images(stub, blob, arguments.images)
+            images = await pull_images(stub, blob, arguments.images, IMAGE_REF)
             pulled = time.monotonic()
             outcomes = await asyncio.gather(
                 *(
-                    start_container(stub, f"container-{index}", images[index % len(images)])
+                    start_container(stub, f"container-{index}", images[index % len(images)], {})
                     for index in range(arguments.containers)
                 )
             )
@@ -295,9 +252,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    missing = missing_requirements()
-    if missing is not None:
-        print(f"metrics_storm: {missing}", file=sys.stderr)
+    if cannot_run("metrics_storm"):
         return 2
     report = asyncio.run(main_async(arguments))
     json.dump(asdict(report), sys.stdout, indent=2)
