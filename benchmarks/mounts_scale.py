@@ -38,15 +38,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # this checkout's obdsnap and tcmusim
 sys.path.insert(0, str(HERE))
 
-from concurrent_start import (  # noqa: E402
-    Server,
-    build_blob,
-    make_images,
-    percentile,
-    remove_all,
-    scratch_dir,
-)
 from grpclib.client import Channel  # noqa: E402
+from node import Server, build_blob, pull_images, remove_all, scratch_dir  # noqa: E402
+from report import percentile  # noqa: E402
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api  # noqa: E402
 from obdsnap.mountinfo import device_mounted_on, mounts_under  # noqa: E402
@@ -156,7 +150,7 @@ async def main_async(arguments: argparse.Namespace) -> list[Row]:
             channel = Channel(path=str(server.address))
             try:
                 stub = api.SnapshotsStub(channel)
-                [image] = await make_images(stub, blob, 1)
+                [image] = await pull_images(stub, blob, 1)
                 await stub.prepare(api.PrepareSnapshotRequest(key="container", parent=image))
                 rows, samples = [], arguments.samples
                 for total in arguments.mounts:
