@@ -16,7 +16,7 @@ from support.block import Obd
 from support.block_fixtures import Images, StartObd, WritableRootfs
 from support.mounts import umount
 from support.simulator import MISSING
-from support.snapshots import expect_status
+from support.snapshots import expect_status, wait_until
 
 from obdsnap.labels import WRITABLE
 
@@ -35,7 +35,8 @@ async def test_mounts_after_restart_reattaches_a_dir_snapshots_device(
     await obd.restart(kill=restart == "sigkill")
     if device_state == "detached-by-reboot":
         obd.detach_like_reboot(own)
-        assert device not in obd.sim.loop_devices()
+        # The kernel may release an autoclear loop device after its last close returns.
+        assert await wait_until(lambda: device not in obd.sim.loop_devices())
 
     assert await obd.mounts("rootfs") == mounts
     again = obd.assert_attached(own, mounted="rw")
