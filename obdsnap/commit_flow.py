@@ -81,9 +81,13 @@ class CommitFlow:
                     await self._layers.writable.keep_config(active.id)
                     await self.commit_record(active, parent, name, labels)
                 finally:
-                    committed = self._store.find(name)
-                    done = committed is not None and committed.id == active.id
-                    await asyncio.shield(self._layers.settle_commit(active.id, committed=done))
+                    await asyncio.shield(self.settle(active, name))
+
+    async def settle(self, active: Record, name: str) -> None:
+        """After a commit under the intent: keep its files if the row committed, else undo."""
+        committed = self._store.find(name)
+        done = committed is not None and committed.id == active.id
+        await self._layers.settle_commit(active.id, committed=done)
 
     async def commit_record(
         self, active: Record, parent: Record | None, name: str, labels: Mapping[str, str]

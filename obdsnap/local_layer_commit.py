@@ -58,7 +58,7 @@ class LocalLayerCommit:
                     final = {key: value for key, value in labels.items() if key != L.WRITABLE}
                     await self._commits.commit_record(active, parent, name, final)
                 finally:
-                    await asyncio.shield(self._settle(active, name))
+                    await asyncio.shield(self._commits.settle(active, name))
 
     async def _base_config(self, active: Record, parent: Record | None) -> DeviceConfig:
         """The layer stacks on its parent's lowers: a parent must be an overlaybd layer."""
@@ -75,9 +75,3 @@ class LocalLayerCommit:
         """A config the snapshot had before is kept before the intent, put back on a roll-back."""
         with contextlib.suppress(FileNotFoundError):
             await self._layers.writable.keep_config(snapshot_id)
-
-    async def _settle(self, active: Record, name: str) -> None:
-        """Keep the conversion if the row committed, else undo it (the row decides)."""
-        committed = self._store.find(name)
-        done = committed is not None and committed.id == active.id
-        await self._layers.settle_commit(active.id, committed=done)
