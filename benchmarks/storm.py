@@ -319,7 +319,7 @@ async def run_storms(storms: Sequence[Storm], rounds: int, open_latency: float) 
     results: list[Result] = []
     with (
         scratch_dir() as work,
-        running_simulator(work / "sim", open_latency=open_latency) as sim,
+        running_simulator(work / "sim", open_latency=open_latency, log_level="WARNING") as sim,
     ):
         blob = build_blob(sim, work)
         for storm in storms:
