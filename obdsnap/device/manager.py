@@ -254,7 +254,7 @@ class DeviceManager:
 
     async def _detach(self, snapshot_id: int) -> None:
         block = self._layout.block(snapshot_id)
-        device = await self._blocking(_read_mark, block.mark)
+        device, mounted = await self._blocking(self._mark_and_mount, block)
         ours = await self.may_own(snapshot_id)
         if not ours:
             log.warning(
@@ -264,12 +264,16 @@ class DeviceManager:
             # The filesystem may still be mounted elsewhere (a container's namespace):
             # its dirty data must reach the device before the device goes.
             await self._mounter.flush(device)
-        if await self._is_mounted(block.mountpoint):
+        if mounted:
             await self._mounter.unmount(block.mountpoint)
         if ours:
             await self._backend.detach(snapshot_id)
         await self._blocking(_remove_mark, block.mark)
         log.info("snapshot %d: device detached", snapshot_id)
+
+    def _mark_and_mount(self, block: BlockDir) -> tuple[Path | None, bool]:
+        """Blocking: the device the mark names, and whether the mountpoint is mounted on."""
+        return _read_mark(block.mark), self._mounter.is_mounted(block.mountpoint)
 
     async def is_marked(self, snapshot_id: int) -> bool:
         """Whether an attach got to its end and no detach has undone it since."""
