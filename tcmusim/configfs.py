@@ -242,6 +242,7 @@ class ConfigFS(FuseOps):
             del node.parent.children[node.name]
             node.target.incoming_links -= 1
             node.parent.mtime_ns = time.time_ns()
+        node.parent.link_dropped(node.name, node.target)
         return 0
 
     @traced(log)

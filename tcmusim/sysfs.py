@@ -73,21 +73,15 @@ class Sysfs:
 
     def remove_host(self, host: int) -> None:
         _remove_link(self.root / "class/scsi_host" / f"host{host}")
-        shutil.rmtree(self._host_dir(host).parent, ignore_errors=True)
+        host_dir = self._host_dir(host)
+        _remove_made(host_dir.parent, [host_dir / "proc_name"], [host_dir, host_dir.parent])
 
     def add_disk(self, disk: Disk) -> None:
         address = str(disk.address)
         device_dir = self._device_dir(disk.address)
         block_dir = device_dir / "block" / disk.name
         block_dir.mkdir(parents=True, exist_ok=True)
-        for name, value in (
-            ("timeout", "30"),
-            ("state", "running"),
-            ("vendor", "LIO-ORG "),
-            ("model", "TCMU device     "),
-            ("rev", "0002"),
-            ("type", "0"),
-        ):
+        for name, value in _DEVICE_ATTRIBUTES:
             _write(device_dir / name, value + "\n")
         _write(block_dir / "size", f"{disk.size // 512}\n")
         _write(block_dir / "ro", f"{int(disk.read_only)}\n")
@@ -111,7 +105,13 @@ class Sysfs:
             # Only our own link: the same loop name may belong to a newer disk by now.
             if os.path.realpath(block_link) == str((device_dir / "block" / disk.name).resolve()):
                 _remove_link(block_link)
-        shutil.rmtree(device_dir, ignore_errors=True)
+        block_dir = device_dir / "block" / disk.name
+        scsi_device = device_dir / "scsi_device" / str(disk.address)
+        files = [device_dir / name for name, _ in _DEVICE_ATTRIBUTES]
+        files += [block_dir / name for name in ("size", "ro", "dev", "device")]
+        files.append(scsi_device / "device")
+        directories = [block_dir, block_dir.parent, scsi_device, scsi_device.parent, device_dir]
+        _remove_made(device_dir, files, directories)
         with contextlib.suppress(OSError):
             device_dir.parent.rmdir()
         log.info("disk %s (%s) removed", disk.address, disk.name)
@@ -126,6 +126,32 @@ class Sysfs:
                         _remove_link(entry)
             shutil.rmtree(self.root / "devices/tcm_loop_0", ignore_errors=True)
             (self.root / "devices/tcm_loop_0").mkdir(parents=True, exist_ok=True)
+
+
+_DEVICE_ATTRIBUTES = (
+    ("timeout", "30"),
+    ("state", "running"),
+    ("vendor", "LIO-ORG "),
+    ("model", "TCMU device     "),
+    ("rev", "0002"),
+    ("type", "0"),
+)
+
+
+def _remove_made(top: Path, files: list[Path], directories: list[Path]) -> None:
+    """What add_disk/add_host made under ``top``, by name (a walk costs far more); anything
+    else found there goes with the whole tree."""
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    for directory in directories:
+        try:
+            os.rmdir(directory)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            shutil.rmtree(top, ignore_errors=True)
+            return
 
 
 def _write(path: Path, text: str) -> None:

@@ -451,7 +451,7 @@ def _overlaybd_reason(result: str) -> str:
 
 def _read_text(path: Path) -> str | None:
     try:
-        return path.read_text(errors="replace")
+        return _read_attribute(path)
     except FileNotFoundError:
         return None
 
