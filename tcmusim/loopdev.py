@@ -19,7 +19,9 @@ from pathlib import Path
 
 log = logging.getLogger("tcmusim.loop")
 
-# A free device found by one binder may be taken by another before it binds it: try again.
+# The lowest free device goes to every binder that asks at once: ours ask one at a time
+# (two ioctls, no process), and one another process took first is tried around.
+_SETUP_LOCK = threading.Lock()
 _ATTEMPTS = 20
 LOOP_JOURNAL = "loops.log"  # in the simulator's state dir
 LOOP_CONTROL = "/dev/loop-control"
@@ -59,20 +61,29 @@ def _bind_free_device(config: bytes) -> LoopDevice:
     """A free loop device bound with ``config``; another binder's pick is tried around."""
     control = os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
     try:
-        for _ in range(_ATTEMPTS):
-            device = LoopDevice(f"/dev/loop{fcntl.ioctl(control, LOOP_CTL_GET_FREE)}")
-            loop = os.open(device.path, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                fcntl.ioctl(loop, LOOP_CONFIGURE, config)
-                return device
-            except OSError as exc:
-                if exc.errno != errno.EBUSY:
-                    raise
-            finally:
-                os.close(loop)
+        for attempt in range(1, _ATTEMPTS + 1):
+            with _SETUP_LOCK:
+                device = LoopDevice(f"/dev/loop{fcntl.ioctl(control, LOOP_CTL_GET_FREE)}")
+                if _configured(device, config):
+                    return device
+            time.sleep(0.001 * attempt)
     finally:
         os.close(control)
     raise LoopError(f"no free loop device after {_ATTEMPTS} attempts")
+
+
+def _configured(device: LoopDevice, config: bytes) -> bool:
+    """Bind ``device`` with ``config``; false if someone bound it first."""
+    loop = os.open(device.path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(loop, LOOP_CONFIGURE, config)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        return False
+    finally:
+        os.close(loop)
+    return True
 
 
 def attach(backing: str, *, offset: int, sizelimit: int, read_only: bool) -> LoopDevice:
