@@ -5,7 +5,8 @@ an event wakes only the waiters of the entry it names: a hundred attaches waitin
 at once are not all woken by each disk. sysfs accepts a watch but never reports
 what the kernel makes there, so every wait also ends after a delay that starts
 short and doubles up to a cap, whichever comes first. No file system is told
-apart: where events come, a wait ends at the event.
+apart by name: a directory that has reported an event since its watch began is
+known to report, and a wait there looks again only after a far longer delay.
 """
 
 from __future__ import annotations
@@ -36,15 +37,17 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 class Backoff:
     first_s: float = 0.001
     max_s: float = 0.02
+    reported_max_s: float = 0.5  # the cap where the directory is known to report events
 
 
 class Waiter:
     """One waiter for some entries: woken by their events, or after its next back-off delay."""
 
-    def __init__(self, backoff: Backoff) -> None:
+    def __init__(self, backoff: Backoff, *, reported: bool = False) -> None:
         self.event = asyncio.Event()
-        self._next_s = backoff.first_s
-        self._max_s = backoff.max_s
+        # Where events come, a look after a delay only guards against a lost one.
+        self._next_s = backoff.reported_max_s if reported else backoff.first_s
+        self._max_s = backoff.reported_max_s if reported else backoff.max_s
 
     def next_delay(self) -> float:
         delay = self._next_s
@@ -72,6 +75,7 @@ class ChangeWatch:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opening = asyncio.Lock()
         self._directories: dict[int, str] = {}  # watch descriptor: directory
+        self._reporting: set[str] = set()  # directories an event has come from
         self._waiters: dict[str, set[Waiter]] = {}  # entry path: its waiters
 
     async def start(self, blocking: BlockingRunner, *directories: Path) -> None:
@@ -107,16 +111,19 @@ class ChangeWatch:
 
     def unwatch(self, watch: int) -> None:
         """Stop watching what ``watch`` names (a directory removed since is no error)."""
-        if watch == NO_WATCH or self._directories.pop(watch, None) is None:
+        directory = self._directories.pop(watch, None) if watch != NO_WATCH else None
+        if directory is None:
             return
+        self._reporting.discard(directory)
         if self._descriptor is not None and self._descriptor != NO_WATCH:
             _libc.inotify_rm_watch(self._descriptor, watch)
 
     @contextlib.contextmanager
     def expecting(self, *entries: Path) -> Iterator[Waiter]:
         """A waiter woken when any of ``entries`` appears or is written, registered before
-        the first look so no event is lost."""
-        waiter = Waiter(self._backoff)
+        the first look so no event is lost. Its delay is the long one where the first
+        entry's directory is known to report events."""
+        waiter = Waiter(self._backoff, reported=str(entries[0].parent) in self._reporting)
         paths = [str(entry) for entry in entries]
         for path in paths:
             self._waiters.setdefault(path, set()).add(waiter)
@@ -140,7 +147,10 @@ class ChangeWatch:
                 woken = list(self._waiters.values())
             else:
                 directory = self._directories.get(watch)
-                path = f"{directory}/{name}" if directory is not None else ""
+                if directory is None:
+                    continue
+                self._reporting.add(directory)
+                path = f"{directory}/{name}"
                 woken = [self._waiters.get(path, set())]
             for waiters in woken:
                 for waiter in waiters:
@@ -153,6 +163,7 @@ class ChangeWatch:
             os.close(self._descriptor)
         self._descriptor, self._loop = None, None
         self._directories.clear()
+        self._reporting.clear()
 
 
 def _parse_events(data: bytes) -> Iterator[tuple[int, str, bool]]:

@@ -101,3 +101,19 @@ async def test_a_directory_no_longer_watched_wakes_nobody(
         started = time.monotonic()
         await waiter.wait(0.2)
         assert time.monotonic() - started >= 0.15
+
+
+async def test_where_events_have_come_the_back_off_is_the_long_one(tmp_path: Path) -> None:
+    changes = ChangeWatch(Backoff(first_s=0.001, max_s=0.001, reported_max_s=30.0))
+    await changes.start(BlockingRunner(), tmp_path)
+    try:
+        with changes.expecting(tmp_path / "sdc") as before:
+            assert before.next_delay() == 0.001
+            (tmp_path / "sdc").mkdir()
+            await asyncio.wait_for(before.wait(30.0), 10.0)
+        with changes.expecting(tmp_path / "sdd") as after:
+            assert after.next_delay() == after.next_delay() == 30.0
+        with changes.expecting(tmp_path / "elsewhere" / "sde") as elsewhere:
+            assert elsewhere.next_delay() == elsewhere.next_delay() == 0.001
+    finally:
+        changes.close()
