@@ -16,7 +16,11 @@ images. JSON on stdout and in ``--out``/storm.json, charts storm.png and
 storm-cpu.png.
 
     python3 benchmarks/storm.py [--concurrency 1,16,100,300] [--mode overlayfs|dir|both]
-        [--open-latency 0.1] [--rounds 1] [--out .build/bench]
+        [--open-latency 0.1] [--rounds 1] [--out .build/bench] [--profile DIR]
+
+``--profile DIR``: py-spy (``pip install py-spy``) samples obdsnap and the
+simulator during each storm and writes their stacks to DIR in its raw
+(collapsed) format, one file a process and run.
 
 Needs root, /dev/fuse, loop devices and mfusepy (see tcmusim.testing).
 """
@@ -26,10 +30,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +81,7 @@ class Storm:
     open_latency_s: float
     populate: Populate | None = None
     load: Load | None = None
+    profile: Path | None = None  # py-spy's stacks of obdsnap and the simulator go there
 
 
 @dataclass(frozen=True)
@@ -124,13 +132,52 @@ def cpu_pair(server: Server, sim: RunningSimulator) -> tuple[CpuTimes, CpuTimes]
     return cpu_times(server.process.pid), cpu_times(sim.process.pid)
 
 
+@contextmanager
+def profiled(storm: Storm, name: str, pids: dict[str, int]) -> Iterator[None]:
+    """py-spy recording each process of ``pids`` while the block runs, if ``storm.profile``."""
+    if storm.profile is None:
+        yield
+        return
+    storm.profile.mkdir(parents=True, exist_ok=True)
+    sampling = ["--format", "raw", "--rate", "250", "--nonblocking"]
+    recorders = [
+        subprocess.Popen(
+            ["py-spy", "record", "--pid", str(pid), *sampling, "-o", f"{name}-{process}.txt"],
+            cwd=storm.profile,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for process, pid in pids.items()
+    ]
+    time.sleep(0.5)  # py-spy attaches before the first sample it should take
+    try:
+        yield
+    finally:
+        for recorder in recorders:
+            recorder.send_signal(signal.SIGINT)
+        for recorder in recorders:
+            recorder.wait()
+
+
 async def storm_on(
     stub: api.SnapshotsStub, storm: Storm, server: Server, sim: RunningSimulator, blob: Blob
 ) -> During:
     parents = [""] * storm.concurrency
-    labels = {WRITABLE: "dir"} if storm.mode == "dir" else {}
     if storm.mode == "overlayfs":
         parents = await pull_images(stub, blob, storm.concurrency)
+    pids = {"obdsnap": server.process.pid, "simulator": sim.process.pid}
+    with profiled(storm, f"{storm.mode}-k{storm.concurrency}-{time.time_ns()}", pids):
+        return await containers_started(stub, storm, server, sim, parents)
+
+
+async def containers_started(
+    stub: api.SnapshotsStub,
+    storm: Storm,
+    server: Server,
+    sim: RunningSimulator,
+    parents: Sequence[str],
+) -> During:
+    labels = {WRITABLE: "dir"} if storm.mode == "dir" else {}
     stop = asyncio.Event()
     before = cpu_pair(server, sim)
     load = asyncio.create_task(storm.load(stub, stop)) if storm.load else None
@@ -272,7 +319,7 @@ async def run_storms(storms: Sequence[Storm], rounds: int, open_latency: float) 
     results: list[Result] = []
     with (
         scratch_dir() as work,
-        running_simulator(work / "sim", open_latency=open_latency) as sim,
+        running_simulator(work / "sim", open_latency=open_latency, log_level="WARNING") as sim,
     ):
         blob = build_blob(sim, work)
         for storm in storms:
@@ -319,6 +366,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     add_storm_arguments(parser, "1,16,100,300", "both")
     parser.add_argument("--rounds", type=int, default=1, help="measurements per K (1)")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy's stacks of obdsnap and the simulator (raw) go here"
+    )
     return parser.parse_args(argv)
 
 
@@ -327,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cannot_run("storm"):
         return 2
     storms = [
-        Storm(mode, k, arguments.open_latency)
+        Storm(mode, k, arguments.open_latency, profile=arguments.profile)
         for mode in modes(arguments.mode)
         for k in arguments.concurrency
     ]

@@ -2,14 +2,21 @@
 
 The process's own mount table is read once and kept until the kernel signals a
 change (POLLPRI on the open file): a node may have thousands of mounts, and
-reading them all costs milliseconds per question. Whether a given device is
-mounted on a path is answered from stat(2) where it can be.
+reading them all costs milliseconds per question. A question that waited while
+another thread read the table takes that reading, which began after it was asked,
+so a hundred questions after one change cost one reading. Whether a path is
+mounted on, and whether a given device is, is answered from statx(2) and stat(2)
+where they can.
 """
 
 from __future__ import annotations
 
 import bisect
+import ctypes
+import ctypes.util
+import errno
 import functools
+import itertools
 import os
 import re
 import select
@@ -31,6 +38,17 @@ class MountEntry:
 
 
 _READ_CHUNK = 1 << 16
+_AT_FDCWD = -100
+_AT_SYMLINK_NOFOLLOW = 0x100
+_AT_NO_AUTOMOUNT = 0x800
+_STATX_TYPE = 0x1
+_STATX_ATTR_MOUNT_ROOT = 0x2000
+_STATX_SIZE = 256
+_STATX_ATTRIBUTES = 8  # offset of stx_attributes (u64)
+_STATX_ATTRIBUTES_MASK = 56  # offset of stx_attributes_mask (u64)
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_statx = getattr(_libc, "statx", None)
 
 
 class MountSnapshot:
@@ -85,15 +103,22 @@ class MountTable:
         self._descriptor = -1
         self._poller = select.poll()
         self._snapshot = MountSnapshot(())
+        self._tickets = itertools.count()  # questions in the order they were asked
+        self._read_after = -1  # the last ticket handed out before the kept reading began
 
     def snapshot(self) -> MountSnapshot:
-        """Blocking: the current mount table."""
+        """Blocking: the mount table as it was at this call or later."""
+        ticket = next(self._tickets)
         with self._lock:
             if self._owner != os.getpid():
                 self._open()
-            elif self._changed():
-                self._snapshot = self._read()
+            elif self._read_after < ticket and self._changed():
+                self._reread()
             return self._snapshot
+
+    def _reread(self) -> None:
+        self._read_after = next(self._tickets)
+        self._snapshot = self._read()
 
     def _open(self) -> None:
         # Opened before the first read: a change while reading is signalled by the next poll.
@@ -101,7 +126,7 @@ class MountTable:
         self._poller = select.poll()
         self._poller.register(self._descriptor, select.POLLPRI | select.POLLERR)
         self._owner = os.getpid()
-        self._snapshot = self._read()
+        self._reread()
 
     def _changed(self) -> bool:
         return any(events & (select.POLLPRI | select.POLLERR) for _, events in self._poller.poll(0))
@@ -134,10 +159,35 @@ def parse_table(text: str) -> tuple[MountEntry, ...]:
 
 
 def is_mounted(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
-    """Blocking: whether something is mounted exactly on ``path``."""
-    if mountinfo == MOUNTINFO and _crosses_mount(path):
-        return True
+    """Blocking: whether something is mounted exactly on ``path``.
+
+    From stat(2) and statx(2) where the process's own table is asked: ``path`` on
+    another file system than its parent, or the root of a mount (a bind mount of
+    the same file system too); from the table where statx cannot tell.
+    """
+    if mountinfo == MOUNTINFO:
+        if _crosses_mount(path):
+            return True
+        mount_root = _is_mount_root(path)
+        if mount_root is not None:
+            return mount_root
     return mounted_source(path, mountinfo) is not None
+
+
+def _is_mount_root(path: Path) -> bool | None:
+    """Blocking: whether ``path`` (not followed if a symlink) is the root of a mount;
+    None where statx does not say (an old kernel or C library)."""
+    if _statx is None:
+        return None
+    buffer = ctypes.create_string_buffer(_STATX_SIZE)
+    flags = _AT_SYMLINK_NOFOLLOW | _AT_NO_AUTOMOUNT
+    if _statx(_AT_FDCWD, os.fsencode(path), flags, _STATX_TYPE, buffer) != 0:
+        return False if ctypes.get_errno() == errno.ENOENT else None
+    supported = int.from_bytes(buffer.raw[_STATX_ATTRIBUTES_MASK:][:8], "little")
+    if not supported & _STATX_ATTR_MOUNT_ROOT:
+        return None
+    attributes = int.from_bytes(buffer.raw[_STATX_ATTRIBUTES:][:8], "little")
+    return bool(attributes & _STATX_ATTR_MOUNT_ROOT)
 
 
 def device_mounted_on(device: Path, path: Path) -> bool:

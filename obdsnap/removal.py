@@ -99,7 +99,7 @@ class DeviceRelease:
     async def refuse_if_mounted(self, record: Record) -> None:
         """DESIGN-v1 §9 step 5: a snapshot whose mountpoint is still a mount point stays."""
         mountpoint = self._layout.block(record.id).mountpoint
-        if await self._blocking(self._mounter.mounted_source, mountpoint) is not None:
+        if await self._blocking(self._mounter.is_mounted, mountpoint):
             raise FailedPrecondition(
                 f"try to remove snapshot {record.id} which still have mountpoint"
             ).add_context(snapshot_id=record.id, step="remove")

@@ -242,6 +242,7 @@ class ConfigFS(FuseOps):
             del node.parent.children[node.name]
             node.target.incoming_links -= 1
             node.parent.mtime_ns = time.time_ns()
+        node.parent.link_dropped(node.name, node.target)
         return 0
 
     @traced(log)
@@ -322,8 +323,8 @@ class ConfigFS(FuseOps):
             raise fs_error(errno.EISDIR)
         return 0  # O_TRUNC on an attribute: configfs ignores it
 
-    def flush(self, path: str, fh: int) -> int:
-        return 0
+    # No flush: its ENOSYS tells the kernel to send none on any later close(2), as
+    # configfs needs none (a request less per attribute access).
 
     def fsync(self, path: str, datasync: int, fh: int) -> int:
         return 0

@@ -82,6 +82,10 @@ class Group:
     def drop_link(self, name: str, target: Group) -> None:
         """The link ``name`` -> ``target`` is being removed (tree lock held)."""
 
+    def link_dropped(self, name: str, target: Group) -> None:
+        """The link ``name`` -> ``target`` was removed: release what it held (no lock held),
+        before the unlink(2) returns."""
+
     # -- helpers ----------------------------------------------------------------------
 
     def path(self) -> str:

@@ -22,6 +22,7 @@ logging.getLogger("mfusepy").setLevel(logging.WARNING)
 
 # Workers that may block at once (enable writes block for the whole image open).
 MAX_THREADS = 128
+ENTRY_TIMEOUT_S = 1.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,9 +37,12 @@ class FuseOps:
 
     def init_with_config(self, conn_info: Any, config: Any) -> None:
         if config is not None:
-            # configfs semantics: nothing cached, every read/write reaches us at once.
+            # configfs semantics: no attribute or absence cached, every read/write reaches us
+            # at once. Entries are kept a while (configfs lives in the dcache): only our own
+            # mkdir/rmdir/symlink/unlink, which the kernel sees, remove them, and the shared
+            # part of a path (target/core/HBA) is looked up once, not on every access.
             config.direct_io = 1
-            config.entry_timeout = 0.0
+            config.entry_timeout = ENTRY_TIMEOUT_S
             config.attr_timeout = 0.0
             config.negative_timeout = 0.0
             config.hard_remove = 1
@@ -54,29 +58,28 @@ def traced(logger: logging.Logger, level: int = logging.INFO) -> Callable[[F], F
         @functools.wraps(method)
         def wrapper(self: object, *args: Any) -> Any:
             started = time.monotonic()
-            shown = ", ".join(_short(a) for a in args)
             try:
                 result = method(self, *args)
             except OSError as exc:
-                code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
                 # A failed lookup is routine; other failures are worth seeing.
-                quiet = exc.errno == errno.ENOENT
-                logger.log(
-                    level if quiet else max(level, logging.INFO),
-                    "%s(%s) -> %s (%.1f ms)%s",
-                    name,
-                    shown,
-                    code,
-                    (time.monotonic() - started) * 1000,
-                    f": {exc.strerror}" if exc.strerror else "",
-                )
+                failure_level = level if exc.errno == errno.ENOENT else max(level, logging.INFO)
+                if logger.isEnabledFor(failure_level):
+                    logger.log(
+                        failure_level,
+                        "%s(%s) -> %s (%.1f ms)%s",
+                        name,
+                        _shown(args),
+                        errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                        (time.monotonic() - started) * 1000,
+                        f": {exc.strerror}" if exc.strerror else "",
+                    )
                 raise
             if logger.isEnabledFor(level):
                 logger.log(
                     level,
                     "%s(%s) -> %s (%.1f ms)",
                     name,
-                    shown,
+                    _shown(args),
                     _short(result),
                     (time.monotonic() - started) * 1000,
                 )
@@ -85,6 +88,10 @@ def traced(logger: logging.Logger, level: int = logging.INFO) -> Callable[[F], F
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _shown(args: tuple[Any, ...]) -> str:
+    return ", ".join(_short(a) for a in args)
 
 
 def _short(value: object) -> str:

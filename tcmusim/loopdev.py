@@ -1,10 +1,17 @@
-"""Loop devices (util-linux losetup): the real block devices under the simulated disks."""
+"""Loop devices: the real block devices under the simulated disks.
+
+Bound and freed with the ioctls ``losetup --find --show`` and ``losetup --detach``
+make (LOOP_CTL_GET_FREE, LOOP_CONFIGURE, LOOP_CLR_FD), without a process each:
+a storm binds hundreds at once.
+"""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
-import subprocess
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -12,10 +19,21 @@ from pathlib import Path
 
 log = logging.getLogger("tcmusim.loop")
 
-# losetup --find picks a free device and then binds it; two at once can pick the same one.
+# The lowest free device goes to every binder that asks at once: ours ask one at a time
+# (two ioctls, no process), and one another process took first is tried around.
 _SETUP_LOCK = threading.Lock()
-_ATTEMPTS = 5
+_ATTEMPTS = 20
 LOOP_JOURNAL = "loops.log"  # in the simulator's state dir
+LOOP_CONTROL = "/dev/loop-control"
+LOOP_CTL_GET_FREE = 0x4C82
+LOOP_CONFIGURE = 0x4C0A
+LOOP_CLR_FD = 0x4C01
+LO_FLAGS_READ_ONLY = 1
+# struct loop_config: fd, block_size, struct loop_info64 (device, inode, rdevice, offset,
+# sizelimit, number, encrypt_type, encrypt_key_size, flags, file_name, crypt_name,
+# encrypt_key, init[2]), reserved[8]
+_LOOP_CONFIG = struct.Struct("=II5Q4I64s64s32s2Q8Q")
+_GONE = frozenset({errno.ENXIO, errno.ENOENT, errno.ENODEV})
 
 
 class LoopError(Exception):
@@ -31,33 +49,54 @@ class LoopDevice:
         return Path(self.path).name
 
 
-def _losetup(*args: str) -> str:
+def _loop_config(backing_fd: int, backing: str, offset: int, sizelimit: int, flags: int) -> bytes:
+    name = os.fsencode(backing)[:63]
+    return _LOOP_CONFIG.pack(
+        backing_fd, 0, 0, 0, 0, offset, sizelimit, 0, 0, 0, flags, name, b"", b"", 0, 0,
+        *[0] * 8,
+    )  # fmt: skip
+
+
+def _bind_free_device(config: bytes) -> LoopDevice:
+    """A free loop device bound with ``config``; another binder's pick is tried around."""
+    control = os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
     try:
-        done = subprocess.run(
-            ["losetup", *args], capture_output=True, text=True, check=False, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LoopError(f"losetup {' '.join(args)}: {exc}") from exc
-    if done.returncode != 0:
-        raise LoopError(done.stderr.strip() or f"losetup exited with {done.returncode}")
-    return done.stdout.strip()
+        for attempt in range(1, _ATTEMPTS + 1):
+            with _SETUP_LOCK:
+                device = LoopDevice(f"/dev/loop{fcntl.ioctl(control, LOOP_CTL_GET_FREE)}")
+                if _configured(device, config):
+                    return device
+            time.sleep(0.001 * attempt)
+    finally:
+        os.close(control)
+    raise LoopError(f"no free loop device after {_ATTEMPTS} attempts")
+
+
+def _configured(device: LoopDevice, config: bytes) -> bool:
+    """Bind ``device`` with ``config``; false if someone bound it first."""
+    loop = os.open(device.path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(loop, LOOP_CONFIGURE, config)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        return False
+    finally:
+        os.close(loop)
+    return True
 
 
 def attach(backing: str, *, offset: int, sizelimit: int, read_only: bool) -> LoopDevice:
-    args = ["--find", "--show", "--offset", str(offset), "--sizelimit", str(sizelimit)]
-    if read_only:
-        args.append("--read-only")
     started = time.monotonic()
-    for attempt in range(1, _ATTEMPTS + 1):
-        with _SETUP_LOCK:
-            try:
-                device = LoopDevice(_losetup(*args, backing))
-                break
-            except LoopError as exc:
-                if attempt == _ATTEMPTS or "busy" not in str(exc).lower():
-                    raise
-                log.warning("losetup: %s, retrying", exc)
-        time.sleep(0.05 * attempt)
+    try:
+        backing_fd = os.open(backing, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+        try:
+            flags = LO_FLAGS_READ_ONLY if read_only else 0
+            device = _bind_free_device(_loop_config(backing_fd, backing, offset, sizelimit, flags))
+        finally:
+            os.close(backing_fd)
+    except OSError as exc:
+        raise LoopError(f"loop device for {backing}: {exc.strerror}") from exc
     log.info(
         "loop %s <- %s (offset %d, size %d, %s) in %.1f ms",
         device.path,
@@ -74,11 +113,15 @@ def detach(device: LoopDevice) -> None:
     """Detach; a device still open (mounted) is left to autoclear by the kernel."""
     started = time.monotonic()
     try:
-        _losetup("--detach", device.path)
-    except LoopError as exc:
-        if "No such device" in str(exc) or "No such file" in str(exc):
+        loop = os.open(device.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(loop, LOOP_CLR_FD)
+        finally:
+            os.close(loop)
+    except OSError as exc:
+        if exc.errno in _GONE:
             return
-        raise
+        raise LoopError(f"{device.path}: {exc.strerror}") from exc
     log.info("loop %s detached in %.1f ms", device.path, (time.monotonic() - started) * 1000)
 
 

@@ -150,6 +150,7 @@ class Lun(Group):
         self.tpg = tpg
         self.lun = lun
         self.export: ScsiExport | None = None
+        self._unexported: list[ScsiExport] = []  # dropped under the tree lock, removed after
         for attribute in ("alua_tg_pt_gp", "alua_tg_pt_offline", "alua_tg_pt_status"):
             self.attribute(attribute, show=lambda: "0\n", store=lambda text: None)
         self.default_group(Group("statistics"))
@@ -181,7 +182,12 @@ class Lun(Group):
         if export is not None:
             with export.kernel.lock:
                 export.kernel.exports.discard(export)
-            export.remove()
+            self._unexported.append(export)
+
+    def link_dropped(self, name: str, target: Group) -> None:
+        # The disk leaves sysfs outside the tree lock: other configfs calls go on meanwhile.
+        while self._unexported:
+            self._unexported.pop().remove()
 
 
 class ScsiExport:

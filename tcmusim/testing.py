@@ -127,7 +127,7 @@ class RunningSimulator:
 
 
 def simulator_command(
-    root: Path, *, open_latency: float = 0.0, appear_delay: float = 0.0
+    root: Path, *, open_latency: float = 0.0, appear_delay: float = 0.0, log_level: str = "INFO"
 ) -> list[str]:
     return [
         sys.executable, "-m", "tcmusim", "run",
@@ -139,6 +139,7 @@ def simulator_command(
         "--ready-file", str(root / "ready"),
         "--open-latency", str(open_latency),
         "--appear-delay", str(appear_delay),
+        "--log-level", log_level,
     ]  # fmt: skip
 
 
@@ -149,8 +150,11 @@ def running_simulator(
     open_latency: float = 0.0,
     appear_delay: float = 0.0,
     ready_timeout: float = 30.0,
+    log_level: str = "INFO",
     **knobs: object,
 ) -> Iterator[RunningSimulator]:
+    """``log_level`` WARNING keeps the log to faults and failures: what benchmarks use, so
+    that the simulator's CPU is its kernel work, not a log line per configfs operation."""
     root = Path(tmpdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     control = ControlWriter(root / "control.json")
@@ -163,7 +167,9 @@ def running_simulator(
     (root / "ready").unlink(missing_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            simulator_command(root, open_latency=open_latency, appear_delay=appear_delay),
+            simulator_command(
+                root, open_latency=open_latency, appear_delay=appear_delay, log_level=log_level
+            ),
             stdout=subprocess.DEVNULL,
             stderr=log,
             stdin=subprocess.DEVNULL,

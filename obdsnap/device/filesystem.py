@@ -105,8 +105,13 @@ def remove_lost_and_found(mountpoint: Path, spec: FsSpec) -> None:
 
 
 async def flush_device(device: Path) -> None:
-    """Write back the device's buffers and the filesystem on it, wherever it is mounted."""
-    await run_command("blockdev", "--flushbufs", str(device))
+    """Write back the device's buffers and the filesystem on it, wherever it is mounted:
+    BLKFLSBUF in the executor, as ``blockdev --flushbufs`` would, without its process."""
+    try:
+        await _blocking(syscalls.flush_buffers, device)
+    except OSError as exc:
+        message = f"blockdev --flushbufs {device}: {exc.strerror}"
+        raise CommandError(("blockdev",), message, str(exc.strerror)) from exc
 
 
 async def mount_device(device: Path, mountpoint: Path, spec: FsSpec, *, readonly: bool) -> None:

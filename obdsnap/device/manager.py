@@ -12,6 +12,7 @@ import enum
 import logging
 import time
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +34,14 @@ class MountMode(enum.Enum):
     READ_ONLY = "ro"  # rwMode overlayfs: the lower of an overlay
     READ_WRITE = "rw"  # rwMode dir: the container's rootfs itself
     NONE = "none"  # rwMode dev: the device goes to a VM runtime unmounted
+
+    @property
+    def mounts(self) -> bool:
+        return self is not MountMode.NONE
+
+    @property
+    def writable(self) -> bool:
+        return self is not MountMode.READ_ONLY
 
 
 class IntentJournal(Protocol):
@@ -164,24 +173,18 @@ class DeviceManager:
         if device is None:
             device, started = await self._new_device(snapshot_id, block)
         try:
-            writable = mode is not MountMode.READ_ONLY
-            spec = await self._filesystem(
-                snapshot_id, device, spec, fresh_fs=mkfs and fresh, writable=writable
+            fresh_fs = mkfs and fresh
+            found = await self._blocking(
+                self._before_mount, device, block, sniff=not fresh_fs, mount=mode.mounts
             )
-            fresh_rw = mkfs and fresh and mode is MountMode.READ_WRITE
-            if mkfs and fresh:
+            spec = self._filesystem(snapshot_id, spec, found, writable=mode.writable)
+            fresh_rw = fresh_fs and mode is MountMode.READ_WRITE
+            if fresh_fs:
                 await self._mounter.make_filesystem(device, spec, mounted_rw_next=fresh_rw)
-            if mode is not MountMode.NONE and not await self._is_mounted(block.mountpoint):
-                with failure_context(step="mountpoint"):
-                    await self._blocking(make_real_directory, block.mountpoint, PRIVATE_DIR_MODE)
-                await self._mounter.mount(
-                    device, block.mountpoint, spec, readonly=mode is MountMode.READ_ONLY
-                )
-            if fresh_rw:
-                with failure_context(step="mkfs"):
-                    await self._blocking(remove_lost_and_found, block.mountpoint, spec)
-            with failure_context(step="mark"):
-                await self._blocking(_write_mark, block.mark, device)
+            if mode.mounts and not found.mounted:
+                readonly = not mode.writable
+                await self._mounter.mount(device, block.mountpoint, spec, readonly=readonly)
+            await self._blocking(_finish_attach, block, device, spec, fresh_rw=fresh_rw)
         except BaseException as exc:
             if fresh:
                 if isinstance(exc, Exception):
@@ -193,13 +196,26 @@ class DeviceManager:
             log.info("snapshot %d: device %s attached (%s)", snapshot_id, device, mode.value)
         return device
 
-    async def _filesystem(
-        self, snapshot_id: int, device: Path, spec: FsSpec, *, fresh_fs: bool, writable: bool
+    def _before_mount(
+        self, device: Path, block: BlockDir, *, sniff: bool, mount: bool
+    ) -> _DeviceFound:
+        """Blocking: the EROFS sniff (DESIGN-v1 §11) unless the filesystem is made now, and,
+        where a mount is wanted, whether it is there already, else its mountpoint made."""
+        erofs = sniff and has_erofs_magic(device)
+        if not mount:
+            return _DeviceFound(erofs=erofs, mounted=False)
+        if self._mounter.is_mounted(block.mountpoint):
+            return _DeviceFound(erofs=erofs, mounted=True)
+        with failure_context(step="mountpoint"):
+            make_real_directory(block.mountpoint, PRIVATE_DIR_MODE)
+        return _DeviceFound(erofs=erofs, mounted=False)
+
+    @staticmethod
+    def _filesystem(
+        snapshot_id: int, spec: FsSpec, found: _DeviceFound, *, writable: bool
     ) -> FsSpec:
-        """The chosen file system, after the EROFS sniff (DESIGN-v1 §11) unless it is made
-        now; EROFS is refused for a writable device."""
-        if not fresh_fs:
-            spec = sniffed(spec, erofs_found=await self._blocking(has_erofs_magic, device))
+        """The chosen file system, EROFS if the sniff found it; refused for a writable device."""
+        spec = sniffed(spec, erofs_found=found.erofs)
         if writable:
             refuse_writable_erofs(snapshot_id, spec)
         return spec
@@ -238,7 +254,7 @@ class DeviceManager:
 
     async def _detach(self, snapshot_id: int) -> None:
         block = self._layout.block(snapshot_id)
-        device = await self._blocking(_read_mark, block.mark)
+        device, mounted = await self._blocking(self._mark_and_mount, block)
         ours = await self.may_own(snapshot_id)
         if not ours:
             log.warning(
@@ -248,12 +264,16 @@ class DeviceManager:
             # The filesystem may still be mounted elsewhere (a container's namespace):
             # its dirty data must reach the device before the device goes.
             await self._mounter.flush(device)
-        if await self._is_mounted(block.mountpoint):
+        if mounted:
             await self._mounter.unmount(block.mountpoint)
         if ours:
             await self._backend.detach(snapshot_id)
         await self._blocking(_remove_mark, block.mark)
         log.info("snapshot %d: device detached", snapshot_id)
+
+    def _mark_and_mount(self, block: BlockDir) -> tuple[Path | None, bool]:
+        """Blocking: the device the mark names, and whether the mountpoint is mounted on."""
+        return _read_mark(block.mark), self._mounter.is_mounted(block.mountpoint)
 
     async def is_marked(self, snapshot_id: int) -> bool:
         """Whether an attach got to its end and no detach has undone it since."""
@@ -291,6 +311,21 @@ class DeviceManager:
             with contextlib.suppress(Exception):
                 await self._mounter.unmount(mountpoint)
         await self._backend.detach(snapshot_id)
+
+
+@dataclass(frozen=True)
+class _DeviceFound:
+    erofs: bool  # the sniff found EROFS's magic
+    mounted: bool  # the mountpoint has its mount already
+
+
+def _finish_attach(block: BlockDir, device: Path, spec: FsSpec, *, fresh_rw: bool) -> None:
+    """Blocking: a fresh read-write filesystem emptied of lost+found, then the mark."""
+    if fresh_rw:
+        with failure_context(step="mkfs"):
+            remove_lost_and_found(block.mountpoint, spec)
+    with failure_context(step="mark"):
+        _write_mark(block.mark, device)
 
 
 def _write_mark(path: Path, device: Path) -> None:

@@ -62,7 +62,7 @@ class Mounter(Protocol):
 
 
 class HostMounter:
-    """The real thing: mkfs(8), mount(2), umount2(2), blockdev(8) and /proc/self/mountinfo."""
+    """The real thing: mkfs(8), mount(2), umount2(2), BLKFLSBUF and /proc/self/mountinfo."""
 
     def mounted_source(self, path: Path) -> str | None:
         return mountinfo.mounted_source(path)

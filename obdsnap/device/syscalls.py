@@ -1,4 +1,5 @@
-"""mount(2) and umount2(2) called directly, as the Go snapshotter does, not through mount(8).
+"""mount(2), umount2(2) and the BLKFLSBUF ioctl called directly, as the Go snapshotter does,
+not through mount(8) or blockdev(8).
 
 Options are split the way util-linux splits them: the generic ones become
 ``MS_*`` flags, every other one goes to the filesystem in the data string.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,6 +31,7 @@ MS_SILENT = 32768
 MS_RELATIME = 1 << 21
 MS_STRICTATIME = 1 << 24
 MS_LAZYTIME = 1 << 25
+BLKFLSBUF = 0x1261  # _IO(0x12, 97)
 
 # option -> (whether it sets or clears the flags, the flags)
 FLAG_OPTIONS: dict[str, tuple[bool, int]] = {
@@ -103,6 +106,16 @@ def umount(target: Path, flags: int = 0) -> None:
     """Blocking umount2(2); OSError with the errno on failure."""
     if _libc.umount2(os.fsencode(target), flags) != 0:
         _raise_errno(target)
+
+
+def flush_buffers(device: Path) -> None:
+    """Blocking BLKFLSBUF, what ``blockdev --flushbufs`` does: the filesystem on the device is
+    synced wherever it is mounted, then the device's buffers written back and dropped."""
+    descriptor = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(descriptor, BLKFLSBUF, 0)
+    finally:
+        os.close(descriptor)
 
 
 def _raise_errno(path: Path) -> NoReturn:

@@ -5,9 +5,11 @@ the snapshot's ``config.v1.json`` (the HBA and the loopback WWN are the
 tenant's, tcmu_names.py); overlaybd-tcmu opens the image when the
 target is enabled and reports in the result file. A tcm_loop LUN then turns the
 target into a SCSI disk that shows up in sysfs. Every blocking step runs in the
-backend's own executor; the result file is read there after a failed enable and
-whenever the wait for the disk wakes (change_watch.py), so every failed open
-carries overlaybd's reason.
+backend's own executor, the whole set-up in one job: target, enable, LUN and a
+first look for the disk. A disk that is not there yet is waited for on inotify
+(change_watch.py) of sysfs and of the result file, with a back-off beside it; the
+result file is read after a failed enable and whenever that wait wakes, so every
+failed open carries overlaybd's reason.
 
 A device's owner token is its ``dev_config``: a device set up by the Go
 snapshotter from the same root carries the same token, one set up from another
@@ -31,7 +33,7 @@ from pathlib import Path
 from obdsnap.blocking import BlockingRunner
 from obdsnap.config import NO_TENANT
 from obdsnap.device.backend import AttachError, DeviceTimeout, OpenFailed
-from obdsnap.device.change_watch import Backoff, EntryWatch, Waiter
+from obdsnap.device.change_watch import Backoff, ChangeWatch, Waiter
 from obdsnap.device.tcmu_names import TcmuNames
 from obdsnap.errors import failure_context
 from obdsnap.fsutil import write_file_no_follow
@@ -61,8 +63,9 @@ class TcmuTimings:
 
 @dataclass(frozen=True)
 class DiskProbe:
-    """One look for the disk: its node, or overlaybd's result so far."""
+    """One look for the disk of a SCSI address: its node, or overlaybd's result so far."""
 
+    address: str
     device: Path | None
     result: str = ""
     timeout_error: str = ""  # why the disk that is there could not take the SCSI timeout
@@ -88,7 +91,8 @@ class TcmuBackend:
         # open an image, and slow images must not starve the snapshotter's file work.
         self._executor = ThreadPoolExecutor(max_workers=DEVICE_THREADS, thread_name_prefix="tcmu")
         self._blocking = BlockingRunner(self._executor)
-        self._disk_watch = EntryWatch(sysfs / "class" / "scsi_device", timings.disk_backoff)
+        self._scsi_devices = sysfs / "class" / "scsi_device"
+        self._changes = ChangeWatch(timings.disk_backoff)
 
     @property
     def core_dir(self) -> Path:
@@ -113,18 +117,38 @@ class TcmuBackend:
 
     async def attach_config(self, snapshot_id: int, config: str, result_file: Path) -> Path:
         """Set up device ``snapshot_id`` with ``dev_config`` ``config``; undone on failure."""
+        await self._changes.start(self._blocking, self._scsi_devices)
+        set_up = asyncio.ensure_future(
+            self._blocking(self._set_up, snapshot_id, config, result_file)
+        )
         try:
-            with failure_context(snapshot_id=snapshot_id, step="configfs"):
-                await self._blocking(self._create_target, snapshot_id, config, result_file)
-            with failure_context(snapshot_id=snapshot_id, step="open"):
-                await self._enable(snapshot_id, result_file)
-            with failure_context(snapshot_id=snapshot_id, step="lun"):
-                address = await self._blocking(self._create_lun, snapshot_id)
+            probe = await asyncio.shield(set_up)
+            if probe.device is not None:
+                return probe.device
             with failure_context(snapshot_id=snapshot_id, step="disk"):
-                return await self._wait_for_disk(address, result_file)
+                return await self._wait_for_disk(probe.address, result_file)
         except BaseException:
-            await asyncio.shield(self.detach(snapshot_id))
+            await asyncio.shield(self._undo_set_up(snapshot_id, set_up))
             raise
+
+    async def _undo_set_up(self, snapshot_id: int, set_up: asyncio.Future[DiskProbe]) -> None:
+        """Tear down what the set-up made, once it has ended: its thread goes on after a cancel."""
+        await asyncio.wait([set_up])
+        if not set_up.cancelled():
+            set_up.exception()  # raised to the caller already, or not at all
+        await self.detach(snapshot_id)
+
+    def _set_up(self, snapshot_id: int, config: str, result_file: Path) -> DiskProbe:
+        """Blocking: target, enable, LUN, then a first look for the disk."""
+        target = self.target_dir(snapshot_id)
+        with failure_context(snapshot_id=snapshot_id, step="configfs"):
+            _create_target(target, config, result_file)
+        with failure_context(snapshot_id=snapshot_id, step="open"):
+            self._enable(target, result_file)
+        with failure_context(snapshot_id=snapshot_id, step="lun"):
+            address = self._create_lun(snapshot_id)
+        with failure_context(snapshot_id=snapshot_id, step="disk"):
+            return self._probe_disk(address, result_file)
 
     async def detach(self, snapshot_id: int) -> None:
         with failure_context(snapshot_id=snapshot_id, step="configfs"):
@@ -187,76 +211,77 @@ class TcmuBackend:
 
     # ------------------------------------------------------------------ steps
 
-    def _create_target(self, snapshot_id: int, config: str, result_file: Path) -> None:
-        target = self.target_dir(snapshot_id)
-        target.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # A stale "success" from an earlier attach must not be taken for this one's.
-        write_file_no_follow(result_file, b"")
-        _write_attribute(target / "control", f"dev_config={config}")
-        _write_attribute(target / "control", f"max_data_area_mb={MAX_DATA_AREA_MB}")
-
-    async def _enable(self, snapshot_id: int, result_file: Path) -> None:
-        """Write ``enable``: overlaybd-tcmu opens the image meanwhile, and says how in the result
-        file. A failure carries the errno and overlaybd's reason."""
-        target = self.target_dir(snapshot_id)
+    def _enable(self, target: Path, result_file: Path) -> None:
+        """Blocking: write ``enable`` (overlaybd-tcmu opens the image meanwhile, and says how in
+        the result file), then the command timeout. A failure carries the errno and
+        overlaybd's reason."""
         try:
-            await self._write_enable(target, result_file)
+            self._write_enable(target, result_file)
         except OSError as exc:
-            raise _enable_failed(target, exc, await self._read_result(result_file)) from exc
-        await self._blocking(_write_attribute, target / "attrib" / "cmd_time_out", COMMAND_TIMEOUT)
+            raise _enable_failed(target, exc, read_result(result_file)) from exc
+        _write_attribute(target / "attrib" / "cmd_time_out", COMMAND_TIMEOUT)
 
-    async def _write_enable(self, target: Path, result_file: Path) -> None:
-        """Write ``enable``, again every 50 ms while the kernel answers EAGAIN (100 times)."""
+    def _write_enable(self, target: Path, result_file: Path) -> None:
+        """Blocking: write ``enable``, again every 50 ms while the kernel answers EAGAIN (100
+        times)."""
         for attempt in range(self._timings.enable_attempts):
             try:
-                await self._blocking(_write_attribute, target / "enable", "1")
+                _write_attribute(target / "enable", "1")
                 return
             except BlockingIOError as exc:
                 if attempt + 1 == self._timings.enable_attempts:
-                    text = await self._read_result(result_file)
+                    text = read_result(result_file)
                     detail = text or f"{exc.strerror} {attempt + 1} times"
                     raise AttachError(
                         f"failed to enable target for {target}, {detail}"
                     ).add_context(reason=_overlaybd_reason(text) or str(exc.strerror)) from exc
-                await asyncio.sleep(self._timings.enable_retry_interval_s)
-
-    async def _read_result(self, result_file: Path) -> str:
-        """overlaybd's result file, stripped; "" if it is missing."""
-        return await self._blocking(read_result, result_file)
+                time.sleep(self._timings.enable_retry_interval_s)
 
     def _create_lun(self, snapshot_id: int) -> str:
+        """Blocking: the loopback WWN, its LUN linking the target; the SCSI address."""
         name = self.names.wwn(snapshot_id)
+        tpg = self._loopback / name / "tpgt_1"
+        # mkdir of "loopback" loads tcm_loop if it is not yet; "lun" comes with tpgt_1.
+        _make_groups(self._loopback.parent, ["loopback"])
+        if not _made_group(self._loopback / name):  # a WWN made just now is nobody else's
+            self._refuse_foreign_wwn(snapshot_id)
+        _make_groups(self._loopback / name, ["tpgt_1", "lun/lun_0"])
+        _write_attribute(tpg / "nexus", name)
+        with contextlib.suppress(FileExistsError):
+            os.symlink(self.target_dir(snapshot_id), self._lun_link(snapshot_id))
+        return _read_attribute(tpg / "address").strip()
+
+    def _refuse_foreign_wwn(self, snapshot_id: int) -> None:
         foreign = self._foreign_hba(snapshot_id)
         if foreign is not None:
             raise AttachError(
-                f"loopback {name} is taken by a device of another HBA ({foreign}): tenants "
-                f"that differ by a multiple of 100 share the WWN prefix {self.names.wwn_prefix}"
+                f"loopback {self.names.wwn(snapshot_id)} is taken by a device of another HBA "
+                f"({foreign}): tenants that differ by a multiple of 100 share the WWN prefix "
+                f"{self.names.wwn_prefix}"
             )
-        tpg = self._loopback / name / "tpgt_1"
-        # mkdir of "loopback" loads tcm_loop if it is not yet; "lun" comes with tpgt_1.
-        _make_groups(self._loopback.parent, ["loopback", name, "tpgt_1", "lun/lun_0"])
-        _write_attribute(tpg / "nexus", name)
-        with contextlib.suppress(FileExistsError):
-            self._lun_link(snapshot_id).symlink_to(self.target_dir(snapshot_id))
-        return (tpg / "address").read_text().strip()
 
     async def _wait_for_disk(self, address: str, result_file: Path) -> Path:
         """The disk, once it appeared and took the SCSI timeout (before any mkfs or mount).
 
-        Looked for again when sysfs reports the disk's SCSI device, or the back-off's
-        delay ends (sysfs reports nothing on a real node). overlaybd's result is in
-        by then as a rule: ``enable`` returned after the image was opened.
+        Looked for again when sysfs reports the disk's SCSI device, overlaybd writes
+        its result file, or the back-off's delay ends (sysfs reports nothing on a
+        real node). overlaybd's result is in by then as a rule: ``enable`` returned
+        after the image was opened.
         """
-        await self._disk_watch.start(self._blocking)
-        with self._disk_watch.expecting(f"{address}:0") as waiter:
-            return await self._watch_for_disk(waiter, address, result_file)
+        disk_entry = self._scsi_devices / f"{address}:0"
+        with self._changes.expecting(disk_entry, result_file) as waiter:
+            watch = await self._blocking(self._changes.watch, result_file.parent)
+            try:
+                return await self._watch_for_disk(waiter, address, result_file)
+            finally:
+                self._changes.unwatch(watch)
 
     async def _watch_for_disk(self, waiter: Waiter, address: str, result_file: Path) -> Path:
         disks = self._disks_dir(address)
         deadline = time.monotonic() + self._timings.disk_timeout_s
         last_error = ""
         while True:
-            probe = await self._blocking(self._probe_disk, disks, result_file)
+            probe = await self._blocking(self._probe_disk, address, result_file)
             if probe.device is not None:
                 return probe.device
             last_error = probe.timeout_error or last_error
@@ -272,19 +297,19 @@ class TcmuBackend:
                 )
             await waiter.wait(remaining)
 
-    def _probe_disk(self, disks: Path, result_file: Path) -> DiskProbe:
+    def _probe_disk(self, address: str, result_file: Path) -> DiskProbe:
         """Blocking: the disk if it is there and took the SCSI timeout (a timeout that
         cannot be written yet counts as not there yet); else the result file."""
-        names = _list_dir(disks)
+        names = _list_dir(self._disks_dir(address))
         error = ""
         if names:
-            disk = sorted(names)[0]
+            disk = min(names)
             try:
                 _write_attribute(self._timeout_file(disk), COMMAND_TIMEOUT)
-                return DiskProbe(Path("/dev") / disk)
+                return DiskProbe(address, Path("/dev") / disk)
             except OSError as exc:
                 error = f"; its SCSI timeout could not be set: {exc.strerror}"
-        return DiskProbe(None, read_result(result_file), error)
+        return DiskProbe(address, None, read_result(result_file), error)
 
     def _timeout_file(self, disk: str) -> Path:
         return self._sysfs / "block" / disk / "device" / "timeout"
@@ -344,6 +369,31 @@ def _enable_failed(target: Path, error: OSError, result: str) -> AttachError:
     return kind(message).add_context(reason=_overlaybd_reason(result) or str(error.strerror))
 
 
+def _create_target(target: Path, config: str, result_file: Path) -> None:
+    """Blocking: the target, with its device config, and an empty result file."""
+    try:
+        os.mkdir(target, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:  # the HBA's first target
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # A stale "success" from an earlier attach must not be taken for this one's.
+    write_file_no_follow(result_file, b"")
+    # One store per write(2), as configfs takes them: two settings, one open.
+    _write_attribute(
+        target / "control", f"dev_config={config}", f"max_data_area_mb={MAX_DATA_AREA_MB}"
+    )
+
+
+def _made_group(path: Path) -> bool:
+    """Blocking: mkdir of a configfs group; false if it existed."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return False
+    return True
+
+
 def _make_groups(base: Path, steps: list[str]) -> None:
     """Blocking: each of ``base/steps[0]``, ``base/steps[0]/steps[1]``... made unless it
     exists, one mkdir(2) each (every call is a round trip to configfs)."""
@@ -354,13 +404,23 @@ def _make_groups(base: Path, steps: list[str]) -> None:
             os.mkdir(path)
 
 
-def _write_attribute(path: Path, value: str) -> None:
-    """One write() of the whole value, as configfs attributes need."""
+def _write_attribute(path: Path, *values: str) -> None:
+    """Each value in one write() of its own, as configfs attributes take them."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        data = value.encode()
-        if os.write(descriptor, data) != len(data):
-            raise OSError(errno.EIO, f"short write to {path}")
+        for value in values:
+            data = value.encode()
+            if os.write(descriptor, data) != len(data):
+                raise OSError(errno.EIO, f"short write to {path}")
+    finally:
+        os.close(descriptor)
+
+
+def _read_attribute(path: Path) -> str:
+    """Blocking: a configfs attribute, in one read (an attribute holds at most a page)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(descriptor, 4096).decode(errors="replace")
     finally:
         os.close(descriptor)
 
@@ -374,9 +434,14 @@ def info_config(info: str) -> str | None:
 def read_result(result_file: Path) -> str:
     """Blocking: overlaybd's result file, stripped; "" if it is missing."""
     try:
-        return result_file.read_text(errors="replace").strip()
+        descriptor = os.open(result_file, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return ""
+    try:
+        data = b"".join(iter(lambda: os.read(descriptor, 65536), b""))
+    finally:
+        os.close(descriptor)
+    return data.decode(errors="replace").strip()
 
 
 def _overlaybd_reason(result: str) -> str:
@@ -386,7 +451,7 @@ def _overlaybd_reason(result: str) -> str:
 
 def _read_text(path: Path) -> str | None:
     try:
-        return path.read_text(errors="replace")
+        return _read_attribute(path)
     except FileNotFoundError:
         return None
 

@@ -3,6 +3,8 @@ answers to "is this device mounted here" (real mounts: needs root)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from support.mounts import deepest_first, umount
 from support.processes import run
 
 from obdsnap.mountinfo import (
+    MountSnapshot,
     MountTable,
     device_mounted_on,
     is_mounted,
@@ -112,6 +115,48 @@ def test_an_unchanged_table_is_not_read_again(mountpoint: Path) -> None:
     first = table.snapshot()
     run("mount", "-t", "tmpfs", "tmpfs", mountpoint)
     assert table.snapshot() is not first
+
+
+class SlowTable(MountTable):
+    """Always changed; its second reading waits until ``go`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readings = 0
+        self.go = threading.Event()
+
+    def _changed(self) -> bool:
+        return True
+
+    def _read(self) -> MountSnapshot:
+        self.readings += 1
+        if self.readings == 2:
+            self.go.wait(10)
+        return super()._read()
+
+
+def test_questions_that_waited_for_a_reading_share_the_next_one() -> None:
+    table = SlowTable()
+    table.snapshot()  # the first reading, at open
+    first = threading.Thread(target=table.snapshot)
+    first.start()  # the second reading, held up
+    time.sleep(0.1)
+    waiting = [threading.Thread(target=table.snapshot) for _ in range(5)]
+    for thread in waiting:
+        thread.start()
+    time.sleep(0.2)  # all five asked before the held-up reading ends
+    table.go.set()
+    for thread in [first, *waiting]:
+        thread.join(10)
+    # Each of the five asked after the second reading began: one more reading for them all.
+    assert table.readings == 3
+
+
+def test_a_bind_mount_is_a_mount_root_for_statx_too(tmp_path: Path, mountpoint: Path) -> None:
+    run("mount", "--bind", tmp_path / "block", mountpoint)
+    assert is_mounted(mountpoint)
+    assert not is_mounted(tmp_path / "block")
+    assert not is_mounted(tmp_path / "missing")
 
 
 def test_an_overlay_on_the_mountpoint_is_seen_until_it_goes(
