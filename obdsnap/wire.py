@@ -109,22 +109,22 @@ def info_message(info: Info) -> api.Info:
 
 
 def _encode_info(info: Info) -> bytes:
-    """The Info message with its timestamps to the nanosecond, in field order.
-
-    betterproto takes timestamps as datetimes, which stop at microseconds, so the
-    two Timestamp fields (4 and 5) are encoded here, between fields 1-3 and 6.
-    """
-    head = api.Info(name=info.name, parent=info.parent, kind=api.Kind(int(info.kind)))
-    return b"".join(
-        (
-            bytes(head),
-            _timestamp_field(_CREATED_AT, info.created_ns),
-            _timestamp_field(_UPDATED_AT, info.updated_ns),
-            bytes(api.Info(labels=dict(info.labels))),
-        )
-    )
+    """The Info message in field order, as betterproto writes it, with its timestamps to the
+    nanosecond (betterproto takes timestamps as datetimes, which stop at microseconds)."""
+    parts = [_string_field(b"\x0a", info.name), _string_field(b"\x12", info.parent)]
+    if info.kind:
+        parts.append(b"\x18" + _varint(int(info.kind)))
+    parts.append(_timestamp_field(_CREATED_AT, info.created_ns))
+    parts.append(_timestamp_field(_UPDATED_AT, info.updated_ns))
+    parts.extend(_field(_LABEL, _map_entry(key, value)) for key, value in info.labels.items())
+    return b"".join(parts)
 
 
+def _map_entry(key: str, value: str) -> bytes:
+    return _string_field(b"\x0a", key) + _string_field(b"\x12", value)
+
+
+_LABEL = b"\x32"  # field 6, wire type 2: one entry of the labels map
 _CREATED_AT = b"\x22"  # field 4, wire type 2
 _UPDATED_AT = b"\x2a"  # field 5, wire type 2
 _MASK64 = (1 << 64) - 1
