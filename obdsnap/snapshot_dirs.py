@@ -10,6 +10,7 @@ the snapshotter queues none: Cleanup takes them); what that leaves, Cleanup take
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import secrets
@@ -42,6 +43,9 @@ class SnapshotDirs:
         self._quota = DiskQuota(quota, blocking)
         self.building: set[Path] = set()
         self._removals: asyncio.Queue[Path] = asyncio.Queue()
+        # Unique names without a getrandom(2) call each: a random prefix, then a count.
+        prefix = f"{NEW_DIR_PREFIX}{secrets.token_hex(8)}-"
+        self._new_names = (f"{prefix}{n}" for n in itertools.count())
         self._remover: asyncio.Task[None] | None = None
 
     async def create(
@@ -56,7 +60,7 @@ class SnapshotDirs:
     ) -> Record:
         """The row and the directory ``snapshots/<ID>`` of a new snapshot, or neither."""
         # Named here, on the loop, so Cleanup never mistakes it for an orphan.
-        new_dir = self._layout.snapshots / f"{NEW_DIR_PREFIX}{secrets.token_hex(8)}"
+        new_dir = self._layout.snapshots / next(self._new_names)
         self.building.add(new_dir)
         try:
             # The directory is built while the row is committed; it takes the row's ID after both.
