@@ -3,8 +3,9 @@
 A new directory is built as ``snapshots/new-XXXX`` while the row is written, and
 takes the row's ID only after both; ``building`` names those under way, so that
 Cleanup never takes one for an orphan. The directories of removed snapshots go
-one at a time in the background, once their rows are gone (with ``asyncRemove``
-the snapshotter queues none: Cleanup takes them); what that leaves, Cleanup takes.
+in the background once their rows are gone, those queued together in one
+executor call (with ``asyncRemove`` the snapshotter queues none: Cleanup takes
+them); what that leaves, Cleanup takes.
 """
 
 from __future__ import annotations
@@ -137,8 +138,19 @@ class SnapshotDirs:
 
     async def _run(self) -> None:
         while True:
-            directory = await self._removals.get()
-            try:
-                await self._blocking(remove_tree, directory)
-            except OSError as exc:
+            directories = [await self._removals.get()]
+            while not self._removals.empty():  # what queued meanwhile goes in the same hop
+                directories.append(self._removals.get_nowait())
+            for directory, exc in await self._blocking(_remove_trees, directories):
                 log.warning("could not remove %s (Cleanup will retry): %s", directory, exc)
+
+
+def _remove_trees(directories: list[Path]) -> list[tuple[Path, OSError]]:
+    """Blocking: remove each tree; those that could not be removed, with why."""
+    failures = []
+    for directory in directories:
+        try:
+            remove_tree(directory)
+        except OSError as exc:
+            failures.append((directory, exc))
+    return failures
