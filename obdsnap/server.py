@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import io
 import logging
 import os
@@ -121,6 +122,9 @@ async def _serve_snapshotter(
             # (containerd's client gives it one second) and let their calls wait for
             # the reconcile at the gate.
             await _reconcile(config, snapshotter, notifier, blocking)
+        # What start-up loaded (the whole store) is left out of every later garbage
+        # collection: a full one would walk each record again, for no cycle to find.
+        gc.freeze()
         gate.open()
         metrics.is_alive.set({}, 1)
         where = config.address if activated is None else socket_path(activated)
