@@ -22,6 +22,7 @@ from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.tools import ZFileConfig
 from obdsnap.overlaybd.writable import CommitRequest
 from obdsnap.role import StorageType, commits_local_layer
+from obdsnap.row_commit import commit_row
 from obdsnap.storage import MetaStore, Operation, Record
 from obdsnap.turbo_commit import commit_turbo_oci
 
@@ -137,19 +138,3 @@ class CommitFlow:
                 f"cannot commit snapshot {active.key!r}: an overlay still uses its device "
                 f"at {mountpoint}; unmount it first"
             )
-
-
-async def commit_row(
-    layers: BlockLayers,
-    store: MetaStore,
-    active: Record,
-    parent: Record | None,
-    name: str,
-    labels: Mapping[str, str],
-    *,
-    local: bool,
-) -> None:
-    """Commit the row with ``labels``; a ``local`` block layer gets its config first."""
-    if local:
-        await layers.write_local_config(active, parent)
-    await store.commit(active.key, name, await layers.layer_usage(active.id), labels)

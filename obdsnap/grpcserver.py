@@ -2,10 +2,16 @@
 
 grpclib's ``Server.close()`` cancels the calls in flight. To stop without
 failing a call, obdsnap does what HTTP/2 provides for (RFC 9113 §6.8): a
-GOAWAY frame on every connection names the last stream the server will
-process. The calls up to it run to their end; streams above it are refused
-(RST_STREAM with REFUSED_STREAM), never run, and a client may send them again
-on a new connection: grpc-go does so by itself, the call does not fail.
+GOAWAY frame on every connection names the last stream the server processed;
+streams above it are refused (RST_STREAM with REFUSED_STREAM), never run, and a
+client may send them again on a new connection: grpc-go does so by itself, the
+call does not fail.
+
+The GOAWAY goes out last, once the calls in flight are done: streams that arrive
+while they finish are held, unprocessed, and refused with it. A client reconnects
+as soon as it reads a GOAWAY, and containerd's client gives the next server one
+second to answer the HTTP/2 handshake (grpc-go's first back-off): a GOAWAY sent
+at the start of a drain would spend that second on the drain.
 
 h2's own ``close_connection()`` would also close h2's state machine, which
 then refuses to send the replies of the calls still running, so the GOAWAY
@@ -31,7 +37,8 @@ from hyperframe.frame import GoAwayFrame
 class GracefulServer(Server):
     """grpclib's Server that can stop without failing a call.
 
-    ``stop_accepting``, ``go_away``, ``calls_done``, then ``close``.
+    ``stop_accepting`` (new streams are held from then on), ``calls_done``,
+    ``go_away`` (the held streams are refused), then ``close``.
     """
 
     def __init__(self, handlers: Collection[IServable], *, codec: CodecBase) -> None:
@@ -41,6 +48,7 @@ class GracefulServer(Server):
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
+        self.gone_away = False
 
     def _protocol_factory(self) -> H2Protocol:
         plain = super()._protocol_factory()  # registers grpclib's handler for close()
@@ -51,20 +59,22 @@ class GracefulServer(Server):
         return self._calls
 
     def stop_accepting(self) -> None:
-        """Close the listening socket. Under socket activation systemd keeps its own
-        copy open: new connections wait in its backlog for the next obdsnap."""
+        """Close the listening socket and hold every new stream unprocessed. Under
+        socket activation systemd keeps its own copy of the socket open: new
+        connections wait in its backlog for the next obdsnap."""
+        self.draining = True
         if self._server is not None:
             self._server.close()
 
-    def go_away(self) -> None:
-        """GOAWAY on every connection: the calls started run to their end, new streams
-        are refused (a client sends them again on a new connection)."""
-        self.draining = True
-        for connection in list(self._connections):
-            connection.go_away()
-
     async def calls_done(self) -> None:
         await self._idle.wait()
+
+    def go_away(self) -> None:
+        """GOAWAY on every connection, naming the last stream processed; the held
+        streams are refused (a client sends them again on a new connection)."""
+        self.gone_away = True
+        for connection in list(self._connections):
+            connection.go_away()
 
     def close(self) -> None:
         """Cancel the calls still running (grpclib's close) and close every connection."""
@@ -82,36 +92,57 @@ class GracefulServer(Server):
             self._idle.set()
 
 
+_Held = tuple[Stream, Callable[[], Any]]
+
+
 class _StreamGate(AbstractHandler):
-    """Between one connection and grpclib's handler: counts the calls, refuses the
-    streams above the GOAWAY's last stream id."""
+    """Between one connection and grpclib's handler: counts the calls, holds the
+    streams that arrive during a drain and refuses them at the GOAWAY."""
 
     def __init__(self, handler: AbstractHandler, server: GracefulServer) -> None:
         self._handler = handler
         self._server = server
         self.highest_stream_id = 0
-        self.last_stream_id: int | None = None  # set when the GOAWAY is sent
+        self._held: dict[int, _Held] = {}
+        self.gone_away = False
 
     def accept(self, stream: Stream, headers: Any, release_stream: Callable[[], Any]) -> None:
         assert stream.id is not None
-        if self.last_stream_id is not None and stream.id > self.last_stream_id:
-            stream.reset_nowait(ErrorCodes.REFUSED_STREAM)
-            release_stream()
-            return
-        self.highest_stream_id = stream.id
-        self._server._call_started()
+        if self.gone_away:
+            _refuse(stream, release_stream)
+        elif self._server.draining:
+            self._held[stream.id] = (stream, release_stream)
+        else:
+            self.highest_stream_id = stream.id
+            self._server._call_started()
 
-        def release() -> None:
-            release_stream()
-            self._server._call_finished()
+            def release() -> None:
+                release_stream()
+                self._server._call_finished()
 
-        self._handler.accept(stream, headers, release)
+            self._handler.accept(stream, headers, release)
+
+    def refuse_held(self) -> None:
+        self.gone_away = True
+        held, self._held = self._held, {}
+        for stream, release_stream in held.values():
+            _refuse(stream, release_stream)
 
     def cancel(self, stream: Stream) -> None:
-        self._handler.cancel(stream)
+        assert stream.id is not None
+        held = self._held.pop(stream.id, None)
+        if held is not None:  # the client gave up on a held stream
+            held[1]()
+        else:
+            self._handler.cancel(stream)
 
     def close(self) -> None:
         self._handler.close()
+
+
+def _refuse(stream: Stream, release_stream: Callable[[], Any]) -> None:
+    stream.reset_nowait(ErrorCodes.REFUSED_STREAM)
+    release_stream()
 
 
 class _Connection(H2Protocol):
@@ -131,7 +162,7 @@ class _Connection(H2Protocol):
         super().connection_made(transport)
         self._transport = transport
         self._server._connections.add(self)
-        if self._server.draining:  # accepted just before the listening socket closed
+        if self._server.gone_away:  # accepted just before the listening socket closed
             self.go_away()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -140,18 +171,18 @@ class _Connection(H2Protocol):
         super().connection_lost(exc)
 
     def go_away(self) -> None:
-        """GOAWAY naming the highest stream received: all of those are processed."""
+        """GOAWAY naming the highest stream processed, then the held streams refused."""
         transport = self._transport
-        if self._streams.last_stream_id is not None or transport is None:
+        if self._streams.gone_away or transport is None or transport.is_closing():
             return
-        if transport.is_closing():
-            return
-        self._streams.last_stream_id = self._streams.highest_stream_id
         self.connection.flush()  # h2's pending frames go first
         frame = GoAwayFrame(
-            stream_id=0, last_stream_id=self._streams.last_stream_id, error_code=ErrorCodes.NO_ERROR
+            stream_id=0,
+            last_stream_id=self._streams.highest_stream_id,
+            error_code=ErrorCodes.NO_ERROR,
         )
         cast(asyncio.WriteTransport, transport).write(frame.serialize())  # uvloop's: duck-typed
+        self._streams.refuse_held()
 
     def close_transport(self) -> None:
         if self._transport is not None:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from obdsnap.blocking import BlockingRunner
-from obdsnap.commit_flow import commit_row
 from obdsnap.device.manager import DeviceManager
 from obdsnap.device.mounter import Mounter
 from obdsnap.errors import AlreadyExists, SnapshotError
@@ -25,6 +24,7 @@ from obdsnap.fsutil import remove_tree
 from obdsnap.layout import Layout
 from obdsnap.locks import KeyedLocks
 from obdsnap.overlaybd.layers import BlockLayers
+from obdsnap.row_commit import commit_row
 from obdsnap.storage import Kind, MetaStore, Operation, Record
 
 log = logging.getLogger(__name__)

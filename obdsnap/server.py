@@ -136,6 +136,7 @@ async def _serve_snapshotter(
     finally:
         if own_socket is not None:
             await blocking(_remove_socket, own_socket)
+        server.go_away()
         server.close()
         await server.wait_closed()
         listener.close()
@@ -146,14 +147,16 @@ async def _serve_snapshotter(
 async def _drain(
     server: GracefulServer, notifier: Notifier, own_socket: Path | None, blocking: BlockingRunner
 ) -> None:
-    """Accept no more connections, GOAWAY the open ones, finish the calls they started."""
+    """Accept no more connections or calls, finish the calls started.
+
+    The GOAWAY follows once they are done (``GracefulServer.go_away``).
+    """
     calls = server.calls_in_flight
     log.info("shutting down: finishing %d calls in flight", calls)
     await notifier.stopping(f"draining {calls} calls")
     server.stop_accepting()
     if own_socket is not None:  # a socket from systemd stays: calls queue there meanwhile
         await blocking(_remove_socket, own_socket)
-    server.go_away()
     try:
         async with asyncio.timeout(DRAIN_TIMEOUT_S):
             await server.calls_done()

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from obdsnap.errors import SnapshotError
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.role import is_remote_layer
+from obdsnap.row_commit import commit_row
 from obdsnap.storage import MetaStore, Record
 
 NORMAL_STORAGE = 1  # Go's storageTypeNormal, as its message names it
@@ -42,4 +43,4 @@ async def commit_turbo_oci(
         await layers.write_remote_config(active, parent, labels)
     except (SnapshotError, OSError, ValueError) as exc:
         raise TurboOciConfigFailed(f"failed to construct overlaybd config: {exc}") from exc
-    await store.commit(active.key, name, await layers.layer_usage(active.id), labels)
+    await commit_row(layers, store, active, parent, name, labels, local=False)

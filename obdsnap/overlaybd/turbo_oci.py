@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from obdsnap.blocking import BlockingRunner
+from obdsnap.config import DEFAULT_TURBO_FS_TYPES
 from obdsnap.device.erofs import EROFS, ErofsKernel
 from obdsnap.labels import TurboOciTarget
 from obdsnap.layout import Layout
@@ -27,7 +28,6 @@ META_SUFFIX = ".fs.meta"
 GZIP_META = "gzip.meta"
 EXT4 = "ext4"
 EXT4_FALLBACK_FLAG = ".TurboOCI_ext4"  # the operator's emergency switch to the ext4 metas
-DEFAULT_FS_TYPES = (EROFS, EXT4)
 
 
 def meta_name(fs_type: str) -> str:
@@ -84,7 +84,7 @@ def ext4_fallback(lowers: Sequence[Lower]) -> tuple[Lower, ...]:
 
 @dataclass(frozen=True)
 class TurboOciSettings:
-    fs_types: tuple[str, ...] = DEFAULT_FS_TYPES  # ``turboFsType``: preferred first
+    fs_types: tuple[str, ...] = DEFAULT_TURBO_FS_TYPES  # ``turboFsType``: preferred first
     proc_filesystems: Path = Path("/proc/filesystems")
     modprobe: str = "modprobe"
 

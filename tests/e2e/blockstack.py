@@ -255,6 +255,19 @@ def check_overlay_on_device(
     return container_id
 
 
+def run_on_the_top_device_and_release(
+    stack: Stack, reference: str, container_id: str, top_id: int
+) -> None:
+    """A container on the image's top device alone, which overlaybd opened; then the
+    container and the image removed, and everything released."""
+    root = stack.run_reader(reference, container_id).root
+    check_overlay_on_device(stack, root, top_id, only_device=True)
+    assert (stack.block(top_id) / "init-debug.log").read_text() == "success"
+    stack.remove_container(container_id)
+    stack.containerd.remove_image(reference)
+    stack.assert_all_released()
+
+
 def read_from_device(device: str, path: str) -> str:
     """A file of the (unmounted) ext4 filesystem on ``device``."""
     return run_command(["debugfs", "-R", f"cat /{path}", device], timeout=30).stdout

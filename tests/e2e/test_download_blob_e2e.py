@@ -26,7 +26,13 @@ from obdsnap.labels import (
 )
 
 from .blockimage import BlockImage, file_digest, layer_tar_sizes, push_downloadable_image
-from .blockstack import PLUGIN, Stack, StartStack, check_overlay_on_device, committed_chain
+from .blockstack import (
+    PLUGIN,
+    Stack,
+    StartStack,
+    committed_chain,
+    run_on_the_top_device_and_release,
+)
 from .registry import LocalRegistry, PushedImage
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -94,11 +100,5 @@ def test_download_remote_blob_pull_run_remove(
     assert stack.loop_devices() == [], "pulling attached a device"
 
     top_id = ids[block_image.layers[-1].diff_id]
-    root = stack.run_reader(image.reference, "downloaded-reader").root
-    check_overlay_on_device(stack, root, top_id, only_device=True)
     # overlaybd opened the downloaded files: the blobs are not in the simulator's store.
-    assert (stack.block(top_id) / "init-debug.log").read_text() == "success"
-
-    stack.remove_container("downloaded-reader")
-    containerd.remove_image(image.reference)
-    stack.assert_all_released()
+    run_on_the_top_device_and_release(stack, image.reference, "downloaded-reader", top_id)

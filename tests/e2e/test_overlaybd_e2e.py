@@ -51,6 +51,7 @@ from .blockstack import (
     check_overlay_on_device,
     committed_chain,
     read_from_device,
+    run_on_the_top_device_and_release,
 )
 from .containerd import SnapshotRow, list_snapshots_direct
 from .registry import LocalRegistry
@@ -195,11 +196,5 @@ def test_remote_block_layers_pull_run_remove(
     assert stack.loop_devices() == [], "pulling attached a device"
 
     top_id = ids_by_digest[image.layers[-1].digest]
-    root = stack.run_reader(image.reference, "remote-reader").root
-    check_overlay_on_device(stack, root, top_id, only_device=True)
     # The simulator opened the remote lowers from its blob store (its registry).
-    assert (stack.block(top_id) / "init-debug.log").read_text() == "success"
-
-    stack.remove_container("remote-reader")
-    containerd.remove_image(image.reference)
-    stack.assert_all_released()
+    run_on_the_top_device_and_release(stack, image.reference, "remote-reader", top_id)

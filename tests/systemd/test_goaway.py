@@ -1,10 +1,13 @@
 """The graceful stop, frame by frame: on SIGTERM a call already started runs to its end,
-a stream that arrives later is refused as never processed, and GOAWAY says which is which.
+a stream that arrives later is held, never processed, and refused with the GOAWAY
+that follows the last call; the GOAWAY says which is which.
 
-HTTP/2 (RFC 9113 §6.8): GOAWAY carries the last stream id the server processes;
+HTTP/2 (RFC 9113 §6.8): GOAWAY carries the last stream id the server processed;
 streams above it are refused (RST_STREAM REFUSED_STREAM), and a client may send
-them again on another connection. The client here reads the frames itself:
-h2's client state machine stops at GOAWAY and would not read what follows it.
+them again on another connection. The GOAWAY comes last, so that a client
+reconnects only when the next server is about to answer. The client here reads
+the frames itself: h2's client state machine stops at GOAWAY and would not read
+what follows it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from support.server_process import ServerProcess, short_tmpdir
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
 FRAME_HEADER = 9
-GOAWAY_TYPE = 0x7
 NOT_FOUND = 5
 
 
@@ -53,19 +55,20 @@ def round_trip(client: RawClient) -> None:
             return
 
 
-def wait_for_goaway(sock: socket.socket, within: float = 15.0) -> None:
-    """Until a GOAWAY frame is the next thing to read (peeked, not consumed)."""
+def wait_for_drain(server: ServerProcess, within: float = 15.0) -> None:
+    """Until obdsnap has logged that it is finishing its calls in flight."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        select.select([sock], [], [], 0.1)
-        try:
-            head = sock.recv(FRAME_HEADER, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            continue
-        if len(head) == FRAME_HEADER:
-            assert head[3] == GOAWAY_TYPE, f"frame type {head[3]} before the GOAWAY"
+        if "shutting down: finishing" in server.log():
             return
-    raise AssertionError("no GOAWAY after SIGTERM")
+        time.sleep(0.02)
+    raise AssertionError(f"no drain after SIGTERM:\n{server.log()}")
+
+
+def nothing_to_read(sock: socket.socket, within: float) -> bool:
+    """No frame arrives within ``within`` seconds."""
+    readable, _, _ = select.select([sock], [], [], within)
+    return not readable
 
 
 def read_until_closed(sock: socket.socket) -> list[Frame]:
@@ -99,9 +102,10 @@ def test_sigterm_finishes_the_started_call_and_refuses_a_later_stream(
     started = client.start("Stat")  # its request body comes only after the SIGTERM
     round_trip(client)  # the server has accepted the stream: the call has started
     server.signal(signal.SIGTERM)
-    wait_for_goaway(client.sock)
-    # Sent before this client reads the GOAWAY, as a client racing the server would.
+    wait_for_drain(server)
     late = client.call("Stat", stat_request("late"))
+    # Held: no answer, no GOAWAY while the started call has not ended.
+    assert nothing_to_read(client.sock, within=0.5)
     client.send(started, stat_request("started"), end=True)
     frames = read_until_closed(client.sock)
     assert server.stop() == 0, server.log()
@@ -127,6 +131,27 @@ def test_sigterm_finishes_the_started_call_and_refuses_a_later_stream(
     assert set(answered) == {started}
     assert answered[started].get("grpc-status") == str(NOT_FOUND), answered
     assert "started" in answered[started].get("grpc-message", ""), answered
+
+
+def test_a_held_stream_the_client_gives_up_is_released(server: ServerProcess) -> None:
+    client = RawClient(server.address, timeout=15)
+    round_trip(client)
+    started = client.start("Stat")
+    round_trip(client)
+    server.signal(signal.SIGTERM)
+    wait_for_drain(server)
+    given_up = client.start("Stat")
+    late = client.call("Stat", stat_request("late"))
+    client.reset(given_up)
+    client.send(started, stat_request("started"), end=True)
+    frames = read_until_closed(client.sock)
+    assert server.stop() == 0, server.log()
+
+    (goaway,) = [f for f in frames if isinstance(f, GoAwayFrame)]
+    assert goaway.last_stream_id == started
+    refused = {f.stream_id for f in frames if isinstance(f, RstStreamFrame)}
+    assert refused == {late}  # the stream the client reset is not refused again
+    assert "Traceback" not in server.log()
 
 
 def test_an_idle_connection_gets_a_goaway_too(server: ServerProcess) -> None:
