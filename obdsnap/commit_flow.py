@@ -21,7 +21,7 @@ from obdsnap.mountinfo import overlay_uses
 from obdsnap.overlaybd.layers import BlockLayers
 from obdsnap.overlaybd.tools import ZFileConfig
 from obdsnap.overlaybd.writable import CommitRequest
-from obdsnap.role import commits_local_layer
+from obdsnap.role import StorageType, commits_local_layer
 from obdsnap.row_commit import commit_row
 from obdsnap.storage import MetaStore, Operation, Record
 from obdsnap.turbo_commit import commit_turbo_oci
@@ -91,13 +91,23 @@ class CommitFlow:
         await self._layers.settle_commit(active.id, committed=done)
 
     async def commit_record(
-        self, active: Record, parent: Record | None, name: str, labels: Mapping[str, str]
+        self,
+        active: Record,
+        parent: Record | None,
+        name: str,
+        labels: Mapping[str, str],
+        storage: StorageType | None = None,
     ) -> None:
-        """The row; a local block layer gets its config and ``localcommitpath`` first."""
+        """The row; a local block layer gets its config and ``localcommitpath`` first.
+
+        ``storage``: the active snapshot's, when the caller has just detected it.
+        """
         if L.turbo_oci_target(labels) is not None:
             await commit_turbo_oci(self._layers, self._store, active, parent, name, labels)
             return
-        local = commits_local_layer(await self._layers.storage_type(active))
+        if storage is None:
+            storage = await self._layers.storage_type(active)
+        local = commits_local_layer(storage)
         final = self._labels(active.id, labels, local=local)
         await commit_row(self._layers, self._store, active, parent, name, final, local=local)
 

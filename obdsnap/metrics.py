@@ -19,9 +19,7 @@ import asyncio
 import logging
 import os
 import resource
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -192,23 +190,9 @@ class Metrics:
 
     # ------------------------------------------------------------------ calls
 
-    @asynccontextmanager
-    async def answer(self, function: str) -> AsyncIterator[None]:
-        """Count a call by the status it is answered with, from its arrival on."""
-        code = Status.OK.name
-        try:
-            yield
-        except GRPCError as exc:
-            code = exc.status.name
-            raise
-        except asyncio.CancelledError:
-            code = Status.CANCELLED.name
-            raise
-        except BaseException:
-            code = Status.UNKNOWN.name
-            raise
-        finally:
-            self._requests.inc(self._answer_label(function, code))
+    def answered(self, function: str, error: BaseException | None) -> None:
+        """Count a call by the status it was answered with (``error``: how it failed, if it did)."""
+        self._requests.inc(self._answer_label(function, _status_name(error)))
 
     def _answer_label(self, function: str, code: str) -> dict[str, str]:
         labels = self._answer_labels.get((function, code))
@@ -216,18 +200,12 @@ class Metrics:
             labels = self._answer_labels[(function, code)] = {"function": function, "code": code}
         return labels
 
-    @asynccontextmanager
-    async def observe(self, function: str) -> AsyncIterator[None]:
-        """Time a call; count it as an error if it raises."""
+    def timed(self, function: str, seconds: float, *, failed: bool) -> None:
+        """A call ran for ``seconds`` after its turn at the gate; ``failed``: it raised."""
         labels = self._labels[function]
-        start = time.perf_counter()
-        try:
-            yield
-        except BaseException:
+        if failed:
             self.errors.inc(labels)
-            raise
-        finally:
-            self.latency.observe(labels, time.perf_counter() - start)
+        self.latency.observe(labels, seconds)
 
     # ------------------------------------------------------------------ observers
 
@@ -240,6 +218,16 @@ class Metrics:
     def committed(self, writes: int, seconds: float) -> None:
         self._commit_batch.observe({}, writes)
         self._commit_seconds.observe({}, seconds)
+
+
+def _status_name(error: BaseException | None) -> str:
+    if error is None:
+        return Status.OK.name
+    if isinstance(error, GRPCError):
+        return error.status.name
+    if isinstance(error, asyncio.CancelledError):
+        return Status.CANCELLED.name
+    return Status.UNKNOWN.name
 
 
 @dataclass(frozen=True)

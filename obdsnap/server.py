@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import io
 import logging
 import os
@@ -42,7 +43,7 @@ from obdsnap.snapshotter import ReconcileReport, Snapshotter, SnapshotterOptions
 from obdsnap.storage import MetaStore, StoreError
 from obdsnap.storage.migration import MigrationError, import_go_metadata
 from obdsnap.systemd import ActivationError, Notifier, activated_listener, socket_path
-from obdsnap.wire import ReplyCodec
+from obdsnap.wire import SnapshotsCodec
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ async def _serve_snapshotter(
     """Serve on the socket systemd passed (``activated``), else on one of obdsnap's own."""
     stopping = _install_signal_handlers()  # before any socket appears: a stop is never lost
     gate = CallGate(config.max_concurrent_requests)
-    server = GracefulServer([SnapshotsService(snapshotter, metrics, gate)], codec=ReplyCodec())
+    server = GracefulServer([SnapshotsService(snapshotter, metrics, gate)], codec=SnapshotsCodec())
     if activated is None:  # obdsnap's own socket appears once the reconcile is done
         await _reconcile(config, snapshotter, notifier, blocking)
     exporter = await _start_exporter(config, metrics)
@@ -121,6 +122,9 @@ async def _serve_snapshotter(
             # (containerd's client gives it one second) and let their calls wait for
             # the reconcile at the gate.
             await _reconcile(config, snapshotter, notifier, blocking)
+        # What start-up loaded (the whole store) is left out of every later garbage
+        # collection: a full one would walk each record again, for no cycle to find.
+        gc.freeze()
         gate.open()
         metrics.is_alive.set({}, 1)
         where = config.address if activated is None else socket_path(activated)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import Any
 
 import betterproto.lib.google.protobuf as pb
@@ -21,13 +22,23 @@ from grpclib.server import Stream
 
 from obdsnap.errors import SnapshotError
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
-from obdsnap.genproto.containerd.types import Mount as MountMessage
 from obdsnap.locks import CountedSemaphore
 from obdsnap.metrics import Metrics
-from obdsnap.mounts import Mount
+from obdsnap.requests import (
+    CommitRequest,
+    CreateRequest,
+    KeyRequest,
+    MountsRequest,
+    PrepareRequest,
+    RemoveRequest,
+    Request,
+    StatRequest,
+    UsageRequest,
+    ViewRequest,
+)
 from obdsnap.snapshotter import Snapshotter
 from obdsnap.storage import Info, Kind
-from obdsnap.wire import Encoded, InfoEncoder
+from obdsnap.wire import EMPTY, Encoded, InfoEncoder, mounts_reply
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +78,15 @@ class SnapshotsService:
         self._infos = InfoEncoder()
 
     def __mapping__(self) -> dict[str, Handler]:
-        unary: dict[str, tuple[type[Message], type[Message], UnaryCall]] = {
-            "Prepare": (api.PrepareSnapshotRequest, api.PrepareSnapshotResponse, self.prepare),
-            "View": (api.ViewSnapshotRequest, api.ViewSnapshotResponse, self.view),
-            "Mounts": (api.MountsRequest, api.MountsResponse, self.mounts),
-            "Commit": (api.CommitSnapshotRequest, pb.Empty, self.commit),
-            "Remove": (api.RemoveSnapshotRequest, pb.Empty, self.remove),
-            "Stat": (api.StatSnapshotRequest, api.StatSnapshotResponse, self.stat),
+        unary: dict[str, tuple[type[Message | Request], type[Message], UnaryCall]] = {
+            "Prepare": (PrepareRequest, api.PrepareSnapshotResponse, self.prepare),
+            "View": (ViewRequest, api.ViewSnapshotResponse, self.view),
+            "Mounts": (MountsRequest, api.MountsResponse, self.mounts),
+            "Commit": (CommitRequest, pb.Empty, self.commit),
+            "Remove": (RemoveRequest, pb.Empty, self.remove),
+            "Stat": (StatRequest, api.StatSnapshotResponse, self.stat),
             "Update": (api.UpdateSnapshotRequest, api.UpdateSnapshotResponse, self.update),
-            "Usage": (api.UsageRequest, api.UsageResponse, self.usage),
+            "Usage": (UsageRequest, api.UsageResponse, self.usage),
             "Cleanup": (api.CleanupRequest, pb.Empty, self.cleanup),
         }
         mapping = {
@@ -109,50 +120,33 @@ class SnapshotsService:
             for chunk in self._snapshotter.walk(request.filters):
                 await stream.send_message(self._infos.reply(chunk))
 
-    @asynccontextmanager
-    async def _call(self, function: str, key: str = "") -> AsyncIterator[None]:
-        async with self._metrics.answer(function):  # a call given up at the gate counts too
-            await self._gate.enter()
-            try:
-                async with self._metrics.observe(function):
-                    try:
-                        yield
-                    except SnapshotError as exc:
-                        _log_failure(function, key, exc)
-                        raise GRPCError(exc.status, str(exc)) from exc
-                    except (GRPCError, asyncio.CancelledError):
-                        raise
-                    except Exception as exc:
-                        log.exception(
-                            "%s failed: %s", function, exc, extra={"rpc": function, "key": key}
-                        )
-                        raise GRPCError(Status.UNKNOWN, f"{function}: {exc}") from exc
-            finally:
-                self._gate.leave()
+    def _call(self, function: str, key: str = "") -> _Call:
+        return _Call(self._metrics, self._gate, function, key)
 
-    async def prepare(self, request: api.PrepareSnapshotRequest) -> Reply:
-        mounts = await self._snapshotter.prepare(request.key, request.parent, request.labels)
-        return api.PrepareSnapshotResponse(mounts=_mount_messages(mounts))
+    async def prepare(self, request: CreateRequest) -> Reply:
+        return mounts_reply(
+            await self._snapshotter.prepare(request.key, request.parent, request.labels)
+        )
 
-    async def view(self, request: api.ViewSnapshotRequest) -> Reply:
-        mounts = await self._snapshotter.view(request.key, request.parent, request.labels)
-        return api.ViewSnapshotResponse(mounts=_mount_messages(mounts))
+    async def view(self, request: CreateRequest) -> Reply:
+        return mounts_reply(
+            await self._snapshotter.view(request.key, request.parent, request.labels)
+        )
 
-    async def mounts(self, request: api.MountsRequest) -> Reply:
-        mounts = await self._snapshotter.mounts(request.key)
-        return api.MountsResponse(mounts=_mount_messages(mounts))
+    async def mounts(self, request: KeyRequest) -> Reply:
+        return mounts_reply(await self._snapshotter.mounts(request.key))
 
-    async def commit(self, request: api.CommitSnapshotRequest) -> Reply:
+    async def commit(self, request: CommitRequest) -> Reply:
         await self._snapshotter.commit(request.name, request.key, request.labels)
         self._infos.forget(request.key)
-        return pb.Empty()
+        return EMPTY
 
-    async def remove(self, request: api.RemoveSnapshotRequest) -> Reply:
+    async def remove(self, request: KeyRequest) -> Reply:
         await self._snapshotter.remove(request.key)
         self._infos.forget(request.key)
-        return pb.Empty()
+        return EMPTY
 
-    async def stat(self, request: api.StatSnapshotRequest) -> Reply:
+    async def stat(self, request: KeyRequest) -> Reply:
         return self._infos.reply([self._snapshotter.stat(request.key)])
 
     async def update(self, request: api.UpdateSnapshotRequest) -> Reply:
@@ -160,13 +154,62 @@ class SnapshotsService:
         paths = list(request.update_mask.paths) if request.update_mask else []
         return self._infos.reply([await self._snapshotter.update(wanted, paths)])
 
-    async def usage(self, request: api.UsageRequest) -> Reply:
+    async def usage(self, request: KeyRequest) -> Reply:
         usage = await self._snapshotter.usage(request.key)
         return api.UsageResponse(size=usage.size, inodes=usage.inodes)
 
     async def cleanup(self, request: api.CleanupRequest) -> Reply:
         await self._snapshotter.cleanup()
-        return pb.Empty()
+        return EMPTY
+
+
+class _Call:
+    """One call from its arrival: its turn at the gate, its time, and its answer.
+
+    A SnapshotError becomes the gRPC status it names, any other exception UNKNOWN;
+    a call given up at the gate is counted as answered too.
+    """
+
+    __slots__ = ("_function", "_gate", "_key", "_metrics", "_started")
+
+    def __init__(self, metrics: Metrics, gate: CallGate, function: str, key: str) -> None:
+        self._metrics = metrics
+        self._gate = gate
+        self._function = function
+        self._key = key
+        self._started = 0.0
+
+    async def __aenter__(self) -> None:
+        try:
+            await self._gate.enter()
+        except BaseException as exc:
+            self._metrics.answered(self._function, exc)
+            raise
+        self._started = time.perf_counter()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: TracebackType | None
+    ) -> None:
+        answer = None if error is None else _grpc_error(self._function, self._key, error)
+        try:
+            elapsed = time.perf_counter() - self._started
+            self._metrics.timed(self._function, elapsed, failed=error is not None)
+            self._metrics.answered(self._function, answer)
+        finally:
+            self._gate.leave()
+        if answer is not None and answer is not error:
+            raise answer from error
+
+
+def _grpc_error(function: str, key: str, error: BaseException) -> BaseException:
+    """What a call that raised ``error`` answers: a GRPCError, or the cancellation."""
+    if isinstance(error, SnapshotError):
+        _log_failure(function, key, error)
+        return GRPCError(error.status, str(error))
+    if isinstance(error, GRPCError | asyncio.CancelledError) or not isinstance(error, Exception):
+        return error
+    log.exception("%s failed: %s", function, error, extra={"rpc": function, "key": key})
+    return GRPCError(Status.UNKNOWN, f"{function}: {error}")
 
 
 # The client's own mistakes and the answers containerd expects (e.g. ALREADY_EXISTS
@@ -224,10 +267,3 @@ async def _receive(stream: Stream[Any, Any]) -> Any:
     if request is None:
         raise GRPCError(Status.INVALID_ARGUMENT, "request message missing")
     return request
-
-
-def _mount_messages(mounts: Iterable[Mount]) -> list[MountMessage]:
-    return [
-        MountMessage(type=m.type, source=m.source, target=m.target, options=list(m.options))
-        for m in mounts
-    ]

@@ -3,13 +3,15 @@
 A new directory is built as ``snapshots/new-XXXX`` while the row is written, and
 takes the row's ID only after both; ``building`` names those under way, so that
 Cleanup never takes one for an orphan. The directories of removed snapshots go
-one at a time in the background, once their rows are gone (with ``asyncRemove``
-the snapshotter queues none: Cleanup takes them); what that leaves, Cleanup takes.
+in the background once their rows are gone, those queued together in one
+executor call (with ``asyncRemove`` the snapshotter queues none: Cleanup takes
+them); what that leaves, Cleanup takes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import secrets
@@ -42,6 +44,9 @@ class SnapshotDirs:
         self._quota = DiskQuota(quota, blocking)
         self.building: set[Path] = set()
         self._removals: asyncio.Queue[Path] = asyncio.Queue()
+        # Unique names without a getrandom(2) call each: a random prefix, then a count.
+        prefix = f"{NEW_DIR_PREFIX}{secrets.token_hex(8)}-"
+        self._new_names = (f"{prefix}{n}" for n in itertools.count())
         self._remover: asyncio.Task[None] | None = None
 
     async def create(
@@ -56,7 +61,7 @@ class SnapshotDirs:
     ) -> Record:
         """The row and the directory ``snapshots/<ID>`` of a new snapshot, or neither."""
         # Named here, on the loop, so Cleanup never mistakes it for an orphan.
-        new_dir = self._layout.snapshots / f"{NEW_DIR_PREFIX}{secrets.token_hex(8)}"
+        new_dir = self._layout.snapshots / next(self._new_names)
         self.building.add(new_dir)
         try:
             # The directory is built while the row is committed; it takes the row's ID after both.
@@ -133,8 +138,19 @@ class SnapshotDirs:
 
     async def _run(self) -> None:
         while True:
-            directory = await self._removals.get()
-            try:
-                await self._blocking(remove_tree, directory)
-            except OSError as exc:
+            directories = [await self._removals.get()]
+            while not self._removals.empty():  # what queued meanwhile goes in the same hop
+                directories.append(self._removals.get_nowait())
+            for directory, exc in await self._blocking(_remove_trees, directories):
                 log.warning("could not remove %s (Cleanup will retry): %s", directory, exc)
+
+
+def _remove_trees(directories: list[Path]) -> list[tuple[Path, OSError]]:
+    """Blocking: remove each tree; those that could not be removed, with why."""
+    failures = []
+    for directory in directories:
+        try:
+            remove_tree(directory)
+        except OSError as exc:
+            failures.append((directory, exc))
+    return failures

@@ -315,16 +315,16 @@ class Snapshotter:
     ) -> None:
         """Every check before the first side effect (DESIGN-v1 §22 quirks 2 and 3)."""
         parent = self._store.find(active.parent) if active.parent else None
-        has_tar = await self._layers.storage_type(active) is StorageType.LOCAL_LAYER
-        local_layer = has_tar and L.turbo_oci_target(labels) is None  # §8 step 5: TurboOCI first
+        storage = await self._layers.storage_type(active)
+        local_layer = storage is StorageType.LOCAL_LAYER and L.turbo_oci_target(labels) is None
         with self._commits.reserve(name):
             match await self._role(active, parent):
-                case _ if local_layer:  # its layer.tar is converted (DESIGN-v1 §13)
+                case _ if local_layer:  # layer.tar converted (DESIGN-v1 §13), TurboOCI first (§8)
                     await self._conversions.commit(active, parent, name, labels)
                 case WritableRootfs(commits_layer_file=True):
                     await self._commits.commit_writable(active, parent, name, labels, zfile)
                 case _:
-                    await self._commits.commit_record(active, parent, name, labels)
+                    await self._commits.commit_record(active, parent, name, labels, storage)
 
     async def remove(self, key: str) -> None:
         validate_key(key)

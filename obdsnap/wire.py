@@ -1,4 +1,5 @@
-"""Protobuf encoding of replies, with snapshot infos encoded once and reused.
+"""Protobuf encoding of replies, with snapshot infos encoded once and reused, and
+the codec that also decodes the hot calls' requests without betterproto (requests.py).
 
 Snapshot records are immutable, so the wire bytes of an Info only change when
 the record does. List of N snapshots then costs N dictionary lookups and one
@@ -8,11 +9,14 @@ each), and Stat the same for one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from grpclib.encoding.proto import ProtoCodec
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
+from obdsnap.mounts import Mount
+from obdsnap.requests import Request
 from obdsnap.storage import Info
 
 _LENGTH_DELIMITED_FIELD_1 = b"\x0a"  # field 1, wire type 2: `info` in every reply that has one
@@ -27,13 +31,47 @@ class Encoded:
         self.data = data
 
 
-class ReplyCodec(ProtoCodec):
-    """grpclib's protobuf codec, passing pre-encoded replies through."""
+EMPTY = Encoded(b"")  # google.protobuf.Empty, and any reply with every field at its default
+
+
+class SnapshotsCodec(ProtoCodec):
+    """grpclib's protobuf codec, passing pre-encoded replies through and reading
+    the requests of requests.py itself."""
 
     def encode(self, message: Any, message_type: Any) -> bytes:
         if isinstance(message, Encoded):
             return message.data
         return super().encode(message, message_type)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        if isinstance(message_type, type) and issubclass(message_type, Request):
+            return message_type.decode(data)
+        return super().decode(data, message_type)
+
+
+def mounts_reply(mounts: Iterable[Mount]) -> Encoded:
+    """A reply whose field 1 holds these mounts (Prepare, View, Mounts)."""
+    return Encoded(b"".join(_field(b"\x0a", _encode_mount(mount)) for mount in mounts))
+
+
+def _encode_mount(mount: Mount) -> bytes:
+    """containerd.types.Mount: type 1, source 2, target 3, options 4 (repeated)."""
+    parts = [
+        _string_field(b"\x0a", mount.type),
+        _string_field(b"\x12", mount.source),
+        _string_field(b"\x1a", mount.target),
+    ]
+    parts.extend(_field(b"\x22", option.encode()) for option in mount.options)
+    return b"".join(parts)
+
+
+def _string_field(tag: bytes, value: str) -> bytes:
+    """A proto3 string field; the empty string is left out."""
+    return _field(tag, value.encode()) if value else b""
+
+
+def _field(tag: bytes, data: bytes) -> bytes:
+    return tag + _varint(len(data)) + data
 
 
 class InfoEncoder:
@@ -47,8 +85,7 @@ class InfoEncoder:
         cached = self._cache.get(info.name)
         if cached is not None and cached[0] is info:
             return cached[1]
-        encoded = _encode_info(info)
-        data = _LENGTH_DELIMITED_FIELD_1 + _varint(len(encoded)) + encoded
+        data = _field(_LENGTH_DELIMITED_FIELD_1, _encode_info(info))
         self._cache[info.name] = (info, data)
         return data
 
@@ -72,22 +109,22 @@ def info_message(info: Info) -> api.Info:
 
 
 def _encode_info(info: Info) -> bytes:
-    """The Info message with its timestamps to the nanosecond, in field order.
-
-    betterproto takes timestamps as datetimes, which stop at microseconds, so the
-    two Timestamp fields (4 and 5) are encoded here, between fields 1-3 and 6.
-    """
-    head = api.Info(name=info.name, parent=info.parent, kind=api.Kind(int(info.kind)))
-    return b"".join(
-        (
-            bytes(head),
-            _timestamp_field(_CREATED_AT, info.created_ns),
-            _timestamp_field(_UPDATED_AT, info.updated_ns),
-            bytes(api.Info(labels=dict(info.labels))),
-        )
-    )
+    """The Info message in field order, as betterproto writes it, with its timestamps to the
+    nanosecond (betterproto takes timestamps as datetimes, which stop at microseconds)."""
+    parts = [_string_field(b"\x0a", info.name), _string_field(b"\x12", info.parent)]
+    if info.kind:
+        parts.append(b"\x18" + _varint(int(info.kind)))
+    parts.append(_timestamp_field(_CREATED_AT, info.created_ns))
+    parts.append(_timestamp_field(_UPDATED_AT, info.updated_ns))
+    parts.extend(_field(_LABEL, _map_entry(key, value)) for key, value in info.labels.items())
+    return b"".join(parts)
 
 
+def _map_entry(key: str, value: str) -> bytes:
+    return _string_field(b"\x0a", key) + _string_field(b"\x12", value)
+
+
+_LABEL = b"\x32"  # field 6, wire type 2: one entry of the labels map
 _CREATED_AT = b"\x22"  # field 4, wire type 2
 _UPDATED_AT = b"\x2a"  # field 5, wire type 2
 _MASK64 = (1 << 64) - 1

@@ -14,14 +14,19 @@ Checkpoint = tuple[
 
 class Batch:
     """What the writes of one transaction change: records by key (None: deleted), the
-    parents' sets of children, intents (None: cleared) and the last ID handed out.
+    parents' sets of children, intents (None: cleared) and the last ID handed out
+    (``sequence``: the one the file knows of, which a failed batch's IDs may be above).
 
     Each write reads through the batch, so it sees the writes before it in the same
     transaction; the durable state underneath is left alone until the commit.
     """
 
     def __init__(
-        self, records: Mapping[str, Record], children: Mapping[str, frozenset[str]], last_id: int
+        self,
+        records: Mapping[str, Record],
+        children: Mapping[str, frozenset[str]],
+        last_id: int,
+        sequence: int,
     ) -> None:
         self._durable_records = records
         self._durable_children = children
@@ -29,6 +34,7 @@ class Batch:
         self.children: dict[str, frozenset[str]] = {}
         self.intents: dict[IntentKey, Intent | None] = {}
         self.last_id = last_id
+        self.sequence = sequence  # the last ID the store's file has recorded as handed out
 
     def get(self, key: str) -> Record | None:
         if key in self.records:

@@ -21,12 +21,14 @@ class Index:
         self._children: dict[str, frozenset[str]] = {}
         self._intents: dict[IntentKey, Intent] = {}
         self._last_id = 0
+        self._sequence = 0  # the last ID handed out as the file records it
 
     def load(self, records: Iterable[Record], intents: Iterable[Intent], last_id: int) -> None:
         """Fill the index with what a store holds on disk."""
         self._records = {record.key: record for record in records}
         # Never behind a stored ID, whatever happened to the stored sequence.
         self._last_id = max([last_id, *(record.id for record in self._records.values())])
+        self._sequence = last_id
         children: dict[str, set[str]] = {}
         for record in self._records.values():
             if record.parent:
@@ -86,7 +88,7 @@ class Index:
 
     def batch(self) -> Batch:
         """An empty batch over the current state."""
-        return Batch(self._records, self._children, self._last_id)
+        return Batch(self._records, self._children, self._last_id, self._sequence)
 
     def apply(self, batch: Batch) -> None:
         """The batch is durable: show its changes."""
@@ -105,7 +107,7 @@ class Index:
                 self._intents.pop(intent_key, None)
             else:
                 self._intents[intent_key] = intent
-        self._last_id = batch.last_id
+        self._last_id = self._sequence = batch.last_id
 
     def use_up_ids(self, batch: Batch) -> None:
         """The batch failed, but the IDs it drew stay used up: never hand one out twice."""

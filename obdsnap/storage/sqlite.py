@@ -196,8 +196,8 @@ def _statements(batch: Batch) -> list[Statement]:
         else:
             row = (snapshot_id, operation.value, _micros(intent.started_at))
             statements.append((_RECORD_INTENT, row))
-    if batch.last_id > max((row[0] for row in stored), default=0):
-        # An ID went to a row this batch also deleted: keep it used up all the same.
+    if batch.last_id > max([batch.sequence, *(row[0] for row in stored)]):
+        # An ID went to a row this batch also deleted, or to a failed batch: keep it used up.
         statements.append((_ADVANCE_SEQUENCE, (batch.last_id, _ID_SEQUENCE, batch.last_id)))
     return statements
 

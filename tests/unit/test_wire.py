@@ -10,9 +10,11 @@ import pytest
 from betterproto.lib.google.protobuf import Timestamp
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
+from obdsnap.genproto.containerd.types import Mount as MountMessage
+from obdsnap.mounts import Mount
 from obdsnap.storage import Info, Kind
 from obdsnap.storage.model import unix_nanos
-from obdsnap.wire import Encoded, InfoEncoder, ReplyCodec, info_message
+from obdsnap.wire import Encoded, InfoEncoder, SnapshotsCodec, info_message, mounts_reply
 
 CREATED = datetime(2023, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 UPDATED = datetime(2024, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
@@ -148,13 +150,13 @@ def test_forget_drops_the_cached_bytes() -> None:
 
 
 def test_reply_codec_passes_encoded_through() -> None:
-    codec = ReplyCodec()
+    codec = SnapshotsCodec()
     payload = Encoded(b"\x0a\x00")
     assert codec.encode(payload, api.StatSnapshotResponse) is payload.data
 
 
 def test_reply_codec_encodes_normal_messages() -> None:
-    codec = ReplyCodec()
+    codec = SnapshotsCodec()
     message = api.UsageResponse(size=4096, inodes=3)
     data = codec.encode(message, api.UsageResponse)
     assert data == bytes(message)
@@ -192,3 +194,30 @@ def test_timestamps_keep_nanoseconds(created_ns: int) -> None:
     created = nano.created_at.seconds * 1_000_000_000 + nano.created_at.nanos
     updated = nano.updated_at.seconds * 1_000_000_000 + nano.updated_at.nanos
     assert (created, updated) == (created_ns, created_ns + 1)
+
+
+@pytest.mark.parametrize(
+    "mounts",
+    [
+        [],
+        [Mount("bind", "/a/b", ("ro", "rbind"))],
+        [
+            Mount("overlay", "overlay", ("workdir=/w", "upperdir=/u", "lowerdir=/1:/2"), "/t"),
+            Mount("bind", "", ("",)),
+            Mount("", "/ünï"),
+        ],
+    ],
+)
+def test_mounts_reply_encodes_as_betterproto_does(mounts: list[Mount]) -> None:
+    messages = [
+        MountMessage(type=m.type, source=m.source, target=m.target, options=list(m.options))
+        for m in mounts
+    ]
+    data = mounts_reply(mounts).data
+    assert data == bytes(api.MountsResponse(mounts=messages))
+    assert api.PrepareSnapshotResponse().parse(data).mounts == messages
+
+
+def test_reply_codec_decodes_other_requests_with_betterproto() -> None:
+    message = api.UpdateSnapshotRequest(info=api.Info(name="n", labels={"a": "b"}))
+    assert SnapshotsCodec().decode(bytes(message), api.UpdateSnapshotRequest) == message
