@@ -29,7 +29,7 @@ from obdsnap import labels as L
 pytestmark = [pytest.mark.root, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
 
 PROJECT = "16777216"
-NEW_DIR = re.compile(r"/snapshots/new-[0-9a-f]{16}$")
+NEW_DIR = re.compile(r"/snapshots/new-[0-9a-f]{16}-[0-9]+$")
 # One script for the three tools: its name says which one it is.
 STAND_IN = """#!/bin/sh
 # A quota tool stand-in: records its argv, fails when asked, lists project IDs from a table.
