@@ -52,7 +52,7 @@ $(STAMP)/py: pyproject.toml
 	@command -v pyenv >/dev/null && pyenv rehash || true
 	@touch $@
 
-# The benchmarks' extra (matplotlib, for the charts): only the bench targets install it.
+# The benchmarks' extra (matplotlib for the charts, py-spy for storm.py --profile): only the bench targets install it.
 $(STAMP)/bench: pyproject.toml $(STAMP)/py
 	$(PIP) install -q --disable-pip-version-check -e '.[bench]'
 	@command -v pyenv >/dev/null && pyenv rehash || true

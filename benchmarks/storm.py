@@ -18,7 +18,7 @@ storm-cpu.png.
     python3 benchmarks/storm.py [--concurrency 1,16,100,300] [--mode overlayfs|dir|both]
         [--open-latency 0.1] [--rounds 1] [--out .build/bench] [--profile DIR]
 
-``--profile DIR``: py-spy (``pip install py-spy``) samples obdsnap and the
+``--profile DIR``: py-spy (the ``bench`` extra) samples obdsnap and the
 simulator during each storm and writes their stacks to DIR in its raw
 (collapsed) format, one file a process and run.
 
