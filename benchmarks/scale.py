@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +34,7 @@ from typing import Any
 
 from grpclib.client import Channel
 from memory import build_reference
+from node import scratch_dir
 from populate import Plan, fill_go_root, fill_root
 from proc import proc_status
 from report import bar_chart, publish, ratio
@@ -168,12 +167,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    scratch = Path(tempfile.mkdtemp(prefix="obd-scale-", dir="/tmp"))
-    try:
+    with scratch_dir() as scratch:
         reference = None if arguments.no_reference else build_reference()
         rows = [one_size(size, scratch, reference) for size in arguments.snapshots]
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     document: dict[str, Any] = {"sizes": rows, "targets": target_checks(rows)}
     document["charts"] = charts(arguments.out, rows)
     publish(arguments.out, "scale", document)

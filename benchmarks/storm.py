@@ -210,9 +210,12 @@ async def run_one(
         try:
             during = await storm_on(stub, storm, server, sim, blob)
             containers = [f"container-{index}" for index in range(storm.concurrency)]
-            remove_containers = await timed_removes(stub, containers)
             images = [f"sha256:{index:064x}" for index in range(storm.concurrency)]
-            remove_images = await timed_removes(stub, images) if storm.mode == "overlayfs" else 0
+            name = f"{storm.mode}-k{storm.concurrency}-{time.time_ns()}-remove"
+            with profiled(storm, name, {"obdsnap": server.process.pid}):
+                remove_containers = await timed_removes(stub, containers)
+                overlayfs = storm.mode == "overlayfs"
+                remove_images = await timed_removes(stub, images) if overlayfs else 0
             if not storm.populate:
                 await remove_all(stub)
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -83,7 +84,7 @@ def store_blob(store: Path, write: Path) -> tuple[str, int]:
     target.parent.mkdir(parents=True, exist_ok=True)
     size = write.stat().st_size
     os.chmod(write, 0o644)
-    os.replace(write, target)
+    shutil.move(write, target)  # the store may be on another file system than the scratch
     return f"sha256:{hexdigest}", size
 
 
