@@ -20,6 +20,8 @@ from pathlib import Path
 
 # "name (path:line)": the line number is dropped so that one function is one row.
 FRAME = re.compile(r"^(?P<name>.*?) \((?P<path>[^()]*?)(?::\d+)?\)$")
+# Where a library lives is noise: "asyncio/runners.py", "grpclib/server.py".
+LIBRARY = re.compile(r"^.*/(site-packages|lib/python3\.\d+)/")
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,7 @@ def function_of(frame: str) -> str:
     match = FRAME.match(frame.strip())
     if match is None:
         return frame.strip()
-    path = match["path"]
-    for marker in ("site-packages/", "lib/python3"):
-        if marker in path:
-            path = path.split(marker, 1)[1]
+    path = LIBRARY.sub("", match["path"])
     return f"{match['name']} ({path})"
 
 
