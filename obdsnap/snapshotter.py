@@ -352,7 +352,8 @@ class Snapshotter:
                 )
             await self._store.remove(record.key)
         self._layers.forget(record.id)
-        await self._layers.writable.remove_created(record.id)
+        if record.rw_mode != RwMode.OVERLAYFS.value:  # only a writable layer has files outside
+            await self._layers.writable.remove_created(record.id)
         if self._options.async_remove:
             log.info("asyncRemove enabled, remove snapshots in Cleanup() method.")
         else:
