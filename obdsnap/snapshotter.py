@@ -83,6 +83,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class DevicelessMounts:
+    """The mounts of a snapshot without a device: they follow from its record and its
+    parent's alone, so they hold while the store keeps both records as they are."""
+
+    record: Record
+    parent: Record | None
+    mounts: tuple[Mount, ...]
+
+
+@dataclass(frozen=True)
 class SnapshotterOptions:
     rw_mode: RwMode = RwMode.OVERLAYFS  # the boot config's default for new rootfs snapshots
     auto_remove_dev: bool = False
@@ -114,6 +124,7 @@ class Snapshotter:
         self._blocking = blocking
         self._guard = CompletionGuard()
         self._locks = KeyedLocks()
+        self._deviceless_mounts: dict[str, DevicelessMounts] = {}
         self._dirs = SnapshotDirs(layout, store, blocking, options.quota)
         self._fs = DeviceFs(layers, options.default_fs_type)
         self._docker = DockerLayers(store, layers, devices, self._fs, enabled=options.docker_mode)
@@ -259,8 +270,17 @@ class Snapshotter:
         if record.kind not in (Kind.ACTIVE, Kind.VIEW):
             raise FailedPrecondition(f"snapshot {key!r} is not active or view")
         parent = self._store.find(record.parent) if record.parent else None
+        known = self._deviceless_mounts.get(key)
+        if known is not None and known.record is record and known.parent is parent:
+            return list(known.mounts)
         role = await self._role(record, parent)
-        async with await self._device_locks(record, parent, role):
+        lock_ids = await self._device_lock_ids(record, parent, role)
+        if not lock_ids:
+            mounts = await self._mounts(record, parent, role)
+            if isinstance(role, OverlayRootfs | PlainUnpack):
+                self._deviceless_mounts[key] = DevicelessMounts(record, parent, tuple(mounts))
+            return mounts
+        async with self._locks.hold(*lock_ids):
             # A Remove that held the locks first has taken the snapshot away.
             current = self._store.get(key)
             if current.id != record.id:
@@ -301,6 +321,7 @@ class Snapshotter:
     async def commit(self, name: str, key: str, labels: Mapping[str, str]) -> None:
         validate_key(name, "name")
         validate_key(key)
+        self._deviceless_mounts.pop(key, None)
         validate_labels(labels)
         active = self._store.get(key)
         if self._store.find(name) is not None:
@@ -328,6 +349,7 @@ class Snapshotter:
 
     async def remove(self, key: str) -> None:
         validate_key(key)
+        self._deviceless_mounts.pop(key, None)
         record = self._store.get(key)
         if self._store.has_children(key):
             raise FailedPrecondition(f"cannot remove snapshot {key!r}: it has children")
@@ -367,13 +389,20 @@ class Snapshotter:
         Plain overlayfs snapshots have no device: they take no lock, so their calls
         (e.g. many containers on one base layer) stay concurrent.
         """
+        lock_ids = await self._device_lock_ids(record, parent, role)
+        return self._locks.hold(*lock_ids) if lock_ids else contextlib.nullcontext()
+
+    async def _device_lock_ids(
+        self, record: Record, parent: Record | None, role: Role
+    ) -> tuple[int, ...]:
+        """IDs whose locks a call on the snapshot takes; none when no device is involved."""
         parent_role = None if parent is None else await self._role(parent, None)
         if has_own_device(role) or (parent_role is not None and has_own_device(parent_role)):
-            return self._locks.hold(record.id, *([parent.id] if parent else []))
+            return (record.id, *([parent.id] if parent else []))
         image_top = self._docker.image_to_attach(role, parent, new=False)
         if image_top is not None:  # a Docker container layer's Mounts may attach it
-            return self._locks.hold(record.id, image_top.id)
-        return contextlib.nullcontext()
+            return (record.id, image_top.id)
+        return ()
 
     # ------------------------------------------------------------------ info
 

@@ -9,6 +9,8 @@ import stat as stat_module
 from pathlib import Path
 
 import pytest
+from grpclib import GRPCError
+from grpclib.const import Status
 from support.mounts import mount, umount
 from support.server_process import ServerProcess
 from support.snapshots import (
@@ -95,6 +97,30 @@ async def test_active_with_parents_lists_lowers_nearest_first(
     # A prepare on a middle layer only sees the layers below it.
     mounts = await prepare(client, "b", "l2")
     assert mounts[0].options[-1] == f"lowerdir={fs_dir(root, ids[1])}:{fs_dir(root, ids[0])}"
+
+
+async def test_mounts_follow_a_key_removed_and_prepared_again_elsewhere(
+    client: api.SnapshotsStub, server: ServerProcess
+) -> None:
+    """Mounts of a snapshot without a device are kept between calls: never past the
+    snapshot they were made for."""
+    root = server.root
+    first, second = await commit_chain(client, root, ["l1", "l2"])
+    prepared = await prepare(client, "a", "l1")
+    for _ in range(2):
+        asked = (await client.mounts(api.MountsRequest(key="a"))).mounts
+        assert as_tuple(asked) == as_tuple(prepared)
+    await client.remove(api.RemoveSnapshotRequest(key="a"))
+    again = await prepare(client, "a", "l2")
+    asked = (await client.mounts(api.MountsRequest(key="a"))).mounts
+    assert as_tuple(asked) == as_tuple(again)
+    assert own_id(asked, root) not in (own_id(prepared, root), first, second)
+    assert asked[0].options[-1] == f"lowerdir={fs_dir(root, second)}:{fs_dir(root, first)}"
+    # Committed, the key has no mounts any more.
+    await commit(client, "c", "a")
+    with pytest.raises(GRPCError) as error:
+        await client.mounts(api.MountsRequest(key="a"))
+    assert error.value.status is Status.NOT_FOUND
 
 
 async def test_view_of_one_parent_is_a_ro_bind_of_the_parent(
