@@ -83,30 +83,25 @@ class ChangeWatch:
         a watch looks its directory up)."""
         async with self._opening:
             if self._descriptor is None:
-                self._descriptor = await blocking(self._open, directories)
+                self._descriptor = await blocking(_new_descriptor)
+                for directory in directories:
+                    await self.watch(blocking, directory)
             loop = asyncio.get_running_loop()
             if self._descriptor != NO_WATCH and self._loop is not loop:
                 loop.add_reader(self._descriptor, self._drain)
                 self._loop = loop
 
-    def _open(self, directories: tuple[Path, ...]) -> int:
-        descriptor = int(_libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC))
-        if descriptor >= 0:
-            for directory in directories:
-                self._add(descriptor, directory)
-        return max(descriptor, NO_WATCH)
+    async def watch(self, blocking: BlockingRunner, directory: Path) -> int:
+        """Watch ``directory`` too; the watch to ``unwatch``, NO_WATCH if none.
 
-    def watch(self, directory: Path) -> int:
-        """Blocking: watch ``directory`` too; the watch to ``unwatch``, NO_WATCH if none."""
+        The watch is added in the executor and recorded here, on the loop, which alone
+        reads and changes the table of watches.
+        """
         if self._descriptor is None or self._descriptor == NO_WATCH:
             return NO_WATCH
-        return self._add(self._descriptor, directory)
-
-    def _add(self, descriptor: int, directory: Path) -> int:
-        watch = int(_libc.inotify_add_watch(descriptor, os.fsencode(directory), _IN_APPEARED))
-        if watch < 0:
-            return NO_WATCH
-        self._directories[watch] = str(directory)
+        watch = await blocking(_add_watch, self._descriptor, directory)
+        if watch != NO_WATCH:
+            self._directories[watch] = str(directory)
         return watch
 
     def unwatch(self, watch: int) -> None:
@@ -164,6 +159,17 @@ class ChangeWatch:
         self._descriptor, self._loop = None, None
         self._directories.clear()
         self._reporting.clear()
+
+
+def _new_descriptor() -> int:
+    """Blocking: an inotify descriptor, NO_WATCH where there is no inotify."""
+    return max(int(_libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)), NO_WATCH)
+
+
+def _add_watch(descriptor: int, directory: Path) -> int:
+    """Blocking: a watch of ``directory``'s new and written entries, NO_WATCH if refused."""
+    watch = int(_libc.inotify_add_watch(descriptor, os.fsencode(directory), _IN_APPEARED))
+    return max(watch, NO_WATCH)
 
 
 def _parse_events(data: bytes) -> Iterator[tuple[int, str, bool]]:

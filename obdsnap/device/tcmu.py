@@ -270,7 +270,7 @@ class TcmuBackend:
         """
         disk_entry = self._scsi_devices / f"{address}:0"
         with self._changes.expecting(disk_entry, result_file) as waiter:
-            watch = await self._blocking(self._changes.watch, result_file.parent)
+            watch = await self._changes.watch(self._blocking, result_file.parent)
             try:
                 return await self._watch_for_disk(waiter, address, result_file)
             finally:

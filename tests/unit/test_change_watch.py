@@ -81,7 +81,7 @@ async def test_a_file_written_in_a_directory_watched_for_a_while_ends_the_wait(
     result = block / "result"
     result.write_text("")
     with watch.expecting(tmp_path / "sdc", result) as waiter:
-        added = await BlockingRunner()(watch.watch, block)
+        added = await watch.watch(BlockingRunner(), block)
         assert added != NO_WATCH
         try:
             asyncio.get_running_loop().call_later(0.05, result.write_text, "success")
@@ -95,7 +95,7 @@ async def test_a_directory_no_longer_watched_wakes_nobody(
 ) -> None:
     block = tmp_path / "block"
     block.mkdir()
-    watch.unwatch(await BlockingRunner()(watch.watch, block))
+    watch.unwatch(await watch.watch(BlockingRunner(), block))
     with watch.expecting(block / "result") as waiter:
         (block / "result").write_text("success")
         started = time.monotonic()
