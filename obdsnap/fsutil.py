@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 from obdsnap.mountinfo import mounts_under
@@ -84,6 +85,27 @@ def write_file_no_follow(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.write(descriptor, data)
     finally:
         os.close(descriptor)
+
+
+def write_file_durably(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Blocking: replace ``path`` with ``data``, atomically and durably.
+
+    After a crash, a SIGKILL as much as a power loss, ``path`` holds its old contents
+    or all of the new ones, never a part: a record a restart reads must never be
+    half a record. Like a rename, this replaces a symlink at ``path``, never follows it.
+    """
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            os.fchmod(out.fileno(), mode)
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    fsync_path(path.parent)
 
 
 def fsync_path(path: Path) -> None:

@@ -7,10 +7,8 @@ omitted empties), so devices configured by either open the same way.
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 
 from obdsnap import labels as L
 from obdsnap.errors import InvalidArgument
-from obdsnap.fsutil import fsync_path
+from obdsnap.fsutil import write_file_durably
 
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]+)?$")
 _REPOSITORY = re.compile(r"^[A-Za-z0-9._/-]*$")
@@ -145,17 +143,7 @@ def write_config(path: Path, config: DeviceConfig) -> bool:
             return False
     except FileNotFoundError:
         pass
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)  # mkstemp made it 0600
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    fsync_path(path.parent)
+    write_file_durably(path, data)
     return True
 
 

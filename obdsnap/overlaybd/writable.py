@@ -21,7 +21,7 @@ from pathlib import Path
 from obdsnap import labels as L
 from obdsnap.blocking import BlockingRunner
 from obdsnap.errors import FailedPrecondition, SnapshotError, failure_context
-from obdsnap.fsutil import fsync_path, write_file_no_follow
+from obdsnap.fsutil import fsync_path, write_file_durably
 from obdsnap.layout import BlockDir, Layout, WritableDir
 from obdsnap.overlaybd.storage_type import LayerMagic, file_magic
 from obdsnap.overlaybd.tools import OverlaybdTools, ZFileConfig
@@ -226,17 +226,23 @@ def _existing_layer(place: WritableDir) -> bool:
 
 def _write_request(path: Path, request: CommitRequest) -> None:
     document = {"name": request.name, "labels": dict(request.labels)}
-    write_file_no_follow(path, json.dumps(document).encode(), 0o600)
-    fsync_path(path)
-    fsync_path(path.parent)
+    write_file_durably(path, json.dumps(document).encode())
 
 
 def _read_request(path: Path) -> CommitRequest | None:
+    """The request a seal kept; None when there is none, or only part of one.
+
+    The seal starts only once its request is complete on disk, so a request cut short
+    (left by a crash of an obdsnap that wrote it in place) means no seal was under way.
+    """
     try:
         document = json.loads(path.read_bytes())
+        return CommitRequest(str(document["name"]), dict(document["labels"]))
     except FileNotFoundError:
         return None
-    return CommitRequest(str(document["name"]), dict(document["labels"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("%s is no complete commit request (%s): no seal was under way", path, exc)
+        return None
 
 
 def _same_filesystem(first: Path, second: Path) -> bool:
@@ -253,9 +259,7 @@ def _read_location(block: BlockDir) -> Location:
 
 def _write_location(block: BlockDir, location: Location) -> None:
     document = {"dir": str(location.dir.path), "created": location.created}
-    write_file_no_follow(block.writable_location, json.dumps(document).encode(), 0o600)
-    fsync_path(block.writable_location)
-    fsync_path(block.path)
+    write_file_durably(block.writable_location, json.dumps(document).encode())
 
 
 def _move(source: Path, target: Path) -> None:

@@ -111,7 +111,8 @@ class RawClient:
         return stream_id
 
     def send(self, stream_id: int, data: bytes, *, end: bool = False) -> None:
-        """Send ``data`` (within the flow-control window), then END_STREAM if ``end``."""
+        """Send ``data`` (within the flow-control window); END_STREAM, if ``end``, on its
+        last frame, as gRPC clients do: a server never sees the whole request without it."""
         while data:
             window = min(
                 self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size
@@ -120,8 +121,10 @@ class RawClient:
                 self.pump()
                 continue
             chunk, data = data[:window], data[window:]
-            self.conn.send_data(stream_id, chunk)
+            self.conn.send_data(stream_id, chunk, end_stream=end and not data)
             self.flush()
+            if end and not data:
+                return
         if end:
             self.conn.end_stream(stream_id)
             self.flush()

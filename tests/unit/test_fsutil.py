@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from obdsnap import fsutil
-from obdsnap.fsutil import disk_usage, make_real_directory, remove_tree, write_file_no_follow
+from obdsnap.fsutil import (
+    disk_usage,
+    make_real_directory,
+    remove_tree,
+    write_file_durably,
+    write_file_no_follow,
+)
 from obdsnap.storage import Usage
 
 
@@ -225,3 +231,39 @@ def test_remove_tree_removes_a_planted_symlink_not_its_target(tmp_path: Path) ->
     remove_tree(planted)
     assert not planted.is_symlink()
     assert (target / "keep.txt").read_text() == "keep"
+
+
+def test_write_file_durably_replaces_the_whole_file_with_its_mode(tmp_path: Path) -> None:
+    path = tmp_path / "commit_request.json"
+    path.write_bytes(b"an older and longer request")
+    write_file_durably(path, b"{}")
+    assert path.read_bytes() == b"{}"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["commit_request.json"]
+
+
+def test_write_file_durably_cut_short_leaves_the_old_contents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails before its rename (here: the disk fails the fsync) changes nothing."""
+    path = tmp_path / "writable_location.json"
+    path.write_bytes(b"old")
+
+    def failing_fsync(descriptor: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        write_file_durably(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["writable_location.json"]
+
+
+def test_write_file_durably_replaces_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    planted = tmp_path / "commit_request.json"
+    planted.symlink_to(victim)
+    write_file_durably(planted, b"{}")
+    assert victim.read_text() == "precious"
+    assert not planted.is_symlink() and planted.read_bytes() == b"{}"

@@ -263,6 +263,28 @@ async def test_s8_a_seal_cut_after_its_move_into_fs_is_finished(
     assert (Path(child[0].source) / "file").read_text() == "data\n"
 
 
+async def test_s8_a_seal_cut_while_keeping_its_request_is_rolled_back(
+    writable_rootfs: WritableRootfs,
+) -> None:
+    """DESIGN-v1 §22: the seal starts only once its request is kept whole, so a crash while
+    the request is written (an empty one, as a write in place left it, and the temporary
+    file of a write by rename) had sealed nothing: the commit is rolled back, and the
+    start-up goes on."""
+    rootfs = await writable_rootfs(**SEAL)
+    obd, own = rootfs.obd, rootfs.id
+    block = obd.block(own)
+    config = obd.config_path(own).read_bytes()
+    (block / "commit_request.json").write_bytes(b"")
+    (block / ".commit_request.json.k2p9xw").write_bytes(b'{"name": "lay')
+    await restart_with_intent(obd, own)
+    assert f"commit of snapshot {own} was interrupted: rolled back" in obd.server.log()
+    assert (await obd.stat("rootfs")).kind == ACTIVE
+    await expect_status(obd.stat("layer"), Status.NOT_FOUND)
+    assert not (block / "commit_request.json").exists()
+    assert_untouched(rootfs, config)
+    await rootfs.assert_mounts_and_commits()
+
+
 async def test_s8_a_seal_cut_after_its_row_committed_is_finished(
     writable_rootfs: WritableRootfs,
 ) -> None:
