@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -165,12 +166,15 @@ def test_remove_tree_refuses_a_tree_with_a_mount_inside(
     assert (mountpoint / "device-data").read_text() == "precious"
 
 
-def test_write_file_no_follow_replaces_a_planted_symlink(tmp_path: Path) -> None:
+@pytest.mark.parametrize("write", [write_file_no_follow, write_file_durably])
+def test_a_write_replaces_a_planted_symlink(
+    tmp_path: Path, write: Callable[[Path, bytes], None]
+) -> None:
     victim = tmp_path / "victim"
     victim.write_text("precious")
     planted = tmp_path / "init-debug.log"
     planted.symlink_to(victim)
-    write_file_no_follow(planted, b"/dev/sdc")
+    write(planted, b"/dev/sdc")
     assert victim.read_text() == "precious"
     assert not planted.is_symlink()
     assert planted.read_bytes() == b"/dev/sdc"
@@ -257,13 +261,3 @@ def test_write_file_durably_cut_short_leaves_the_old_contents(
         write_file_durably(path, b"new")
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["writable_location.json"]
-
-
-def test_write_file_durably_replaces_a_planted_symlink(tmp_path: Path) -> None:
-    victim = tmp_path / "victim"
-    victim.write_text("precious")
-    planted = tmp_path / "commit_request.json"
-    planted.symlink_to(victim)
-    write_file_durably(planted, b"{}")
-    assert victim.read_text() == "precious"
-    assert not planted.is_symlink() and planted.read_bytes() == b"{}"
