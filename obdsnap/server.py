@@ -133,6 +133,9 @@ async def _serve_snapshotter(
         await stopping.wait()
         metrics.is_alive.set({}, 0)
         await _drain(server, notifier, own_socket, blocking)
+        # Before the GOAWAY: from it on, a client that reconnects gives the next
+        # obdsnap one second to answer, and that second is spent on this one's exit.
+        await snapshotter.close()
     finally:
         if own_socket is not None:
             await blocking(_remove_socket, own_socket)

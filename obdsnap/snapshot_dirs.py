@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import secrets
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class SnapshotDirs:
         prefix = f"{NEW_DIR_PREFIX}{secrets.token_hex(8)}-"
         self._new_names = (f"{prefix}{n}" for n in itertools.count())
         self._remover: asyncio.Task[None] | None = None
+        self._stopping = threading.Event()  # read by the removal's executor thread
 
     async def create(
         self,
@@ -126,12 +128,15 @@ class SnapshotDirs:
     async def close(self) -> None:
         """Stop removing, and wait until stopped.
 
-        A removal under way runs to its end in its executor thread; what is still
-        queued is left where it is: no row names those directories any more, so
-        they are orphans that the next Cleanup (at the latest, the next start) takes.
+        A removal under way finishes the directory it is in; the rest of its batch and
+        what is still queued are left where they are: no row names those directories
+        any more, so they are orphans that the next Cleanup (at the latest, the next
+        start) takes. The process exits only once its executor threads have ended,
+        and a restart must not wait for a batch of hundreds of directories.
         """
         if self._remover is None:
             return
+        self._stopping.set()
         self._remover.cancel()
         await asyncio.wait([self._remover])  # its cancellation is no error; ours still is
         self._remover = None
@@ -141,14 +146,17 @@ class SnapshotDirs:
             directories = [await self._removals.get()]
             while not self._removals.empty():  # what queued meanwhile goes in the same hop
                 directories.append(self._removals.get_nowait())
-            for directory, exc in await self._blocking(_remove_trees, directories):
+            removed = self._blocking(_remove_trees, directories, self._stopping)
+            for directory, exc in await removed:
                 log.warning("could not remove %s (Cleanup will retry): %s", directory, exc)
 
 
-def _remove_trees(directories: list[Path]) -> list[tuple[Path, OSError]]:
-    """Blocking: remove each tree; those that could not be removed, with why."""
+def _remove_trees(directories: list[Path], stopping: threading.Event) -> list[tuple[Path, OSError]]:
+    """Blocking: remove each tree, until ``stopping``; those that could not be removed, with why."""
     failures = []
     for directory in directories:
+        if stopping.is_set():
+            break
         try:
             remove_tree(directory)
         except OSError as exc:
