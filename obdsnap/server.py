@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
@@ -38,7 +38,7 @@ from obdsnap.overlaybd.turbo_oci import TurboOciSettings
 from obdsnap.quota import QuotaSettings
 from obdsnap.role import RwMode
 from obdsnap.runstatus import ReconcileSummary, ServingStatus, write_status
-from obdsnap.service import CallGate, SnapshotsService
+from obdsnap.service import SnapshotsService
 from obdsnap.snapshotter import ReconcileReport, Snapshotter, SnapshotterOptions
 from obdsnap.storage import MetaStore, StoreError
 from obdsnap.storage.migration import MigrationError, import_go_metadata
@@ -60,29 +60,75 @@ async def serve(config: BootConfig) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully."""
     os.umask(PROCESS_UMASK)
     notifier = Notifier.from_environment()
-    listener = _activated_listener(config)
+    stopping = _install_signal_handlers()  # before any socket is served: a stop is never lost
+    metrics = Metrics()
+    service = SnapshotsService(metrics, config.max_concurrent_requests)
+    server = GracefulServer([service], codec=SnapshotsCodec())
+    activated = _activated_listener(config)
+    serving = _Serving(service, server, stopping, notifier, activated)
+    try:
+        if activated is not None:
+            # Connections are queued already: answer their HTTP/2 handshake at once
+            # (containerd's client gives it one second, and loading a store of 100k
+            # snapshots takes longer); their calls wait at the gate until start-up is done.
+            await serving.start(activated)
+        await _serve_root(config, serving, metrics)
+    finally:
+        await serving.close()  # after a failed start-up too: the calls waiting get an error
+        notifier.close()
+    log.info("obdsnap stopped")
+
+
+@dataclass
+class _Serving:
+    """What answers the calls: set up before the root is, so that a socket from systemd
+    is answered from the start."""
+
+    service: SnapshotsService
+    server: GracefulServer
+    stopping: asyncio.Event
+    notifier: Notifier
+    activated: socket.socket | None
+    listener: socket.socket | None = None  # the socket served: systemd's or obdsnap's own
+    closed: bool = False
+
+    async def start(self, listener: socket.socket) -> None:
+        await self.server.start(sock=listener, backlog=LISTEN_BACKLOG)
+        self.listener = listener
+
+    async def close(self) -> None:
+        """The GOAWAY (the streams held are refused), then every connection closed; once."""
+        if self.listener is None or self.closed:
+            return
+        self.closed = True
+        self.server.go_away()
+        self.server.close()
+        await self.server.wait_closed()
+        self.listener.close()
+
+
+async def _serve_root(config: BootConfig, serving: _Serving, metrics: Metrics) -> None:
+    """Open the root (lock, store, snapshotter) and serve it."""
     blocking = BlockingRunner()
     layout = await _resolved_root(config, blocking)
     config = replace(config, root=str(layout.root))
     root_lock = await blocking(lock_root, layout)
-    metrics = Metrics()
     store = MetaStore(layout.metadata_db, metrics)
     try:
         await blocking(import_go_metadata, layout, RwMode(config.rw_mode))
         await store.open()
     except (MigrationError, StoreError) as exc:
+        root_lock.close()
         raise StartupError(str(exc)) from None
     try:
         snapshotter = await build_snapshotter(config, layout, store, blocking, metrics)
         try:
-            await _serve_snapshotter(config, snapshotter, metrics, blocking, notifier, listener)
+            await _serve_snapshotter(config, snapshotter, serving, metrics, blocking)
         finally:
             await snapshotter.close()
     finally:
         await store.close()
         root_lock.close()
-        notifier.close()
-    log.info("obdsnap stopped")
 
 
 async def _resolved_root(config: BootConfig, blocking: BlockingRunner) -> Layout:
@@ -98,51 +144,39 @@ async def _resolved_root(config: BootConfig, blocking: BlockingRunner) -> Layout
 async def _serve_snapshotter(
     config: BootConfig,
     snapshotter: Snapshotter,
+    serving: _Serving,
     metrics: Metrics,
     blocking: BlockingRunner,
-    notifier: Notifier,
-    activated: socket.socket | None,
 ) -> None:
-    """Serve on the socket systemd passed (``activated``), else on one of obdsnap's own."""
-    stopping = _install_signal_handlers()  # before any socket appears: a stop is never lost
-    gate = CallGate(config.max_concurrent_requests)
-    server = GracefulServer([SnapshotsService(snapshotter, metrics, gate)], codec=SnapshotsCodec())
-    if activated is None:  # obdsnap's own socket appears once the reconcile is done
+    """Serve on the socket systemd passed (served already), else on one of obdsnap's own."""
+    notifier = serving.notifier
+    if serving.activated is None:  # obdsnap's own socket appears once the reconcile is done
         await _reconcile(config, snapshotter, notifier, blocking)
     exporter = await _start_exporter(config, metrics)
-    if activated is None:
-        own_socket: Path | None = Path(config.address)
-        listener = await blocking(open_unix_socket, Path(config.address), _group(config))
-    else:
-        own_socket, listener = None, activated
+    own_socket = Path(config.address) if serving.activated is None else None
     try:
-        await server.start(sock=listener, backlog=LISTEN_BACKLOG)
-        if activated is not None:
-            # Connections are queued already: answer their HTTP/2 handshake at once
-            # (containerd's client gives it one second) and let their calls wait for
-            # the reconcile at the gate.
+        if own_socket is not None:
+            await serving.start(await blocking(open_unix_socket, own_socket, _group(config)))
+        else:
             await _reconcile(config, snapshotter, notifier, blocking)
         # What start-up loaded (the whole store) is left out of every later garbage
         # collection: a full one would walk each record again, for no cycle to find.
         gc.freeze()
-        gate.open()
+        serving.service.open(snapshotter)
         metrics.is_alive.set({}, 1)
-        where = config.address if activated is None else socket_path(activated)
+        where = config.address if serving.activated is None else socket_path(serving.activated)
         log.info("obdsnap serving on %s (root %s)", where, config.root)
         await notifier.ready(f"serving on {where}")
-        await stopping.wait()
+        await serving.stopping.wait()
         metrics.is_alive.set({}, 0)
-        await _drain(server, notifier, own_socket, blocking)
+        await _drain(serving.server, notifier, own_socket, blocking)
         # Before the GOAWAY: from it on, a client that reconnects gives the next
         # obdsnap one second to answer, and that second is spent on this one's exit.
         await snapshotter.close()
     finally:
         if own_socket is not None:
             await blocking(_remove_socket, own_socket)
-        server.go_away()
-        server.close()
-        await server.wait_closed()
-        listener.close()
+        await serving.close()
         if exporter is not None:
             await exporter.stop()
 

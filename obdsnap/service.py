@@ -70,12 +70,17 @@ UnaryCall = Callable[[Any], Awaitable[Reply]]
 class SnapshotsService:
     """grpclib handlers of every Snapshots RPC (grpclib finds them through ``__mapping__``)."""
 
-    def __init__(self, snapshotter: Snapshotter, metrics: Metrics, gate: CallGate) -> None:
-        self._snapshotter = snapshotter
+    def __init__(self, metrics: Metrics, max_concurrent_requests: int) -> None:
         self._metrics = metrics
-        self._gate = gate
-        metrics.watch_requests(gate.running)
+        self._gate = CallGate(max_concurrent_requests)
+        metrics.watch_requests(self._gate.running)
         self._infos = InfoEncoder()
+        self._snapshotter: Snapshotter  # set by open(): no call gets past the gate before
+
+    def open(self, snapshotter: Snapshotter) -> None:
+        """Serve ``snapshotter``: the calls that waited at the gate since start-up go ahead."""
+        self._snapshotter = snapshotter
+        self._gate.open()
 
     def __mapping__(self) -> dict[str, Handler]:
         unary: dict[str, tuple[type[Message | Request], type[Message], UnaryCall]] = {

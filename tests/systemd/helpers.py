@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from hyperframe.frame import Frame
+
+FRAME_HEADER = 9
 # struct ucred: pid, uid, gid
 UCRED = struct.Struct("3i")
 
@@ -80,3 +83,23 @@ class NotifyListener:
 
 def statuses(messages: list[Notification]) -> list[str]:
     return [message.fields["STATUS"] for message in messages if "STATUS" in message.fields]
+
+
+def read_until_closed(sock: socket.socket) -> list[Frame]:
+    """Every HTTP/2 frame the server sends until it closes the connection."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    frames = []
+    while len(data) >= FRAME_HEADER:
+        parsed, length = Frame.parse_frame_header(memoryview(data[:FRAME_HEADER]))
+        parsed.parse_body(memoryview(data[FRAME_HEADER : FRAME_HEADER + length]))
+        frames.append(parsed)
+        data = data[FRAME_HEADER + length :]
+    return frames

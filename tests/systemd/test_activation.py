@@ -20,13 +20,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fuzz.rawgrpc import RawClient, frame
 from grpclib.client import Channel
+from hyperframe.frame import GoAwayFrame, SettingsFrame
 from support.server_process import ServerProcess, refusal, short_tmpdir
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 from obdsnap.systemd import activated_listener
 
-from .helpers import NotifyListener
+from .helpers import NotifyListener, read_until_closed
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = [sys.executable, "-m", "obdsnap", "serve"]
@@ -131,6 +133,27 @@ async def test_a_config_address_that_differs_is_warned_about(workdir: Path) -> N
         assert server.stop() == 0, server.text()
     warning = f"socket from systemd is {path}, config address is {configured}"
     assert warning in server.text()
+
+
+def test_a_start_up_that_fails_after_the_handshake_ends_the_waiting_call(workdir: Path) -> None:
+    """The socket from systemd is answered before the store is opened: containerd gives
+    the HTTP/2 handshake one second, and loading a store of 100k snapshots takes longer.
+    A call that waited for a start-up that then failed ends with a GOAWAY, not in silence."""
+    root = workdir / "root"
+    root.mkdir()
+    (root / "metadata.db").write_bytes(b"SQLite format 3\0" + b"\xff" * 8000)
+    path = workdir / "activated.sock"
+    server = Activated(workdir, path, address=path)
+    try:
+        client = RawClient(path, timeout=30)  # the first connection starts obdsnap
+        client.call("Stat", frame(bytes(api.StatSnapshotRequest(key="waiting"))))
+        frames = read_until_closed(client.sock)
+    finally:
+        status = server.stop()
+    assert status == 1, server.text()
+    assert f"obdsnap: {root / 'metadata.db'}: " in server.text()
+    assert [f for f in frames if isinstance(f, SettingsFrame) and "ACK" not in f.flags]
+    assert [f for f in frames if isinstance(f, GoAwayFrame)], frames
 
 
 def start_failure(workdir: Path, fd3: int | None, variables: str) -> tuple[int, str]:

@@ -24,12 +24,13 @@ import pytest
 from fuzz.rawgrpc import RawClient, frame
 from h2.errors import ErrorCodes
 from hpack import Decoder
-from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
+from hyperframe.frame import GoAwayFrame, HeadersFrame, RstStreamFrame
 from support.server_process import ServerProcess, short_tmpdir
 
 from obdsnap.genproto.containerd.services.snapshots import v1 as api
 
-FRAME_HEADER = 9
+from .helpers import read_until_closed
+
 NOT_FOUND = 5
 
 
@@ -69,25 +70,6 @@ def nothing_to_read(sock: socket.socket, within: float) -> bool:
     """No frame arrives within ``within`` seconds."""
     readable, _, _ = select.select([sock], [], [], within)
     return not readable
-
-
-def read_until_closed(sock: socket.socket) -> list[Frame]:
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    frames = []
-    while len(data) >= FRAME_HEADER:
-        parsed, length = Frame.parse_frame_header(memoryview(data[:FRAME_HEADER]))
-        parsed.parse_body(memoryview(data[FRAME_HEADER : FRAME_HEADER + length]))
-        frames.append(parsed)
-        data = data[FRAME_HEADER + length :]
-    return frames
 
 
 def stat_request(key: str) -> bytes:
