@@ -170,15 +170,26 @@ async def _serve_snapshotter(
         await serving.stopping.wait()
         metrics.is_alive.set({}, 0)
         await _drain(serving.server, notifier, own_socket, blocking)
-        # Before the GOAWAY: from it on, a client that reconnects gives the next
-        # obdsnap one second to answer, and that second is spent on this one's exit.
-        await snapshotter.close()
+        await _close_before_go_away(snapshotter)
     finally:
         if own_socket is not None:
             await blocking(_remove_socket, own_socket)
         await serving.close()
         if exporter is not None:
             await exporter.stop()
+
+
+async def _close_before_go_away(snapshotter: Snapshotter) -> None:
+    """Close the snapshotter before the GOAWAY: from the GOAWAY on, a client that
+    reconnects gives the next obdsnap one second to answer, and this one's exit is
+    spent out of it. Bounded: a mutation stuck on a device must not keep back the
+    GOAWAY, and with it the retry of the calls held (the close is waited for again
+    after it)."""
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            await snapshotter.close()
+    except TimeoutError:
+        log.warning("snapshotter still closing after %.0fs; going away first", DRAIN_TIMEOUT_S)
 
 
 async def _drain(
