@@ -89,8 +89,7 @@ class _Serving:
     stopping: asyncio.Event
     notifier: Notifier
     activated: socket.socket | None
-    listener: socket.socket | None = None  # the socket served: systemd's or obdsnap's own
-    closed: bool = False
+    listener: socket.socket | None = None  # served (systemd's or our own) until closed
 
     async def start(self, listener: socket.socket) -> None:
         await self.server.start(sock=listener, backlog=LISTEN_BACKLOG)
@@ -98,13 +97,13 @@ class _Serving:
 
     async def close(self) -> None:
         """The GOAWAY (the streams held are refused), then every connection closed; once."""
-        if self.listener is None or self.closed:
+        listener, self.listener = self.listener, None
+        if listener is None:
             return
-        self.closed = True
         self.server.go_away()
         self.server.close()
         await self.server.wait_closed()
-        self.listener.close()
+        listener.close()
 
 
 async def _serve_root(config: BootConfig, serving: _Serving, metrics: Metrics) -> None:
